@@ -1,0 +1,1 @@
+//! The replication engine: plain data and functions, no I/O.

@@ -1,0 +1,3 @@
+//! res_astdb_cluster: shares chosen AstDB families between Asterisk servers.
+
+pub mod engine;

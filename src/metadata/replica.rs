@@ -1,0 +1,1 @@
+//! Persistence of the engine's replicated state (versions, tombstones, peer progress).
