@@ -1,0 +1,57 @@
+/*
+ * res_astdb_cluster: the seam between Asterisk's C API and the Rust module.
+ *
+ * Everything Asterisk offers only as a macro, a variadic function or a struct
+ * whose layout varies between versions is handled in glue.c, so that Rust sees
+ * plain functions taking plain values.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef ASTDB_CLUSTER_GLUE_H
+#define ASTDB_CLUSTER_GLUE_H
+
+#include <stddef.h>
+
+/* ---- provided by glue.c, called from Rust ---- */
+
+/* Registers DB_SHARED and DB_SHARED_EXISTS; 0 on success. */
+int astdb_cluster_register_functions(void);
+void astdb_cluster_unregister_functions(void);
+/* Registers the CLI commands described by the astdb_cluster_cli_* callbacks. */
+int astdb_cluster_register_cli(void);
+void astdb_cluster_unregister_cli(void);
+
+/* level: 0 debug, 2 notice, 3 warning, 4 error. */
+void astdb_cluster_log(int level, const char *file, int line, const char *func, const char *msg);
+/* A verbose message shown at verbosity `level` or above. */
+void astdb_cluster_verbose(int level, const char *msg);
+void astdb_cluster_cli_write(int fd, const char *text);
+void astdb_cluster_manager_event(const char *event, const char *body);
+/* Frees memory that Asterisk allocated for us (ast_db_get_allocated). */
+void astdb_cluster_free(void *ptr);
+/* Adds one completion candidate (copied with Asterisk's allocator). */
+int astdb_cluster_cli_completion_add(const char *candidate);
+/* The build's Asterisk headers: "installed" or "bundled". */
+const char *astdb_cluster_headers(void);
+
+/* ---- provided by Rust, called from glue.c ---- */
+
+int astdb_cluster_load(void);
+int astdb_cluster_unload(void);
+int astdb_cluster_reload(void);
+
+/* which: 0 = DB_SHARED, 1 = DB_SHARED_EXISTS. Return 0 on success, -1 on error. */
+int astdb_cluster_function_read(int which, const char *data, char *buf, size_t len);
+int astdb_cluster_function_write(int which, const char *data, const char *value);
+
+/* CLI table: command text, one-line summary and usage of entry `idx`. */
+int astdb_cluster_cli_count(void);
+const char *astdb_cluster_cli_command(int idx);
+const char *astdb_cluster_cli_summary(int idx);
+const char *astdb_cluster_cli_usage(int idx);
+/* Runs entry `idx`; returns 0 success, 1 show usage, 2 failure. */
+int astdb_cluster_cli_exec(int idx, int fd, int argc, const char *const *argv);
+/* Offers completions for word `word` at position `pos` through astdb_cluster_cli_completion_add. */
+void astdb_cluster_cli_complete(int idx, const char *line, const char *word, int pos);
+
+#endif
