@@ -1,7 +1,114 @@
 //! The Asterisk side of the border: raw bindings and the C glue live here, and
-//! everything that leaves this module is an owned Rust value.
+//! everything that leaves this module is an owned Rust value. Nothing outside
+//! this folder touches a raw pointer.
 
-#[allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code, clippy::all)]
+#[allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code,
+    unnecessary_transmutes,
+    clippy::all
+)]
 mod sys {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}
+
+pub mod config;
+pub mod db;
+mod entry;
+pub mod log;
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::PathBuf;
+
+use crate::engine::Eid;
+
+/// Copies a C string from Asterisk into an owned `String` (lossy on bad UTF-8).
+///
+/// # Safety
+/// `ptr` is NULL or points at a NUL-terminated string alive for the call.
+pub(crate) unsafe fn owned(ptr: *const c_char) -> Option<String> {
+    if ptr.is_null() {
+        None
+    } else {
+        Some(CStr::from_ptr(ptr).to_string_lossy().into_owned())
+    }
+}
+
+/// A C string for Asterisk; interior NULs (never valid in AstDB or config text) are cut.
+pub(crate) fn c_string(s: &str) -> CString {
+    let end = s.find('\0').unwrap_or(s.len());
+    CString::new(&s[..end]).unwrap_or_default()
+}
+
+/// This server's entity ID (`entityid` in asterisk.conf).
+pub fn local_eid() -> Eid {
+    // SAFETY: a plain global that Asterisk sets at start-up and never frees.
+    Eid(unsafe { sys::ast_eid_default.eid })
+}
+
+/// The AstDB directory: our metadata file lives beside astdb.sqlite3.
+pub fn astdb_dir() -> PathBuf {
+    // SAFETY: set by Asterisk at start-up, valid for the process's life.
+    let db = unsafe { owned(sys::ast_config_AST_DB) }.unwrap_or_else(|| "astdb".into());
+    PathBuf::from(db)
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Which headers this build used: "installed" or "bundled".
+pub fn headers() -> String {
+    // SAFETY: returns a static string.
+    unsafe { owned(sys::astdb_cluster_headers()) }.unwrap_or_default()
+}
+
+/// Writes CLI output to the console or remote console `fd`.
+pub fn cli_write(fd: i32, text: &str) {
+    let text = c_string(text);
+    // SAFETY: the glue passes it to ast_cli with a "%s" format.
+    unsafe { sys::astdb_cluster_cli_write(fd, text.as_ptr()) }
+}
+
+/// Offers one tab-completion candidate to the CLI.
+pub fn cli_complete_offer(candidate: &str) {
+    let candidate = c_string(candidate);
+    // SAFETY: the glue copies it with Asterisk's allocator before handing it over.
+    unsafe { sys::astdb_cluster_cli_completion_add(candidate.as_ptr()) };
+}
+
+/// Sends an AMI event (category "system").
+pub fn manager_event(event: &str, fields: &[(&str, &str)]) {
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let (event, body) = (c_string(event), c_string(&body));
+    // SAFETY: both strings outlive the call; the glue formats with "%s".
+    unsafe { sys::astdb_cluster_manager_event(event.as_ptr(), body.as_ptr()) }
+}
+
+/// Registers the dialplan functions and CLI commands.
+pub(crate) fn register_interfaces() -> Result<(), String> {
+    // SAFETY: the glue's static records are registered once per load.
+    if unsafe { sys::astdb_cluster_register_functions() } != 0 {
+        return Err("could not register DB_SHARED / DB_SHARED_EXISTS (already registered by another module?)".into());
+    }
+    // SAFETY: as above.
+    if unsafe { sys::astdb_cluster_register_cli() } != 0 {
+        // SAFETY: undoing the registration just made.
+        unsafe { sys::astdb_cluster_unregister_functions() };
+        return Err("could not register the CLI commands".into());
+    }
+    Ok(())
+}
+
+pub(crate) fn unregister_interfaces() {
+    // SAFETY: unregistering what register_interfaces registered; Asterisk waits
+    // for handlers in progress.
+    unsafe {
+        sys::astdb_cluster_unregister_cli();
+        sys::astdb_cluster_unregister_functions();
+    }
 }

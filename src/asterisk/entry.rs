@@ -1,0 +1,169 @@
+//! Every function Asterisk calls into the module. Each one catches panics, so
+//! that none crosses back into C, and converts its arguments to owned values.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::owned;
+use crate::{cli, dialplan, module};
+
+/// Runs `f`; a panic is logged and turned into `fallback`.
+fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown cause".into());
+            crate::error!("internal error in {what}: {why}; the request was not completed");
+            fallback
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_load() -> c_int {
+    guard("module load", 1, module::load)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_unload() -> c_int {
+    guard("module unload", -1, module::unload)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_reload() -> c_int {
+    guard("module reload", -1, module::reload)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_function_read(
+    which: c_int,
+    data: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+) -> c_int {
+    guard("dialplan function read", -1, || {
+        // SAFETY: Asterisk passes a NUL-terminated argument string.
+        let data = unsafe { owned(data) }.unwrap_or_default();
+        let result = match which {
+            0 => dialplan::read_db_shared(&data),
+            _ => dialplan::read_db_shared_exists(&data),
+        };
+        match result {
+            Some(text) if !buf.is_null() && len > 0 => {
+                let n = text.len().min(len - 1);
+                // SAFETY: `buf` holds `len` bytes; we write n < len bytes and a NUL.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+                0
+            }
+            Some(_) => 0,
+            None => -1,
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_function_write(
+    which: c_int,
+    data: *const c_char,
+    value: *const c_char,
+) -> c_int {
+    guard("dialplan function write", -1, || {
+        // SAFETY: Asterisk passes NUL-terminated strings.
+        let (data, value) = unsafe {
+            (
+                owned(data).unwrap_or_default(),
+                owned(value).unwrap_or_default(),
+            )
+        };
+        match which {
+            0 => dialplan::write_db_shared(&data, &value),
+            _ => -1,
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_count() -> c_int {
+    cli::COMMANDS.len() as c_int
+}
+
+fn static_text(idx: c_int, pick: fn(&cli::Command) -> &'static CStr) -> *const c_char {
+    usize::try_from(idx)
+        .ok()
+        .and_then(|i| cli::COMMANDS.get(i))
+        .map_or(std::ptr::null(), |c| pick(c).as_ptr())
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_command(idx: c_int) -> *const c_char {
+    static_text(idx, |c| c.command)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_summary(idx: c_int) -> *const c_char {
+    static_text(idx, |c| c.summary)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_usage(idx: c_int) -> *const c_char {
+    static_text(idx, |c| c.usage)
+}
+
+/// Copies argv into owned strings.
+///
+/// # Safety
+/// `argv` holds `argc` NUL-terminated strings.
+unsafe fn args(argc: c_int, argv: *const *const c_char) -> Vec<String> {
+    (0..argc.max(0) as usize)
+        .map(|i| owned(*argv.add(i)).unwrap_or_default())
+        .collect()
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_exec(
+    idx: c_int,
+    fd: c_int,
+    argc: c_int,
+    argv: *const *const c_char,
+) -> c_int {
+    guard("CLI command", 2, || {
+        // SAFETY: Asterisk passes argc strings in argv.
+        let argv = if argv.is_null() {
+            Vec::new()
+        } else {
+            unsafe { args(argc, argv) }
+        };
+        let mut out = cli::Output::new(fd);
+        let result = cli::exec(idx as usize, &argv, &mut out);
+        out.flush();
+        result as c_int
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_cli_complete(
+    idx: c_int,
+    line: *const c_char,
+    word: *const c_char,
+    pos: c_int,
+) {
+    guard("CLI completion", (), || {
+        // SAFETY: Asterisk passes NUL-terminated strings.
+        let (line, word) = unsafe {
+            (
+                owned(line).unwrap_or_default(),
+                owned(word).unwrap_or_default(),
+            )
+        };
+        for candidate in cli::complete(idx as usize, &line, &word, pos.max(0) as usize) {
+            super::cli_complete_offer(&candidate);
+        }
+    })
+}

@@ -1,0 +1,404 @@
+//! CLI commands: `database shared ...` and `astdb cluster show ...`.
+
+use std::ffi::CStr;
+use std::fmt::Write as _;
+
+use crate::engine::family::Mode;
+use crate::module::{self, now_ms, origin_text, with_runtime};
+
+/// One registered command.
+pub struct Command {
+    pub command: &'static CStr,
+    pub summary: &'static CStr,
+    pub usage: &'static CStr,
+}
+
+/// What a handler tells Asterisk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success = 0,
+    ShowUsage = 1,
+    Failure = 2,
+}
+
+const PUT: usize = 0;
+const DELETE: usize = 1;
+const SHOW: usize = 2;
+const REFRESH: usize = 3;
+const NODES: usize = 4;
+const STATUS: usize = 5;
+
+pub static COMMANDS: [Command; 6] = [
+    Command {
+        command: c"database shared put",
+        summary: c"Share an AstDB family with the cluster",
+        usage: c"Usage: database shared put {global|unique} <family>\n       Shares <family> and its whole subtree. global: one key space on every\n       server. unique: each server's keys are copied to the others under\n       /<EID>/<family>. Existing keys are not changed.\n",
+    },
+    Command {
+        command: c"database shared delete",
+        summary: c"Stop sharing an AstDB family",
+        usage: c"Usage: database shared delete <family>\n       Stops sharing <family>. Its keys stay in AstDB.\n",
+    },
+    Command {
+        command: c"database shared show",
+        summary: c"Show shared AstDB families",
+        usage: c"Usage: database shared show [<family>]\n       Lists the shared families with their mode, origin (preset or\n       dialplan), policy, sync mode and interval, key count and last change.\n",
+    },
+    Command {
+        command: c"database shared refresh",
+        summary: c"Re-read shared families and sync them with the peers",
+        usage: c"Usage: database shared refresh [<family>]\n       Reads <family> (or every shared family) again now and offers\n       everything to the peers.\n",
+    },
+    Command {
+        command: c"astdb cluster show nodes",
+        summary: c"Show the cluster's nodes",
+        usage: c"Usage: astdb cluster show nodes [<node>|<EID>]\n       Lists each peer: node number, address, EID, state, last seen and lag.\n",
+    },
+    Command {
+        command: c"astdb cluster show status",
+        summary: c"Show this node's cluster status",
+        usage: c"Usage: astdb cluster show status\n       Shows this node's EID, cluster, network state and counters.\n",
+    },
+];
+
+/// Collects a handler's output and writes it to the CLI in one piece.
+pub struct Output {
+    fd: i32,
+    buf: String,
+}
+
+impl Output {
+    pub fn new(fd: i32) -> Self {
+        Output {
+            fd,
+            buf: String::new(),
+        }
+    }
+
+    pub fn line(&mut self, text: &str) {
+        self.buf.push_str(text);
+        self.buf.push('\n');
+    }
+
+    pub fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            crate::asterisk::cli_write(self.fd, &self.buf);
+            self.buf.clear();
+        }
+    }
+}
+
+/// Formats rows as left-aligned columns, two spaces apart, like Asterisk's tables.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: Vec<&str>| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        line.trim_end().to_string()
+    };
+    let mut out = vec![render(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| render(r.iter().map(String::as_str).collect())),
+    );
+    out
+}
+
+/// Local time as `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(unix_ms: u64) -> String {
+    let secs = (unix_ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r fills the zeroed struct we own.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+fn ago(since_ms: u64) -> String {
+    let secs = now_ms().saturating_sub(since_ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s ago"),
+        120..=7199 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+pub fn exec(idx: usize, argv: &[String], out: &mut Output) -> Outcome {
+    let words = COMMANDS
+        .get(idx)
+        .map_or(0, |c| c.command.to_bytes().split(|b| *b == b' ').count());
+    let args: Vec<&str> = argv.iter().skip(words).map(String::as_str).collect();
+    let result = match (idx, args.as_slice()) {
+        (PUT, [mode, family]) => match mode.parse::<Mode>() {
+            Ok(mode) => with_runtime(|rt| rt.share(family, mode)).and_then(|r| r),
+            Err(why) => Err(why),
+        },
+        (DELETE, [family]) => with_runtime(|rt| rt.unshare(family)).and_then(|r| r),
+        (SHOW, [] | [_]) => show_families(args.first().copied(), out),
+        (REFRESH, [] | [_]) => refresh(args.first().copied()),
+        (NODES, [] | [_]) => show_nodes(args.first().copied(), out),
+        (STATUS, []) => show_status(out),
+        _ => return Outcome::ShowUsage,
+    };
+    match result {
+        Ok(message) => {
+            if !message.is_empty() {
+                out.line(&message);
+            }
+            Outcome::Success
+        }
+        Err(why) => {
+            out.line(&format!("Error: {why}"));
+            Outcome::Failure
+        }
+    }
+}
+
+fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    let rows = with_runtime(|rt| {
+        rt.registry
+            .iter()
+            .filter(|f| filter.is_none_or(|name| f.name == name))
+            .map(|f| {
+                let stats = rt.stats.get(&f.name).cloned().unwrap_or_default();
+                vec![
+                    f.name.clone(),
+                    f.mode.to_string(),
+                    origin_text(f).to_string(),
+                    f.policy.to_string(),
+                    f.sync_mode.to_string(),
+                    format!("{}ms", f.sync_interval_ms),
+                    if stats.scanned {
+                        stats.keys.to_string()
+                    } else {
+                        "-".into()
+                    },
+                    stats
+                        .last_change_ms
+                        .map_or_else(|| "none seen".into(), local_time),
+                ]
+            })
+            .collect::<Vec<_>>()
+    })?;
+    if let Some(name) = filter {
+        if rows.is_empty() {
+            return Err(format!("family '{name}' is not shared"));
+        }
+    }
+    for line in table(
+        &[
+            "Family",
+            "Mode",
+            "Origin",
+            "Policy",
+            "Sync",
+            "Interval",
+            "Keys",
+            "Last change",
+        ],
+        &rows,
+    ) {
+        out.line(&line);
+    }
+    Ok(format!(
+        "{} shared famil{}.",
+        rows.len(),
+        if rows.len() == 1 { "y" } else { "ies" }
+    ))
+}
+
+fn refresh(filter: Option<&str>) -> Result<String, String> {
+    let names: Vec<String> = with_runtime(|rt| {
+        rt.registry
+            .iter()
+            .filter(|f| filter.is_none_or(|name| f.name == name))
+            .map(|f| f.name.clone())
+            .collect()
+    })?;
+    if let (Some(name), true) = (filter, names.is_empty()) {
+        return Err(format!("family '{name}' is not shared"));
+    }
+    for name in &names {
+        module::scan_family(name);
+    }
+    let keys: usize = with_runtime(|rt| {
+        names
+            .iter()
+            .filter_map(|n| rt.stats.get(n))
+            .map(|s| s.keys)
+            .sum()
+    })?;
+    Ok(format!(
+        "Refreshed {} famil{} ({keys} keys read); no peer is connected, so nothing was sent.",
+        names.len(),
+        if names.len() == 1 { "y" } else { "ies" }
+    ))
+}
+
+fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    let rows = with_runtime(|rt| {
+        rt.config
+            .nodes
+            .iter()
+            .filter(|n| filter.is_none_or(|f| f == n.node.to_string() || f == n.section))
+            .map(|n| {
+                vec![
+                    n.node.to_string(),
+                    n.section.clone(),
+                    n.address(),
+                    "unknown".into(),
+                    "down".into(),
+                    "never".into(),
+                    "-".into(),
+                ]
+            })
+            .collect::<Vec<_>>()
+    })?;
+    if let (Some(f), true) = (filter, rows.is_empty()) {
+        return Err(format!("no configured node matches '{f}'"));
+    }
+    for line in table(
+        &[
+            "Node",
+            "Name",
+            "Address",
+            "EID",
+            "State",
+            "Last seen",
+            "Lag",
+        ],
+        &rows,
+    ) {
+        out.line(&line);
+    }
+    Ok(format!(
+        "{} node{} configured.",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ))
+}
+
+fn show_status(out: &mut Output) -> Result<String, String> {
+    let lines = with_runtime(|rt| {
+        let g = &rt.config.general;
+        let keys: usize = rt.stats.values().map(|s| s.keys).sum();
+        let network = match &g.cluster_secret {
+            None => "closed: no cluster_secret in [general]".to_string(),
+            Some(_) => format!(
+                "configured for {}:{} (transport not started in this build)",
+                g.bindaddr, g.bindport
+            ),
+        };
+        vec![
+            ("Entity ID", rt.eid.to_string()),
+            ("Cluster", g.cluster_name.clone()),
+            ("Node", g.cluster_node.to_string()),
+            ("Network", network),
+            ("Peers configured", rt.config.nodes.len().to_string()),
+            ("Shared families", rt.registry.len().to_string()),
+            ("Keys in shared families", keys.to_string()),
+            ("Family scans", rt.scans.to_string()),
+            ("Metadata file", rt.metadata.path().display().to_string()),
+            (
+                "Loaded",
+                format!("{} ({})", local_time(rt.loaded_at_ms), ago(rt.loaded_at_ms)),
+            ),
+            ("Config loaded", local_time(rt.config_loaded_at_ms)),
+            ("Built with headers", crate::asterisk::headers()),
+        ]
+    })?;
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in lines {
+        out.line(&format!("{:<width$} {v}", format!("{k}:")));
+    }
+    Ok(String::new())
+}
+
+/// Completion candidates for the word at `pos` (0-based over the whole line).
+pub fn complete(idx: usize, _line: &str, word: &str, pos: usize) -> Vec<String> {
+    let Some(command) = COMMANDS.get(idx) else {
+        return Vec::new();
+    };
+    let arg = pos.checked_sub(command.command.to_bytes().split(|b| *b == b' ').count());
+    let families = || {
+        with_runtime(|rt| {
+            rt.registry
+                .iter()
+                .map(|f| f.name.clone())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    };
+    let candidates: Vec<String> = match (idx, arg) {
+        (PUT, Some(0)) => vec!["global".into(), "unique".into()],
+        (DELETE | SHOW | REFRESH, Some(0)) => families(),
+        (NODES, Some(0)) => with_runtime(|rt| {
+            rt.config
+                .nodes
+                .iter()
+                .flat_map(|n| [n.node.to_string(), n.section.clone()])
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    candidates
+        .into_iter()
+        .filter(|c| c.starts_with(word))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_to_the_widest_cell() {
+        let lines = table(
+            &["Family", "Mode"],
+            &[
+                vec!["blacklist".into(), "global".into()],
+                vec!["q".into(), "unique".into()],
+            ],
+        );
+        assert_eq!(
+            lines,
+            vec!["Family     Mode", "blacklist  global", "q          unique"]
+        );
+    }
+
+    #[test]
+    fn every_command_has_a_usage_that_starts_with_its_own_words() {
+        for c in &COMMANDS {
+            let command = c.command.to_str().unwrap();
+            assert!(
+                c.usage
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&format!("Usage: {command}")),
+                "{command}"
+            );
+        }
+    }
+}

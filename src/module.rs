@@ -1,0 +1,391 @@
+//! The running module: configuration, shared families, the metadata file and
+//! the scan thread, with `load`, `unload` and `reload` as Asterisk calls them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Sender};
+
+use crate::asterisk::{self, config::Loaded, db};
+use crate::config::{self, ClusterConfig, CONFIG_FILE};
+use crate::engine::family::{validate_family_name, Mode, Origin, Registry, SharedFamily};
+use crate::engine::Eid;
+use crate::metadata::{self, Metadata};
+use crate::{error, notice, warning};
+
+/// Asterisk's load results.
+const LOAD_SUCCESS: i32 = 0;
+const LOAD_DECLINE: i32 = 1;
+
+/// How often the scan thread wakes to see which families are due.
+const SCAN_TICK: Duration = Duration::from_millis(100);
+
+/// What the scan of one family last found.
+#[derive(Clone, Debug, Default)]
+pub struct FamilyStats {
+    pub keys: usize,
+    /// Unix ms of the last change seen; None until one is seen.
+    pub last_change_ms: Option<u64>,
+    content_hash: u64,
+    pub scanned: bool,
+    last_scan: Option<Instant>,
+}
+
+pub struct Runtime {
+    pub config: ClusterConfig,
+    pub eid: Eid,
+    pub metadata: Metadata,
+    /// Families marked from the dialplan or CLI, as stored.
+    marks: Vec<SharedFamily>,
+    /// Presets unshared at run time; the next reload shares them again.
+    unshared_presets: BTreeSet<String>,
+    pub registry: Registry,
+    pub stats: BTreeMap<String, FamilyStats>,
+    pub loaded_at_ms: u64,
+    pub config_loaded_at_ms: u64,
+    pub scans: u64,
+}
+
+struct Worker {
+    stop: Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+static WORKER: Mutex<Option<Worker>> = Mutex::new(None);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The runtime, if loaded. A panic elsewhere never leaves it unusable.
+fn runtime() -> MutexGuard<'static, Option<Runtime>> {
+    RUNTIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `f` on the loaded runtime; Err when the module is not running.
+pub fn with_runtime<T>(f: impl FnOnce(&mut Runtime) -> T) -> Result<T, String> {
+    match runtime().as_mut() {
+        Some(rt) => Ok(f(rt)),
+        None => Err("res_astdb_cluster is not running".into()),
+    }
+}
+
+/// Reads and validates astdb_cluster.conf, logging every problem.
+fn read_config(only_if_changed: bool) -> Option<Option<ClusterConfig>> {
+    match asterisk::config::load(CONFIG_FILE, only_if_changed) {
+        Loaded::Unchanged => Some(None),
+        Loaded::Missing => {
+            error!("{CONFIG_FILE} is missing: see astdb_cluster.conf.sample for a starting point");
+            None
+        }
+        Loaded::Invalid => {
+            error!("{CONFIG_FILE} could not be read (syntax error; Asterisk's log names the line)");
+            None
+        }
+        Loaded::Sections(sections) => match config::parse(&sections) {
+            Ok(cfg) => Some(Some(cfg)),
+            Err(errors) => {
+                for e in &errors {
+                    error!("{e}");
+                }
+                error!(
+                    "{CONFIG_FILE} has {} error(s); none of it was applied",
+                    errors.len()
+                );
+                None
+            }
+        },
+    }
+}
+
+impl Runtime {
+    /// Rebuilds the effective set: dialplan marks, overridden by presets.
+    fn rebuild_registry(&mut self) {
+        let mut registry = Registry::new();
+        for mark in &self.marks {
+            registry.share(mark.clone());
+        }
+        for preset in &self.config.presets {
+            if !self.unshared_presets.contains(&preset.name) {
+                registry.share(preset.clone());
+            }
+        }
+        self.stats.retain(|name, _| registry.get(name).is_some());
+        for family in registry.iter() {
+            self.stats.entry(family.name.clone()).or_default();
+        }
+        self.registry = registry;
+    }
+
+    fn is_preset(&self, name: &str) -> bool {
+        self.config.presets.iter().any(|p| p.name == name)
+    }
+
+    /// Shares `name` in `mode` (DB_SHARED(put) or `database shared put`).
+    pub fn share(&mut self, name: &str, mode: Mode) -> Result<String, String> {
+        validate_family_name(name)?;
+        if let Some(preset) = self
+            .config
+            .presets
+            .iter()
+            .find(|p| p.name == name && !self.unshared_presets.contains(name))
+        {
+            if preset.mode != mode {
+                return Err(format!(
+                    "family '{name}' is shared {} by a preset in {CONFIG_FILE}; the preset wins, so it stays {}",
+                    preset.mode, preset.mode
+                ));
+            }
+        }
+        let family = SharedFamily::from_dialplan(name, mode);
+        let previous = self.marks.iter().position(|m| m.name == name);
+        if previous.is_some_and(|i| self.marks[i].mode == mode) {
+            return Ok(format!("family '{name}' is already shared {mode}"));
+        }
+        self.metadata.save_family(&family)?;
+        match previous {
+            Some(i) => self.marks[i] = family,
+            None => self.marks.push(family),
+        }
+        self.unshared_presets.remove(name);
+        self.rebuild_registry();
+        asterisk::manager_event(
+            "AstDBClusterFamilyShared",
+            &[("Family", name), ("Mode", &mode.to_string())],
+        );
+        Ok(match previous {
+            Some(_) => format!("family '{name}' is now shared {mode} (was shared otherwise)"),
+            None => format!("family '{name}' is now shared {mode}"),
+        })
+    }
+
+    /// Stops sharing `name`; its data stays as it is.
+    pub fn unshare(&mut self, name: &str) -> Result<String, String> {
+        if self.registry.get(name).is_none() {
+            return Err(format!("family '{name}' is not shared"));
+        }
+        self.metadata.remove_family(name)?;
+        self.marks.retain(|m| m.name != name);
+        let mut message = format!("family '{name}' is no longer shared; its keys are kept");
+        if self.is_preset(name) {
+            self.unshared_presets.insert(name.to_string());
+            message.push_str(&format!(
+                " (it is a preset in {CONFIG_FILE}: the next reload shares it again)"
+            ));
+        }
+        self.rebuild_registry();
+        asterisk::manager_event("AstDBClusterFamilyUnshared", &[("Family", name)]);
+        Ok(message)
+    }
+
+    /// The families due for a scan now.
+    fn due_families(&self, now: Instant) -> Vec<String> {
+        self.registry
+            .iter()
+            .filter(|f| {
+                self.stats
+                    .get(&f.name)
+                    .and_then(|s| s.last_scan)
+                    .is_none_or(|at| {
+                        now.duration_since(at) >= Duration::from_millis(f.sync_interval_ms)
+                    })
+            })
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// Records what a scan of `name` found.
+    fn record_scan(&mut self, name: &str, rows: &[(String, String)], at: Instant) {
+        let own: Vec<&(String, String)> = rows
+            .iter()
+            .filter(|(key, _)| {
+                let path = match key.rsplit_once('/') {
+                    Some((dirs, _)) => format!("{name}/{dirs}"),
+                    None => name.to_string(),
+                };
+                self.registry
+                    .covering(&path)
+                    .is_some_and(|f| f.name == name)
+            })
+            .collect();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        own.hash(&mut hasher);
+        let hash = hasher.finish();
+        self.scans += 1;
+        if let Some(stats) = self.stats.get_mut(name) {
+            if stats.scanned && stats.content_hash != hash {
+                stats.last_change_ms = Some(now_ms());
+            }
+            stats.keys = own.len();
+            stats.content_hash = hash;
+            stats.scanned = true;
+            stats.last_scan = Some(at);
+        }
+    }
+}
+
+/// Scans one family now (outside our lock: a large family takes a while to read).
+pub fn scan_family(name: &str) {
+    let rows = db::tree(name);
+    let _ = with_runtime(|rt| rt.record_scan(name, &rows, Instant::now()));
+}
+
+fn worker_loop(stop: crossbeam_channel::Receiver<()>) {
+    loop {
+        match stop.recv_timeout(SCAN_TICK) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let due = with_runtime(|rt| rt.due_families(Instant::now())).unwrap_or_default();
+        for name in due {
+            let outcome = std::panic::catch_unwind(|| scan_family(&name));
+            if outcome.is_err() {
+                error!("scan of family '{name}' failed unexpectedly; it will be retried");
+            }
+        }
+    }
+}
+
+fn start_worker() -> Result<(), String> {
+    let (stop, rx) = bounded(1);
+    let handle = std::thread::Builder::new()
+        .name("astdb-cluster-scan".into())
+        .spawn(move || worker_loop(rx))
+        .map_err(|e| format!("could not start the scan thread: {e}"))?;
+    *WORKER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Worker { stop, handle });
+    Ok(())
+}
+
+fn stop_worker() {
+    let worker = WORKER.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(worker) = worker {
+        let _ = worker.stop.send(());
+        if worker.handle.join().is_err() {
+            error!("the scan thread ended with a panic");
+        }
+    }
+}
+
+pub fn load() -> i32 {
+    let Some(Some(config)) = read_config(false) else {
+        error!("res_astdb_cluster declined to load: no valid configuration");
+        return LOAD_DECLINE;
+    };
+    let path = asterisk::astdb_dir().join(metadata::FILE_NAME);
+    let (metadata, report) = match Metadata::open(&path) {
+        Ok(opened) => opened,
+        Err(why) => {
+            error!("cannot open {}: {why}; declining to load", path.display());
+            return LOAD_DECLINE;
+        }
+    };
+    if let Some((aside, why)) = &report.set_aside {
+        error!(
+            "{} was damaged ({why}); it was moved to {} and a new one was started. Runtime-shared families must be shared again; AstDB data is untouched",
+            path.display(),
+            aside.display()
+        );
+    }
+    let (marks, bad) = metadata
+        .families()
+        .unwrap_or_else(|e| (Vec::new(), vec![e]));
+    for why in bad {
+        warning!("{}: ignoring {why}", path.display());
+    }
+    let now = now_ms();
+    let mut rt = Runtime {
+        config,
+        eid: asterisk::local_eid(),
+        metadata,
+        marks,
+        unshared_presets: BTreeSet::new(),
+        registry: Registry::new(),
+        stats: BTreeMap::new(),
+        loaded_at_ms: now,
+        config_loaded_at_ms: now,
+        scans: 0,
+    };
+    rt.rebuild_registry();
+    let summary = format!(
+        "res_astdb_cluster: this is node {} ({}) of cluster '{}', {} peer(s) configured, {} famil{} shared",
+        rt.config.general.cluster_node,
+        rt.eid,
+        rt.config.general.cluster_name,
+        rt.config.nodes.len(),
+        rt.registry.len(),
+        if rt.registry.len() == 1 { "y" } else { "ies" }
+    );
+    if rt.config.general.cluster_secret.is_none() {
+        warning!("no cluster_secret in [general] of {CONFIG_FILE}: the network stays closed until one is set");
+    }
+    *runtime() = Some(rt);
+    if let Err(why) = start_worker() {
+        error!("{why}; declining to load");
+        runtime().take();
+        return LOAD_DECLINE;
+    }
+    if let Err(why) = asterisk::register_interfaces() {
+        error!("{why}; declining to load");
+        stop_worker();
+        runtime().take();
+        return LOAD_DECLINE;
+    }
+    notice!("{summary}");
+    LOAD_SUCCESS
+}
+
+pub fn unload() -> i32 {
+    asterisk::unregister_interfaces();
+    stop_worker();
+    runtime().take();
+    0
+}
+
+pub fn reload() -> i32 {
+    let config = match read_config(true) {
+        Some(Some(config)) => config,
+        Some(None) => return 0,
+        None => {
+            warning!("{CONFIG_FILE} not applied; keeping the last good configuration");
+            return 0;
+        }
+    };
+    let applied = with_runtime(|rt| {
+        let before: BTreeSet<String> = rt.registry.iter().map(|f| f.name.clone()).collect();
+        rt.config = config;
+        rt.unshared_presets.clear();
+        rt.config_loaded_at_ms = now_ms();
+        rt.rebuild_registry();
+        let after: BTreeSet<String> = rt.registry.iter().map(|f| f.name.clone()).collect();
+        let added: Vec<&String> = after.difference(&before).collect();
+        let removed: Vec<&String> = before.difference(&after).collect();
+        notice!(
+            "{CONFIG_FILE} reloaded: {} famil{} shared ({} added, {} no longer shared), {} peer(s)",
+            after.len(),
+            if after.len() == 1 { "y" } else { "ies" },
+            added.len(),
+            removed.len(),
+            rt.config.nodes.len()
+        );
+    });
+    if let Err(why) = applied {
+        warning!("reload ignored: {why}");
+    }
+    0
+}
+
+/// For messages and CLI output: which origin a family came from.
+pub fn origin_text(family: &SharedFamily) -> &'static str {
+    match family.origin {
+        Origin::Preset => "preset",
+        Origin::Dialplan => "dialplan",
+    }
+}
