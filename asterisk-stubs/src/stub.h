@@ -1,0 +1,96 @@
+/*
+ * Stand-in Asterisk for res_astdb_cluster tests: internal declarations.
+ *
+ * The stand-in implements the API declared in the project's include/ and is
+ * compiled against those very headers, so prototypes and layouts match what
+ * the module sees.
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+#ifndef ASTERISK_STUB_H
+#define ASTERISK_STUB_H
+
+#define AST_MODULE "asterisk"
+#define AST_MODULE_SELF_SYM __internal_asterisk_stub_core_self
+
+#include <pthread.h>
+#include <stdio.h>
+
+#include "asterisk.h"
+#include "asterisk/astdb.h"
+#include "asterisk/cli.h"
+#include "asterisk/config.h"
+#include "asterisk/logger.h"
+#include "asterisk/manager.h"
+#include "asterisk/module.h"
+#include "asterisk/paths.h"
+#include "asterisk/pbx.h"
+#include "asterisk/utils.h"
+
+#define STUB_LOG(level, ...) ast_log(level, __FILE__, __LINE__, __func__, __VA_ARGS__)
+#define LOG_DEBUG   __LOG_DEBUG
+#define LOG_NOTICE  __LOG_NOTICE
+#define LOG_WARNING __LOG_WARNING
+#define LOG_ERROR   __LOG_ERROR
+#define UNUSED(x) (void)(x)
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Directories from asterisk.conf (main.c). */
+extern char stub_etc_dir[4096];
+extern char stub_mod_dir[4096];
+extern char stub_db_dir[4096];
+extern char stub_run_dir[4096];
+extern char stub_log_dir[4096];
+extern char stub_data_dir[4096];
+extern char stub_spool_dir[4096];
+extern char stub_conf_file[4096];
+extern char stub_socket_path[4200];
+
+/* main.c */
+void stub_request_shutdown(void);
+
+/* logger.c */
+int stub_logger_init(void);
+void stub_logger_close(void);
+
+/* astdb.c */
+int stub_astdb_init(void);
+void stub_astdb_shutdown(void);
+void stub_astdb_register_cli(void);
+/* Manager actions performing writes like manager_db (used by manager.c). */
+void stub_astdb_manager_action(int fd, const char *action, int nargs, const char *const *names,
+	const char *const *values);
+
+/* cli.c */
+void stub_cli_register_core(void);
+int stub_cli_execute(int fd, const char *line);
+int stub_cli_server_start(void);
+void stub_cli_server_stop(void);
+/* Parses a command line into words; quotes group words. Returns argc. */
+int stub_cli_parse(const char *line, char **argv, int max, char *buf, size_t buflen, int *trailing_space);
+
+/* loader.c */
+int stub_loader_init(void);
+int stub_module_load(const char *name, int fd);
+int stub_module_unload(const char *name, int fd);
+void stub_modules_shutdown(void);
+const char *stub_module_name(struct ast_module *mod);
+void stub_module_ref(struct ast_module *mod);
+void stub_module_unref(struct ast_module *mod);
+
+/* pbx.c */
+void stub_pbx_init(void);
+
+/* manager.c */
+void stub_manager_init(void);
+
+void stub_logger_register_cli(void);
+void stub_loader_register_cli(void);
+const char *stub_cli_raw_rest(const char *line, int nwords);
+
+/* utils */
+char *stub_trim(char *s);
+int stub_mkdirs(const char *path);
+void stub_cli_write(int fd, const char *buf, size_t len);
+
+#endif
