@@ -3,12 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Sender};
-
+use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded, db};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
 use crate::engine::family::{validate_family_name, Mode, Origin, Registry, SharedFamily};
@@ -50,8 +48,8 @@ pub struct Runtime {
 }
 
 struct Worker {
-    stop: Sender<()>,
-    handle: JoinHandle<()>,
+    stop: Arc<Signal>,
+    thread: OwnedThread,
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
@@ -238,11 +236,10 @@ pub fn scan_family(name: &str) {
     let _ = with_runtime(|rt| rt.record_scan(name, &rows, Instant::now()));
 }
 
-fn worker_loop(stop: crossbeam_channel::Receiver<()>) {
+fn worker_loop(stop: &Signal) {
     loop {
-        match stop.recv_timeout(SCAN_TICK) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if stop.wait(SCAN_TICK) {
+            return;
         }
         let due = with_runtime(|rt| rt.due_families(Instant::now())).unwrap_or_default();
         for name in due {
@@ -255,26 +252,23 @@ fn worker_loop(stop: crossbeam_channel::Receiver<()>) {
 }
 
 fn start_worker() -> Result<(), String> {
-    let (stop, rx) = bounded(1);
-    let handle = std::thread::Builder::new()
-        .name("astdb-cluster-scan".into())
-        .spawn(move || worker_loop(rx))
-        .map_err(|e| format!("could not start the scan thread: {e}"))?;
-    *WORKER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Worker { stop, handle });
+    let stop = Arc::new(Signal::new());
+    let signal = Arc::clone(&stop);
+    let thread = thread::spawn("astdb-cl-scan", move || worker_loop(&signal))?;
+    *WORKER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Worker { stop, thread });
     Ok(())
 }
 
 fn stop_worker() {
     let worker = WORKER.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(worker) = worker {
-        let _ = worker.stop.send(());
-        if worker.handle.join().is_err() {
-            error!("the scan thread ended with a panic");
-        }
+        worker.stop.raise();
+        worker.thread.join();
     }
 }
 
 pub fn load() -> i32 {
+    thread::install_panic_hook();
     let Some(Some(config)) = read_config(false) else {
         error!("res_astdb_cluster declined to load: no valid configuration");
         return LOAD_DECLINE;

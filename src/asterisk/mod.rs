@@ -18,6 +18,7 @@ pub mod config;
 pub mod db;
 mod entry;
 pub mod log;
+pub mod thread;
 
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
