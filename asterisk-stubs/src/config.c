@@ -458,3 +458,62 @@ struct ast_config *ast_config_load2(const char *filename, const char *who_asked,
 	}
 	return cfg;
 }
+
+/* ---- CLI (stand-in only, for tests): config test load <file> [who_asked] [unchanged] ---- */
+
+static char *cli_config_test_load(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	struct ast_flags flags = { 0 };
+	struct ast_config *cfg;
+	char *cat = NULL;
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "config test load";
+		e->usage = "Usage: config test load <file> [who_asked] [unchanged]\n"
+			"       Loads a file with ast_config_load2() as a module would and prints the\n"
+			"       result: MISSING, UNCHANGED, INVALID or every category and variable.\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	if (a->argc < 4 || a->argc > 6) {
+		return CLI_SHOWUSAGE;
+	}
+	if (a->argc == 6 && !strcasecmp(a->argv[5], "unchanged")) {
+		flags.flags |= CONFIG_FLAG_FILEUNCHANGED;
+	}
+	cfg = ast_config_load2(a->argv[3], a->argc >= 5 ? a->argv[4] : "cli", flags);
+	if (cfg == CONFIG_STATUS_FILEMISSING) {
+		ast_cli(a->fd, "MISSING\n");
+		return CLI_SUCCESS;
+	}
+	if (cfg == CONFIG_STATUS_FILEUNCHANGED) {
+		ast_cli(a->fd, "UNCHANGED\n");
+		return CLI_SUCCESS;
+	}
+	if (cfg == CONFIG_STATUS_FILEINVALID) {
+		ast_cli(a->fd, "INVALID\n");
+		return CLI_SUCCESS;
+	}
+	while ((cat = ast_category_browse(cfg, cat))) {
+		struct ast_variable *v;
+		ast_cli(a->fd, "[%s]\n", cat);
+		for (v = ast_variable_browse(cfg, cat); v; v = v->next) {
+			const char *base = strrchr(v->file, '/');
+			ast_cli(a->fd, "%s %s %s (%s:%d%s)\n", v->name, v->object ? "=>" : "=", v->value,
+				base ? base + 1 : v->file, v->lineno, v->inherited ? ", inherited" : "");
+		}
+	}
+	ast_config_destroy(cfg);
+	return CLI_SUCCESS;
+}
+
+static struct ast_cli_entry config_cli[] = {
+	{ .handler = cli_config_test_load, .summary = "Load a config file as a module would (stand-in only)" },
+};
+
+void stub_config_register_cli(void)
+{
+	ast_cli_register_multiple(config_cli, ARRAY_LEN(config_cli));
+}

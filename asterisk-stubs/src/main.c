@@ -260,6 +260,7 @@ int main(int argc, char **argv)
 
 	stub_cli_register_core();
 	stub_logger_register_cli();
+	stub_config_register_cli();
 	if (stub_astdb_init()) {
 		STUB_LOG(LOG_ERROR, "Unable to open the AstDB\n");
 		return 1;

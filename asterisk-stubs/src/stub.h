@@ -85,6 +85,7 @@ void stub_pbx_init(void);
 void stub_manager_init(void);
 
 void stub_logger_register_cli(void);
+void stub_config_register_cli(void);
 void stub_loader_register_cli(void);
 const char *stub_cli_raw_rest(const char *line, int nwords);
 

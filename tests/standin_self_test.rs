@@ -1,0 +1,335 @@
+//! Tests of the stand-in Asterisk itself (no res_astdb_cluster needed).
+
+mod standin;
+
+use standin::{testmod_so, StandIn};
+use std::time::Duration;
+
+fn plain(name: &str) -> StandIn {
+    StandIn::builder(name).start()
+}
+
+#[test]
+fn version_settings_and_threads() {
+    let s = StandIn::builder("basics").eid("02:00:00:00:00:07").start();
+    assert_eq!(
+        s.cli("core show version").trim(),
+        "Asterisk stand-in (res_astdb_cluster test double)"
+    );
+    let settings = s.cli("core show settings");
+    assert!(
+        settings.contains("Entity ID:                   02:00:00:00:00:07"),
+        "{settings}"
+    );
+    assert!(
+        settings.contains(&format!("{}", s.db_dir().join("astdb").display())),
+        "{settings}"
+    );
+    let threads = s.cli("core show threads");
+    assert!(
+        threads.lines().last().unwrap().ends_with("threads listed."),
+        "{threads}"
+    );
+    assert!(s.cli("no such thing").contains("No such command"));
+}
+
+#[test]
+fn astdb_cli_put_get_show_deltree() {
+    let s = plain("astdb-cli");
+    assert_eq!(
+        s.cli("database put fam k1 v1"),
+        "Updated database successfully\n"
+    );
+    s.cli("database put fam/sub k2 \"two words\"");
+    s.cli("database put other k3 v3");
+    assert_eq!(s.cli("database get fam k1"), "Value: v1\n");
+    assert_eq!(
+        s.cli("database get fam nope"),
+        "Database entry not found.\n"
+    );
+    assert_eq!(s.cli("database get fam/sub k2"), "Value: two words\n");
+    let show = s.cli("database show fam");
+    assert_eq!(
+        show,
+        format!(
+            "{:<50}: {:<25}\n{:<50}: {:<25}\n2 results found.\n",
+            "/fam/k1", "v1", "/fam/sub/k2", "two words"
+        )
+    );
+    assert!(s.cli("database show").ends_with("3 results found.\n"));
+    assert!(s
+        .cli("database show fam sub")
+        .ends_with("1 results found.\n"));
+    // A family is a whole path component: "fa" does not match "/fam/...".
+    assert!(s.cli("database show fa").ends_with("0 results found.\n"));
+    assert!(s.cli("database showkey k3").contains("/other/k3"));
+    assert_eq!(
+        s.cli("database del fam nope"),
+        "Database entry could not be removed.\n"
+    );
+    assert_eq!(s.cli("database del fam k1"), "Database entry removed.\n");
+    assert_eq!(
+        s.cli("database deltree fam"),
+        "1 database entries removed.\n"
+    );
+    assert_eq!(
+        s.cli("database deltree fam"),
+        "Database entries do not exist.\n"
+    );
+    assert!(s
+        .cli("database query \"SELECT COUNT(*) AS n FROM astdb\"")
+        .contains("n    : 1"));
+    assert!(s
+        .cli("database put onlytwo args")
+        .starts_with("Usage: database put"));
+}
+
+#[test]
+fn astdb_via_dialplan_functions() {
+    let s = plain("astdb-func");
+    assert_eq!(s.cli("dialplan set DB(fam/key)=hello world"), "Result: 0\n");
+    assert_eq!(s.cli("dialplan eval [${DB(fam/key)}]"), "[hello world]\n");
+    assert_eq!(s.cli("database get fam key"), "Value: hello world\n");
+    assert_eq!(
+        s.cli("dialplan eval ${DB_EXISTS(fam/key)}${DB_EXISTS(fam/none)}"),
+        "10\n"
+    );
+    s.cli("dialplan set DB(fam/a/b)=1");
+    s.cli("dialplan set DB(fam/c)=x,y");
+    assert_eq!(s.cli("dialplan eval ${DB_KEYS(fam)}"), "a,c,key\n");
+    assert_eq!(s.cli("dialplan eval ${DB_KEYCOUNT(fam)}"), "3\n");
+    // Nested substitution inside the arguments.
+    s.cli("database put ptr target key");
+    assert_eq!(
+        s.cli("dialplan eval ${DB(fam/${DB(ptr/target)})}"),
+        "hello world\n"
+    );
+    assert_eq!(
+        s.cli("dialplan eval ${DB_DELETE(fam/key)}"),
+        "hello world\n"
+    );
+    assert_eq!(s.cli("database get fam key"), "Database entry not found.\n");
+    let out = s.cli("dialplan eval ${NO_SUCH_FUNC(x)}");
+    assert!(
+        out.contains("ERROR: Function NO_SUCH_FUNC not registered"),
+        "{out}"
+    );
+    assert!(s
+        .cli("core show function DB")
+        .contains("Read from or write to the Asterisk database."));
+}
+
+#[test]
+fn manager_actions_write_the_astdb() {
+    let s = plain("ami");
+    let out = s.cli("manager action DBPut Family=f Key=k Val=v");
+    assert_eq!(
+        out,
+        "Response: Success\nMessage: Updated database successfully\n"
+    );
+    assert!(s
+        .cli("manager action DBGet Family=f Key=k")
+        .contains("Val: v"));
+    assert!(s
+        .cli("manager action DBDel Family=f Key=nope")
+        .contains("Response: Error"));
+    assert!(s
+        .cli("manager action DBDel Family=f Key=k")
+        .contains("Key deleted successfully"));
+    s.cli("manager action DBPut Family=g Key=a/b Val=1");
+    assert!(s
+        .cli("manager action DBDelTree Family=g Key=a")
+        .contains("Response: Success"));
+    assert!(s
+        .cli("manager action DBDelTree Family=g")
+        .contains("Database entry not found"));
+}
+
+/// Writes are committed by the sync thread at most about once a second, so a
+/// second connection sees a write only after that commit.
+#[test]
+fn astdb_commits_about_once_a_second() {
+    let s = plain("commit");
+    let count = |key: &str| -> i64 {
+        let conn = rusqlite::Connection::open_with_flags(
+            s.db_file(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open astdb");
+        conn.query_row("SELECT COUNT(*) FROM astdb WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .expect("query")
+    };
+    // The first write after a quiet second is committed at once...
+    s.cli("database put c first 1");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(count("/c/first"), 1);
+    // ...the next one waits for the sync thread to wake up again.
+    s.cli("database put c second 2");
+    assert_eq!(
+        count("/c/second"),
+        0,
+        "a write must not be visible before its commit"
+    );
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        count("/c/second"),
+        1,
+        "the write must be committed within about a second"
+    );
+}
+
+#[test]
+fn astdb_survives_restart_and_shutdown_commits() {
+    let mut s = plain("restart");
+    s.cli("database put r a 1");
+    s.cli("database put r b 2");
+    s.stop();
+    s.restart();
+    assert!(s.cli("database show r").ends_with("2 results found.\n"));
+    s.kill9();
+    s.restart();
+    assert_eq!(s.cli("database get r a"), "Value: 1\n");
+}
+
+#[test]
+fn config_loading() {
+    let s = plain("config");
+    s.write_conf(
+        "good.conf",
+        "; comment\n[tpl](!)\ncolor = blue ; trailing\n\n[one](tpl)\nname = first\\;not a comment\nexten => 100\n[two]\n  spaced   =   value  \n",
+    );
+    let out = s.cli("config test load good.conf");
+    assert_eq!(
+        out,
+        "[one]\ncolor = blue (good.conf:3, inherited)\nname = first;not a comment (good.conf:6)\nexten => 100 (good.conf:7)\n[two]\nspaced = value (good.conf:9)\n"
+    );
+    assert_eq!(s.cli("config test load missing.conf"), "MISSING\n");
+    s.write_conf("bad.conf", "[ok]\na = 1\n[broken\nb = 2\n");
+    assert_eq!(s.cli("config test load bad.conf"), "INVALID\n");
+    assert!(s.log().contains("parse error: no closing ']', line 3 of"));
+    s.write_conf("nocat.conf", "a = 1\n");
+    assert_eq!(s.cli("config test load nocat.conf"), "INVALID\n");
+    s.write_conf("noparent.conf", "[x](nothere)\n");
+    assert_eq!(s.cli("config test load noparent.conf"), "INVALID\n");
+    // CONFIG_FLAG_FILEUNCHANGED: unchanged for the same who_asked only.
+    assert!(s
+        .cli("config test load good.conf mod_a unchanged")
+        .starts_with("[one]"));
+    assert_eq!(
+        s.cli("config test load good.conf mod_a unchanged"),
+        "UNCHANGED\n"
+    );
+    assert!(s
+        .cli("config test load good.conf mod_b unchanged")
+        .starts_with("[one]"));
+    s.write_conf("good.conf", "[three]\nx = y\n");
+    assert_eq!(
+        s.cli("config test load good.conf mod_a unchanged"),
+        "[three]\nx = y (good.conf:2)\n"
+    );
+}
+
+#[test]
+fn loader_checks_registration_and_key() {
+    let s = StandIn::builder("loader")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .module_as(testmod_so("stub_badkey"), "stub_badkey.so")
+        .module_as(testmod_so("stub_noreg"), "stub_noreg.so")
+        .preload(&["stub_good.so"])
+        .start();
+    assert!(s.cli("module show").contains("stub_good.so"));
+    // The stand-in wrote since/provided_by into the undocumented function record.
+    assert!(s
+        .log()
+        .contains("stub_good loaded (since=set provided_by=stub_good)"));
+    assert!(s.cli("module load stub_good.so").contains("already loaded"));
+
+    let out = s.cli("module load stub_noreg.so");
+    assert!(out.contains("did not register itself during load"), "{out}");
+    assert!(s
+        .log()
+        .contains("Module 'stub_noreg.so' did not register itself during load"));
+    let out = s.cli("module load stub_badkey.so");
+    assert!(out.contains("did not provide a valid license key"), "{out}");
+    let shown = s.cli("module show");
+    assert!(
+        !shown.contains("stub_noreg") && !shown.contains("stub_badkey"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn module_unload_load_cycles() {
+    let s = StandIn::builder("cycles")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .preload(&["stub_good.so"])
+        .start();
+    for _ in 0..5 {
+        assert_eq!(s.cli("stubgood hello x"), "hello x (loads=1)\n");
+        assert_eq!(s.cli("dialplan eval ${STUB_ECHO(a,b)}"), "STUB_ECHO:a,b\n");
+        assert!(s
+            .cli("module unload stub_good.so")
+            .contains("Unloaded stub_good.so"));
+        assert!(s.cli("stubgood hello x").contains("No such command"));
+        assert!(s
+            .cli("dialplan eval ${STUB_ECHO(a)}")
+            .contains("not registered"));
+        assert!(s
+            .cli("module load stub_good.so")
+            .contains("Loaded stub_good.so"));
+    }
+    assert!(!s.log().contains("still mapped after dlclose"));
+    assert!(s
+        .cli("module reload stub_good.so")
+        .contains("reloaded successfully"));
+    assert!(s.log().contains("stub_good reloaded"));
+    assert!(s
+        .cli("module unload nothere.so")
+        .contains("could not be found"));
+}
+
+#[test]
+fn cli_completion() {
+    let s = StandIn::builder("complete")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .preload(&["stub_good.so"])
+        .start();
+    // Handler results (n = 0, 1, ...) and ast_cli_completion_add() results.
+    assert_eq!(s.cli("_complete stubgood hello "), "alpha\nbeta\nbravo\n");
+    assert_eq!(s.cli("_complete stubgood hello b"), "beta\nbravo\n");
+    // Command words.
+    assert_eq!(s.cli("_complete database sh"), "show\nshowkey\n");
+    assert!(s.cli("_complete stub").contains("stubgood"));
+    assert_eq!(s.cli("_complete module unload stub_"), "stub_good.so\n");
+    assert!(s.cli("core show help").contains("stubgood hello"));
+}
+
+#[test]
+fn instances_run_side_by_side() {
+    let a = StandIn::builder("side-a").eid("02:00:00:00:00:0a").start();
+    let b = StandIn::builder("side-b").eid("02:00:00:00:00:0b").start();
+    a.cli("database put x k a");
+    b.cli("database put x k b");
+    assert_eq!(a.cli("database get x k"), "Value: a\n");
+    assert_eq!(b.cli("database get x k"), "Value: b\n");
+    assert!(a.cli("core show settings").contains("02:00:00:00:00:0a"));
+    assert!(b.cli("core show settings").contains("02:00:00:00:00:0b"));
+}
+
+#[test]
+fn concurrent_clients() {
+    let s = plain("concurrent");
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let s = &s;
+            scope.spawn(move || {
+                for i in 0..10 {
+                    s.cli(&format!("database put conc t{t}k{i} {i}"));
+                }
+            });
+        }
+    });
+    assert!(s.cli("database show conc").ends_with("40 results found.\n"));
+}
