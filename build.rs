@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 const SYSTEM_INCLUDE_DIRS: &[&str] = &["/usr/include", "/usr/local/include"];
 
 fn main() {
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo:rerun-if-env-changed=ASTERISK_INCLUDE_DIR");
     println!("cargo:rerun-if-changed=src/asterisk/glue.c");
@@ -20,7 +21,11 @@ fn main() {
     let (include_dir, installed) = asterisk_headers(&manifest);
     println!(
         "cargo:warning=building against {} Asterisk headers in {}",
-        if installed { "installed" } else { "the project's own" },
+        if installed {
+            "installed"
+        } else {
+            "the project's own"
+        },
         include_dir.display()
     );
 
@@ -49,7 +54,6 @@ fn compile_glue(manifest: &Path, include_dir: &Path, installed: bool, out: &Path
     let mut build = cc::Build::new();
     build
         .file(manifest.join("src/asterisk/glue.c"))
-        .include(include_dir)
         .include(manifest.join("src/asterisk"))
         .define("_GNU_SOURCE", None)
         .define("_REENTRANT", None)
@@ -58,7 +62,11 @@ fn compile_glue(manifest: &Path, include_dir: &Path, installed: bool, out: &Path
         .flag_if_supported("-Wno-unused-parameter")
         .cargo_metadata(false);
     if installed {
+        // Asterisk's own headers are not ours to keep warning-free.
+        build.flag(format!("-isystem{}", include_dir.display()));
         build.define("ASTDB_CLUSTER_INSTALLED_HEADERS", None);
+    } else {
+        build.include(include_dir);
     }
     build.compile("astdb_cluster_glue");
     // Only the cdylib gets the glue, whole: nothing in Rust references its
@@ -105,6 +113,10 @@ fn generate_bindings(manifest: &Path, include_dir: &Path, installed: bool, out: 
         // Asterisk's utils.h uses a Clang block type.
         builder = builder.clang_arg("-fblocks");
     }
-    let bindings = builder.generate().expect("bindgen could not read the Asterisk headers");
-    bindings.write_to_file(out.join("bindings.rs")).expect("write bindings.rs");
+    let bindings = builder
+        .generate()
+        .expect("bindgen could not read the Asterisk headers");
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("write bindings.rs");
 }

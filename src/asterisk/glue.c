@@ -18,7 +18,6 @@
 #include "asterisk/manager.h"
 #ifdef ASTDB_CLUSTER_INSTALLED_HEADERS
 #include "asterisk/buildopts.h"
-#include "asterisk/astmm.h"
 #endif
 
 #include <string.h>
