@@ -333,3 +333,80 @@ fn concurrent_clients() {
     });
     assert!(s.cli("database show conc").ends_with("40 results found.\n"));
 }
+
+#[test]
+fn function_docs_from_thirdparty_xml() {
+    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE docs SYSTEM "appdocsxml.dtd">
+<docs xmlns:xi="http://www.w3.org/2001/XInclude">
+	<function name="STUB_ECHO" language="en_US">
+		<since><version>1.0.0</version></since>
+		<synopsis>Echo the arguments &amp; the name.</synopsis>
+		<syntax><parameter name="a" required="true"/><parameter name="b"/></syntax>
+		<description><para>Returns NAME:args.</para></description>
+		<see-also><ref type="function">DB</ref></see-also>
+	</function>
+</docs>
+"#;
+    let s = StandIn::builder("docs")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .data_file("documentation/thirdparty/stub_good-en_US.xml", xml)
+        .preload(&["stub_good.so"])
+        .start();
+    let out = s.cli("core show function STUB_ECHO");
+    assert!(out.contains("[Synopsis]\nEcho the arguments & the name.\n"), "{out}");
+    assert!(out.contains("[Since]\n1.0.0\n"), "{out}");
+    assert!(out.contains("[Syntax]\nSTUB_ECHO(a,b)\n"), "{out}");
+    assert!(out.contains("[Description]\nReturns NAME:args.\n"), "{out}");
+    assert!(out.contains("[See Also]\nDB\n"), "{out}");
+    assert!(out.contains("[Provided By]\nstub_good\n"), "{out}");
+}
+
+/// The real module loads, unloads and loads again in the stand-in.
+#[test]
+fn real_module_load_unload_cycle() {
+    // No cluster_secret: the module runs without opening any network.
+    let conf = "[general]\ncluster_name = selftest\ncluster_node = 1\n";
+    let s = StandIn::builder("realmod")
+        .eid("02:00:00:00:00:31")
+        .conf_file("astdb_cluster.conf", conf)
+        .module_path(standin::module_so())
+        .preload(&["res_astdb_cluster.so"])
+        .start();
+    let shown = s.cli("module show");
+    assert!(shown.contains("res_astdb_cluster.so"), "{shown}\n{}", s.log());
+    for _ in 0..3 {
+        assert!(s.cli("module unload res_astdb_cluster.so").contains("Unloaded"), "{}", s.log());
+        assert!(s.cli("module load res_astdb_cluster.so").contains("Loaded"), "{}", s.log());
+    }
+    assert!(!s.log().contains("still mapped after dlclose"), "{}", s.log());
+}
+
+#[test]
+fn manager_events_are_logged() {
+    let s = StandIn::builder("events")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .preload(&["stub_good.so"])
+        .start();
+    s.cli("module reload stub_good.so");
+    let events = s.events();
+    assert!(events.contains("Event: StubGoodReloaded\nPrivilege: 1\nLoads: 1\n"), "{events}");
+    let file = std::fs::read_to_string(s.log_dir().join("events")).unwrap();
+    assert!(file.contains("Event: StubGoodReloaded"), "{file}");
+}
+
+/// A thread-local destructor registered on the main thread (load at start-up)
+/// pins the library: the stand-in warns after dlclose, and the next load fails
+/// to register, as in real Asterisk.
+#[test]
+fn pinned_library_is_reported() {
+    let s = StandIn::builder("pinned")
+        .module_as(testmod_so("stub_tls"), "stub_tls.so")
+        .preload(&["stub_tls.so"])
+        .start();
+    assert!(s.cli("module show").contains("stub_tls.so"));
+    s.cli("module unload stub_tls.so");
+    assert!(s.log().contains("Module 'stub_tls.so' is still mapped after dlclose"), "{}", s.log());
+    let out = s.cli("module load stub_tls.so");
+    assert!(out.contains("did not register itself during load"), "{out}");
+}

@@ -65,16 +65,39 @@ int __ast_custom_function_register(struct ast_custom_function *acf, struct ast_m
 		 * fields, their string pool and the since/provided_by tail are written.
 		 * A record shorter than 176 bytes gets overwritten past its end here.
 		 */
-		acf->doc_pool = calloc(1, 128);
+		char *syn = NULL, *desc = NULL, *syntax = NULL, *seealso = NULL, *since = NULL;
+		const char *provided = stub_module_name(mod);
+		char *pool;
+		size_t total;
+
+		if (!stub_xmldoc_function(acf->name, &syn, &desc, &syntax, &seealso, &since)) {
+			syn = strdup("Not available");
+			desc = strdup("Not available");
+			syntax = strdup("Not available");
+			seealso = strdup("Not available");
+			since = strdup("");
+		}
+		/* One block holds every string, as Asterisk's string-field pool does. */
+		total = strlen(syn) + strlen(desc) + strlen(syntax) + strlen(seealso) + strlen(since)
+			+ strlen(provided) + strlen("Not available") + 7;
+		pool = calloc(1, total);
+		acf->doc_pool = pool;
 		acf->doc_mgr.last_alloc = NULL;
 		acf->doc_mgr.embedded_pool = NULL;
-		acf->synopsis = "Not available";
-		acf->desc = "Not available";
-		acf->syntax = "Not available";
-		acf->arguments = "Not available";
-		acf->seealso = "Not available";
-		acf->since = "";
-		acf->provided_by = stub_module_name(mod);
+#define POOL_PUT(field, text) do { acf->field = pool; pool = stpcpy(pool, text) + 1; } while (0)
+		POOL_PUT(synopsis, syn);
+		POOL_PUT(desc, desc);
+		POOL_PUT(syntax, syntax);
+		POOL_PUT(arguments, "Not available");
+		POOL_PUT(seealso, seealso);
+		POOL_PUT(since, since);
+		POOL_PUT(provided_by, provided);
+#undef POOL_PUT
+		free(syn);
+		free(desc);
+		free(syntax);
+		free(seealso);
+		free(since);
 		acf->docsrc = AST_XML_DOC;
 	}
 	for (pp = &acf_root; *pp && strcmp(acf->name, (*pp)->name) > 0; pp = &(*pp)->next) {

@@ -89,6 +89,10 @@ void stub_config_register_cli(void);
 void stub_loader_register_cli(void);
 const char *stub_cli_raw_rest(const char *line, int nwords);
 
+/* xmldoc.c: 1 and malloc'd strings if <astdatadir>/documentation/thirdparty documents it. */
+int stub_xmldoc_function(const char *name, char **synopsis, char **desc, char **syntax, char **seealso,
+	char **since);
+
 /* utils */
 char *stub_trim(char *s);
 int stub_mkdirs(const char *path);

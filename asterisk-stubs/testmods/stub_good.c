@@ -13,6 +13,7 @@
 #include "asterisk.h"
 #include "asterisk/cli.h"
 #include "asterisk/logger.h"
+#include "asterisk/manager.h"
 #include "asterisk/module.h"
 #include "asterisk/pbx.h"
 #include "asterisk/utils.h"
@@ -91,6 +92,8 @@ static int unload_module(void)
 static int reload_module(void)
 {
 	ast_log(__LOG_NOTICE, __FILE__, __LINE__, __func__, "stub_good reloaded\n");
+	__ast_manager_event_multichan(EVENT_FLAG_SYSTEM, "StubGoodReloaded", 0, NULL, __FILE__, __LINE__, __func__,
+		"Loads: %d\r\n", loads);
 	return 0;
 }
 

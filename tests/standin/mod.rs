@@ -130,6 +130,7 @@ pub struct Builder {
     modules: Vec<(PathBuf, String)>,
     modules_conf: Option<String>,
     verbose: Option<i32>,
+    data_files: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -166,6 +167,13 @@ impl Builder {
     /// Replaces the generated modules.conf entirely.
     pub fn modules_conf(mut self, text: &str) -> Self {
         self.modules_conf = Some(text.to_string());
+        self
+    }
+
+    /// A file written under the instance's data directory (e.g.
+    /// `documentation/thirdparty/res_astdb_cluster-en_US.xml`).
+    pub fn data_file(mut self, rel_path: &str, text: &str) -> Self {
+        self.data_files.push((rel_path.to_string(), text.to_string()));
         self
     }
 
@@ -251,6 +259,13 @@ impl Builder {
         for (name, text) in &self.confs {
             fs::write(root.join("etc").join(name), text).expect("write conf file");
         }
+        for (rel, text) in &self.data_files {
+            let p = root.join("data").join(rel);
+            if let Some(dir) = p.parent() {
+                fs::create_dir_all(dir).expect("create data subdirectory");
+            }
+            fs::write(p, text).expect("write data file");
+        }
         for (src, name) in &self.modules {
             fs::copy(src, root.join("modules").join(name))
                 .unwrap_or_else(|e| panic!("copy module {} into the stand-in: {e}", src.display()));
@@ -290,6 +305,7 @@ impl StandIn {
             modules: Vec::new(),
             modules_conf: None,
             verbose: None,
+            data_files: Vec::new(),
         }
     }
 
