@@ -1,0 +1,1336 @@
+//! The replication engine: versions, merge, tombstones and anti-entropy as plain data.
+//!
+//! A driver (the Asterisk module, the simulator) feeds it local AstDB contents, peer
+//! messages and the time, and executes what it hands back. It does no I/O.
+//!
+//! # Ordering contract for the driver
+//!
+//! 1. Calls are made from one thread, with a `now_ms` that is the node's wall clock
+//!    (it may step back; versions stay monotonic).
+//! 2. After any batch of calls, take [`Engine::take_persist_delta`] and write it durably
+//!    (one transaction) **before** executing the outputs returned since the previous
+//!    delta. Then execute those outputs **in the order given**.
+//! 3. A snapshot passed to [`Engine::local_snapshot`] must have been read after every
+//!    `Apply` output returned earlier was executed, and no engine call may come between
+//!    reading it and passing it. Otherwise a value the engine itself applied could be
+//!    taken for a local change (or a remote value for a local delete).
+//! 4. [`Engine::local_change`] reports writes that really happened in AstDB (an event
+//!    from a hook or the CLI), after the write.
+//! 5. Call [`Engine::tick`] regularly (every 100 ms or so): it flushes batches, starts
+//!    digest syncs at each family's `sync_interval`, and collects tombstones.
+//! 6. Call [`Engine::peer_up`] when a connection to a peer is established (and its EID
+//!    and node number are known) and [`Engine::peer_down`] when it is lost. Messages
+//!    from a peer that is not known are dropped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::mem;
+
+use super::codec::{check_key, check_value, MAX_ITEMS, MAX_SUMMARY_ITEMS};
+use super::eid::Eid;
+use super::family::{Mode, SharedFamily, SyncMode};
+use super::item::{Entry, ItemId};
+use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
+use super::persist::{FamilyMeta, ItemDelta, PeerMeta, PersistDelta, RestoredState};
+use super::store::{ItemStore, Merged, MAX_DEPTH};
+use super::version::{Clock, Hlc, Version};
+
+/// A digest-tree node with at most this many items is answered with a summary.
+const LEAF_ITEMS: usize = 16;
+/// Bytes at which a batch is cut, well below the codec's message limit.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// How this node runs the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub local: Eid,
+    pub local_node: u32,
+    /// Changes and messages stamped further than this ahead of the local clock are
+    /// dropped and counted, never applied.
+    pub max_clock_skew_ms: u64,
+    /// Tombstones older than this are collected even if some peer never acknowledged them.
+    pub tombstone_max_age_ms: u64,
+    /// Messages sent longer ago than this are dropped: this bounds how long an old change
+    /// can be in flight, which is what makes collecting tombstones safe.
+    pub max_message_age_ms: u64,
+    /// Most changes in one batch.
+    pub batch_max_changes: usize,
+}
+
+impl EngineConfig {
+    pub fn new(local: Eid, local_node: u32) -> Self {
+        EngineConfig {
+            local,
+            local_node,
+            max_clock_skew_ms: 60_000,
+            tombstone_max_age_ms: 7 * 24 * 3600 * 1000,
+            max_message_age_ms: 30_000,
+            batch_max_changes: 512,
+        }
+    }
+
+    /// How long after the last acknowledgement a tombstone is kept: long enough that any
+    /// message sent before that acknowledgement is dropped as too old if it still arrives.
+    pub fn collect_grace_ms(&self) -> u64 {
+        self.max_message_age_ms + 2 * self.max_clock_skew_ms
+    }
+}
+
+/// A write to the local AstDB, with the family as passed to `ast_db_put`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbOp {
+    Put {
+        family: String,
+        key: String,
+        value: String,
+    },
+    Delete {
+        family: String,
+        key: String,
+    },
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send {
+        to: Eid,
+        msg: Message,
+    },
+    Apply(DbOp),
+    /// Something an administrator should see in the log.
+    Warn(String),
+}
+
+/// Running totals, for `astdb cluster show status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub local_changes: u64,
+    pub applied: u64,
+    pub sent_changes: u64,
+    pub received_changes: u64,
+    /// Changes for families this node does not share.
+    pub dropped_unshared: u64,
+    /// Changes for families this node shares in the other mode.
+    pub dropped_mode: u64,
+    /// Changes from a peer outside a multicast family's sharing_nodes.
+    pub dropped_policy: u64,
+    /// Changes or messages stamped too far in the future.
+    pub dropped_skew: u64,
+    /// Messages sent longer ago than `max_message_age_ms`.
+    pub dropped_stale: u64,
+    pub dropped_unknown_peer: u64,
+    pub dropped_invalid: u64,
+    /// Stale copies of deleted keys answered with a tombstone instead of being applied.
+    pub retired: u64,
+    /// Local changes to `sync_mode = ro` families, not published.
+    pub ro_refused: u64,
+    /// Tombstones held now.
+    pub tombstones: u64,
+    pub collected: u64,
+    pub collected_by_age: u64,
+}
+
+/// What `database shared show` prints about a family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyStats {
+    pub keys: usize,
+    pub tombstones: usize,
+    pub last_change_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct TombstoneAcks {
+    version: Version,
+    acked: BTreeSet<Eid>,
+    complete_since: Option<u64>,
+    next_resend_ms: u64,
+}
+
+impl TombstoneAcks {
+    fn new(version: Version) -> Self {
+        TombstoneAcks {
+            version,
+            acked: BTreeSet::new(),
+            complete_since: None,
+            next_resend_ms: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct FamilyState {
+    /// `None` once unshared: the versions are kept for when it is shared again.
+    shared: Option<SharedFamily>,
+    mode: Mode,
+    store: ItemStore,
+    baseline: bool,
+    horizon: Hlc,
+    next_sync_ms: u64,
+    last_change_ms: Option<u64>,
+    tombstones: HashMap<ItemId, TombstoneAcks>,
+    /// Recently collected tombstones, so that a peer still resending one is answered
+    /// with an acknowledgement instead of the tombstone being stored again.
+    collected: HashMap<ItemId, (Version, u64)>,
+    /// Applies issued before a restart that AstDB may not have received.
+    unconfirmed: HashSet<ItemId>,
+    /// Local values of an ro unique family already warned about.
+    ro_warned: HashMap<String, Option<String>>,
+    dirty: HashSet<ItemId>,
+    meta_dirty: bool,
+}
+
+impl FamilyState {
+    fn new(mode: Mode) -> Self {
+        FamilyState {
+            shared: None,
+            mode,
+            store: ItemStore::new(),
+            baseline: false,
+            horizon: Hlc::ZERO,
+            next_sync_ms: 0,
+            last_change_ms: None,
+            tombstones: HashMap::new(),
+            collected: HashMap::new(),
+            unconfirmed: HashSet::new(),
+            ro_warned: HashMap::new(),
+            dirty: HashSet::new(),
+            meta_dirty: true,
+        }
+    }
+
+    fn track(&mut self, item: &ItemId, entry: &Entry) {
+        if entry.is_tombstone() {
+            self.tombstones
+                .insert(item.clone(), TombstoneAcks::new(entry.version));
+        } else {
+            self.tombstones.remove(item);
+        }
+        self.dirty.insert(item.clone());
+    }
+
+    fn collected_at_least(&self, item: &ItemId, version: Version) -> bool {
+        self.collected.get(item).is_some_and(|(v, _)| *v >= version)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Peer {
+    node: u32,
+    up: bool,
+    stale_below: BTreeMap<String, Hlc>,
+}
+
+/// What became of one incoming change.
+enum Accepted {
+    Stored,
+    Kept,
+    Retired,
+}
+
+/// The replication engine of one node.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    clock: Clock,
+    families: BTreeMap<String, FamilyState>,
+    peers: BTreeMap<Eid, Peer>,
+    outbox: BTreeMap<(Eid, String), Vec<Change>>,
+    counters: Counters,
+    reset_families: Vec<String>,
+    peers_dirty: BTreeSet<Eid>,
+    applies_started: Vec<(String, ItemId)>,
+    applies_previous: Vec<(String, ItemId)>,
+}
+
+fn own_owner(mode: Mode, local: Eid) -> Option<Eid> {
+    match mode {
+        Mode::Global => None,
+        Mode::Unique => Some(local),
+    }
+}
+
+/// The AstDB write that makes `item` of `family` hold `value`.
+fn db_op(family: &str, item: &ItemId, value: Option<&str>) -> DbOp {
+    let family = match item.owner {
+        None => family.to_string(),
+        Some(owner) => format!("{owner}/{family}"),
+    };
+    match value {
+        Some(v) => DbOp::Put {
+            family,
+            key: item.key.clone(),
+            value: v.to_string(),
+        },
+        None => DbOp::Delete {
+            family,
+            key: item.key.clone(),
+        },
+    }
+}
+
+/// Splits `items` into batches of at most `max_n` items and about `max_bytes` bytes.
+fn batches<T>(
+    items: Vec<T>,
+    max_n: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let s = size(&item);
+        if !cur.is_empty() && (cur.len() >= max_n || bytes + s > max_bytes) {
+            out.push(mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += s;
+        cur.push(item);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn change_size(c: &Change) -> usize {
+    c.item.key.len() + c.entry.value.as_ref().map_or(0, String::len) + 32
+}
+
+fn root_digest(store: &ItemStore) -> DigestNode {
+    DigestNode {
+        depth: 0,
+        prefix: 0,
+        hash: store.node(0, 0).0,
+    }
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, restored: Option<RestoredState>) -> Self {
+        let mut engine = Engine {
+            clock: Clock::default(),
+            cfg,
+            families: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            outbox: BTreeMap::new(),
+            counters: Counters::default(),
+            reset_families: Vec::new(),
+            peers_dirty: BTreeSet::new(),
+            applies_started: Vec::new(),
+            applies_previous: Vec::new(),
+        };
+        if let Some(r) = restored {
+            engine.restore(r);
+        }
+        engine.refresh_gauges();
+        engine
+    }
+
+    fn restore(&mut self, r: RestoredState) {
+        let mut high = r.clock;
+        for fm in r.families {
+            let mut fs = FamilyState::new(fm.mode);
+            fs.baseline = fm.baseline;
+            fs.horizon = fm.horizon;
+            fs.meta_dirty = false;
+            self.families.insert(fm.name, fs);
+        }
+        for (family, item, entry) in r.items {
+            let Some(fs) = self.families.get_mut(&family) else {
+                continue;
+            };
+            high = high.max(entry.version.hlc);
+            if entry.is_tombstone() {
+                fs.tombstones
+                    .insert(item.clone(), TombstoneAcks::new(entry.version));
+            }
+            fs.store.put(item.owner, &item.key, entry);
+        }
+        for p in r.peers {
+            self.peers.insert(
+                p.eid,
+                Peer {
+                    node: p.node,
+                    up: false,
+                    stale_below: p.stale_below.into_iter().collect(),
+                },
+            );
+        }
+        for (family, item) in r.applies_unconfirmed {
+            if let Some(fs) = self.families.get_mut(&family) {
+                fs.unconfirmed.insert(item);
+            }
+        }
+        self.clock = Clock::resume_after(high);
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn family_stats(&self, family: &str) -> Option<FamilyStats> {
+        let fs = self.families.get(family)?;
+        fs.shared.as_ref()?;
+        Some(FamilyStats {
+            keys: fs.store.live_count(),
+            tombstones: fs.store.tombstone_count(),
+            last_change_ms: fs.last_change_ms,
+        })
+    }
+
+    /// The state this node holds for an item (shared or not), for tests and the CLI.
+    pub fn entry(&self, family: &str, owner: Option<Eid>, key: &str) -> Option<&Entry> {
+        self.families.get(family)?.store.get(owner, key)
+    }
+
+    /// Every item held for `family`, tombstones included.
+    pub fn items(&self, family: &str) -> Vec<(ItemId, Entry)> {
+        self.families.get(family).map_or_else(Vec::new, |fs| {
+            fs.store
+                .iter()
+                .map(|(i, e)| (i.clone(), e.clone()))
+                .collect()
+        })
+    }
+
+    /// The clock's high-water mark.
+    pub fn clock(&self) -> Hlc {
+        self.clock.high_water()
+    }
+
+    /// True when no change is waiting in a batch.
+    pub fn outbox_is_empty(&self) -> bool {
+        self.outbox.is_empty()
+    }
+
+    fn refresh_gauges(&mut self) {
+        self.counters.tombstones = self
+            .families
+            .values()
+            .map(|f| f.store.tombstone_count() as u64)
+            .sum();
+    }
+
+    fn message(&mut self, now_ms: u64, family: &str, mode: Mode, body: Body) -> Message {
+        Message {
+            sent: self.clock.tick(now_ms),
+            family: family.to_string(),
+            mode,
+            body,
+        }
+    }
+
+    fn send(&mut self, out: &mut Vec<Output>, to: Eid, now_ms: u64, family: &str, body: Body) {
+        let Some(mode) = self.families.get(family).map(|f| f.mode) else {
+            return;
+        };
+        if let Body::Changes(c) = &body {
+            self.counters.sent_changes += c.len() as u64;
+        }
+        let msg = self.message(now_ms, family, mode, body);
+        out.push(Output::Send { to, msg });
+    }
+
+    fn send_changes(
+        &mut self,
+        out: &mut Vec<Output>,
+        to: Eid,
+        now_ms: u64,
+        family: &str,
+        changes: Vec<Change>,
+    ) {
+        let max_n = self.cfg.batch_max_changes.clamp(1, MAX_ITEMS);
+        for batch in batches(changes, max_n, BATCH_BYTES, change_size) {
+            self.send(out, to, now_ms, family, Body::Changes(batch));
+        }
+    }
+
+    /// Peers that take part in `family`, up or not.
+    fn eligible(&self, family: &str) -> Vec<(Eid, bool)> {
+        let Some(shared) = self.families.get(family).and_then(|f| f.shared.as_ref()) else {
+            return Vec::new();
+        };
+        self.peers
+            .iter()
+            .filter(|(_, p)| shared.policy.includes(p.node))
+            .map(|(e, p)| (*e, p.up))
+            .collect()
+    }
+
+    fn sync_with(&mut self, out: &mut Vec<Output>, peer: Eid, now_ms: u64, family: &str) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let root = root_digest(&fs.store);
+        self.send(out, peer, now_ms, family, Body::Digest(vec![root]));
+    }
+
+    /// Shares a family (or changes its settings) and pulls its state from the peers.
+    pub fn share(&mut self, fam: SharedFamily, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let name = fam.name.clone();
+        let fs = self
+            .families
+            .entry(name.clone())
+            .or_insert_with(|| FamilyState::new(fam.mode));
+        if fs.mode != fam.mode {
+            // Versions of one mode mean nothing in the other: start the family afresh.
+            *fs = FamilyState::new(fam.mode);
+            self.reset_families.push(name.clone());
+            self.outbox.retain(|(_, f), _| *f != name);
+        }
+        fs.next_sync_ms = now_ms + fam.sync_interval_ms;
+        fs.shared = Some(fam);
+        for (peer, up) in self.eligible(&name) {
+            if up {
+                self.sync_with(&mut out, peer, now_ms, &name);
+            }
+        }
+        self.refresh_gauges();
+        out
+    }
+
+    /// Stops sharing a family. No key changes; its versions are kept.
+    pub fn unshare(&mut self, name: &str, _now_ms: u64) -> Vec<Output> {
+        if let Some(fs) = self.families.get_mut(name) {
+            fs.shared = None;
+        }
+        self.outbox.retain(|(_, f), _| f != name);
+        Vec::new()
+    }
+
+    /// The shared family covering the AstDB family `astdb_family`, and the key prefix
+    /// below it (`"sub/"` for `foo/sub` under `foo`).
+    fn covering(&self, astdb_family: &str) -> Option<(String, String)> {
+        let path = astdb_family.trim_matches('/');
+        let mut best = None;
+        let mut end = 0;
+        loop {
+            let next = path[end..].find('/').map_or(path.len(), |i| end + i);
+            let name = &path[..next];
+            if self.families.get(name).is_some_and(|f| f.shared.is_some()) {
+                let rest = path.get(next + 1..).unwrap_or("");
+                let prefix = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!("{rest}/")
+                };
+                best = Some((name.to_string(), prefix));
+            }
+            if next >= path.len() {
+                return best;
+            }
+            end = next + 1;
+        }
+    }
+
+    /// Shared families nested below `family`, as key prefixes (`"sub/"`).
+    fn nested_prefixes(&self, family: &str) -> Vec<String> {
+        let below = format!("{family}/");
+        self.families
+            .iter()
+            .filter(|(n, f)| f.shared.is_some() && n.starts_with(&below))
+            .map(|(n, _)| format!("{}/", &n[below.len()..]))
+            .collect()
+    }
+
+    /// The current local contents of a shared family (keys below it, with values). Works
+    /// out what changed since the engine last looked and versions it.
+    pub fn local_snapshot(
+        &mut self,
+        family: &str,
+        entries: Vec<(String, String)>,
+        now_ms: u64,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(fs) = self.families.get(family).filter(|f| f.shared.is_some()) else {
+            return out;
+        };
+        let owner = own_owner(fs.mode, self.cfg.local);
+        let nested = self.nested_prefixes(family);
+        let in_scope = |key: &str| !nested.iter().any(|n| key.starts_with(n.as_str()));
+        let mut seen = HashSet::with_capacity(entries.len());
+        for (key, value) in entries {
+            if !in_scope(&key) {
+                continue;
+            }
+            self.local_write(family, &key, Some(&value), now_ms, true, &mut out);
+            seen.insert(key);
+        }
+        let missing: Vec<String> = self.families.get(family).map_or_else(Vec::new, |fs| {
+            fs.store
+                .iter()
+                .filter(|(id, e)| {
+                    id.owner == owner
+                        && !e.is_tombstone()
+                        && !seen.contains(&id.key)
+                        && in_scope(&id.key)
+                })
+                .map(|(id, _)| id.key.clone())
+                .collect()
+        });
+        for key in missing {
+            self.local_write(family, &key, None, now_ms, true, &mut out);
+        }
+        if let Some(fs) = self.families.get_mut(family) {
+            if !fs.baseline {
+                fs.baseline = true;
+                fs.meta_dirty = true;
+            }
+            fs.unconfirmed.clear();
+        }
+        self.refresh_gauges();
+        out
+    }
+
+    /// One local write (value `None` for a delete) to AstDB family `family`, which is a
+    /// shared family or lies below one (`foo/sub` with key `k` is key `sub/k` of `foo`).
+    pub fn local_change(
+        &mut self,
+        family: &str,
+        key: &str,
+        value: Option<&str>,
+        now_ms: u64,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Some((name, prefix)) = self.covering(family) {
+            let key = format!("{prefix}{key}");
+            self.local_write(&name, &key, value, now_ms, false, &mut out);
+        }
+        self.refresh_gauges();
+        out
+    }
+
+    fn local_write(
+        &mut self,
+        family: &str,
+        key: &str,
+        value: Option<&str>,
+        now_ms: u64,
+        from_snapshot: bool,
+        out: &mut Vec<Output>,
+    ) {
+        let local = self.cfg.local;
+        let Some(fs) = self.families.get_mut(family) else {
+            return;
+        };
+        let Some(shared) = fs.shared.as_ref() else {
+            return;
+        };
+        let sync_mode = shared.sync_mode;
+        let owner = own_owner(fs.mode, local);
+        let item = ItemId {
+            owner,
+            key: key.to_string(),
+        };
+        let held = fs.store.get(owner, key).cloned();
+        let held_value = held.as_ref().and_then(|h| h.value.as_deref());
+        if held_value == value {
+            return;
+        }
+        if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held.is_some())) {
+            // AstDB missed an Apply (crash before it ran, or data found when the family
+            // was first looked at): the replicated state is the truth, so redo it.
+            out.push(Output::Apply(db_op(family, &item, held_value)));
+            self.applies_started.push((family.to_string(), item));
+            return;
+        }
+        if let Err(why) = check_key(key).and_then(|()| value.map_or(Ok(()), check_value)) {
+            out.push(Output::Warn(format!(
+                "family '{family}' key '{key}': not shared, the key or value is {why}"
+            )));
+            return;
+        }
+        if sync_mode == SyncMode::Ro {
+            self.counters.ro_refused += 1;
+            match fs.mode {
+                Mode::Global => {
+                    out.push(Output::Warn(format!(
+                        "family '{family}' is sync_mode=ro here: local change to key '{key}' \
+                         is not shared and is replaced by the cluster's value"
+                    )));
+                    out.push(Output::Apply(db_op(family, &item, held_value)));
+                    self.applies_started.push((family.to_string(), item));
+                }
+                Mode::Unique => {
+                    let v = value.map(str::to_string);
+                    if fs.ro_warned.get(key) != Some(&v) {
+                        out.push(Output::Warn(format!(
+                            "family '{family}' is sync_mode=ro here: local change to key \
+                             '{key}' is not shared"
+                        )));
+                        fs.ro_warned.insert(key.to_string(), v);
+                    }
+                }
+            }
+            return;
+        }
+        // Data found in AstDB when the family is first looked at sorts below every
+        // versioned change: the cluster's state wins over it.
+        let hlc = if from_snapshot && !fs.baseline && held.is_none() {
+            Hlc::ZERO
+        } else {
+            self.clock.tick(now_ms)
+        };
+        let entry = Entry {
+            version: Version::new(hlc, local),
+            value: value.map(str::to_string),
+        };
+        fs.store.put(owner, key, entry.clone());
+        fs.track(&item, &entry);
+        fs.last_change_ms = Some(now_ms);
+        self.counters.local_changes += 1;
+        self.publish(family, Change { item, entry }, now_ms, out);
+    }
+
+    /// Queues a change for every peer that is up and takes part in the family.
+    fn publish(&mut self, family: &str, change: Change, now_ms: u64, out: &mut Vec<Output>) {
+        let max_n = self.cfg.batch_max_changes.clamp(1, MAX_ITEMS);
+        let mut full = Vec::new();
+        for (peer, up) in self.eligible(family) {
+            if !up {
+                continue;
+            }
+            let batch = self.outbox.entry((peer, family.to_string())).or_default();
+            batch.push(change.clone());
+            if batch.len() >= max_n {
+                full.push(peer);
+            }
+        }
+        for peer in full {
+            if let Some(batch) = self.outbox.remove(&(peer, family.to_string())) {
+                self.send_changes(out, peer, now_ms, family, batch);
+            }
+        }
+    }
+
+    /// A connection to `peer` (cluster node number `node`) is up: catch up with it.
+    pub fn peer_up(&mut self, peer: Eid, node: u32, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        if peer == self.cfg.local {
+            return out;
+        }
+        let known = self.peers.contains_key(&peer);
+        let families = &self.families;
+        let p = self.peers.entry(peer).or_insert_with(|| Peer {
+            node,
+            up: false,
+            // A peer never seen may hold copies of keys whose tombstones were already
+            // collected here: its older values for absent keys are stale.
+            stale_below: families
+                .iter()
+                .filter(|(_, f)| f.horizon > Hlc::ZERO)
+                .map(|(n, f)| (n.clone(), f.horizon))
+                .collect(),
+        });
+        if !known || p.node != node {
+            p.node = node;
+            self.peers_dirty.insert(peer);
+        }
+        p.up = true;
+        let names: Vec<String> = self.families.keys().cloned().collect();
+        for name in names {
+            if self.eligible(&name).iter().any(|(e, _)| *e == peer) {
+                self.sync_with(&mut out, peer, now_ms, &name);
+            }
+        }
+        out
+    }
+
+    /// The connection to `peer` is lost.
+    pub fn peer_down(&mut self, peer: Eid, _now_ms: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.up = false;
+        }
+        self.outbox.retain(|(to, _), _| *to != peer);
+    }
+
+    /// A message from `from`.
+    pub fn receive(&mut self, from: Eid, msg: Message, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(peer_node) = self.peers.get(&from).map(|p| p.node) else {
+            self.counters.dropped_unknown_peer += 1;
+            return out;
+        };
+        let weight = match &msg.body {
+            Body::Changes(c) => c.len() as u64,
+            _ => 1,
+        };
+        if msg.sent.wall_ms() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.counters.dropped_skew += weight;
+            return out;
+        }
+        if msg
+            .sent
+            .wall_ms()
+            .saturating_add(self.cfg.max_message_age_ms)
+            < now_ms
+        {
+            self.counters.dropped_stale += weight;
+            return out;
+        }
+        let Some(fs) = self.families.get(&msg.family) else {
+            self.counters.dropped_unshared += weight;
+            return out;
+        };
+        let Some(shared) = fs.shared.as_ref() else {
+            self.counters.dropped_unshared += weight;
+            return out;
+        };
+        if fs.mode != msg.mode {
+            self.counters.dropped_mode += weight;
+            return out;
+        }
+        if !shared.policy.includes(peer_node) {
+            self.counters.dropped_policy += weight;
+            return out;
+        }
+        self.clock.observe(msg.sent);
+        let family = msg.family;
+        match msg.body {
+            Body::Changes(changes) => self.on_changes(from, &family, changes, now_ms, &mut out),
+            Body::Acks(acks) => self.on_acks(from, &family, acks),
+            Body::Digest(nodes) => self.on_digest(from, &family, nodes, now_ms, &mut out),
+            Body::Summary(ranges) => self.on_summary(from, &family, ranges, now_ms, &mut out),
+            Body::Pull(items) => self.on_pull(from, &family, items, now_ms, &mut out),
+        }
+        self.refresh_gauges();
+        out
+    }
+
+    fn valid_item(&self, family: &str, item: &ItemId) -> bool {
+        let mode = self.families.get(family).map(|f| f.mode);
+        match item.owner {
+            None => mode == Some(Mode::Global),
+            Some(_) => mode == Some(Mode::Unique),
+        }
+    }
+
+    fn on_changes(
+        &mut self,
+        from: Eid,
+        family: &str,
+        changes: Vec<Change>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let mut acks = Vec::new();
+        let mut retired = Vec::new();
+        for change in changes {
+            if !self.valid_item(family, &change.item) || check_key(&change.item.key).is_err() {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            if change.entry.version.hlc.wall_ms()
+                > now_ms.saturating_add(self.cfg.max_clock_skew_ms)
+            {
+                self.counters.dropped_skew += 1;
+                continue;
+            }
+            self.counters.received_changes += 1;
+            let is_tomb = change.entry.is_tombstone();
+            let ack = (change.item.clone(), change.entry.version);
+            match self.accept(from, family, change, now_ms, out) {
+                Accepted::Retired => retired.push(Change {
+                    item: ack.0,
+                    entry: Entry {
+                        version: ack.1,
+                        value: None,
+                    },
+                }),
+                Accepted::Stored | Accepted::Kept if is_tomb => acks.push(ack),
+                _ => {}
+            }
+        }
+        self.reply_acks(out, from, now_ms, family, acks);
+        if !retired.is_empty() {
+            self.send_changes(out, from, now_ms, family, retired);
+        }
+    }
+
+    fn reply_acks(
+        &mut self,
+        out: &mut Vec<Output>,
+        to: Eid,
+        now_ms: u64,
+        family: &str,
+        acks: Vec<(ItemId, Version)>,
+    ) {
+        for batch in batches(acks, MAX_ITEMS, BATCH_BYTES, |(i, _)| i.key.len() + 24) {
+            self.send(out, to, now_ms, family, Body::Acks(batch));
+        }
+    }
+
+    /// Merges one remote change.
+    fn accept(
+        &mut self,
+        from: Eid,
+        family: &str,
+        change: Change,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Accepted {
+        let local = self.cfg.local;
+        let stale_below = self
+            .peers
+            .get(&from)
+            .and_then(|p| p.stale_below.get(family).copied());
+        let Some(fs) = self.families.get_mut(family) else {
+            return Accepted::Kept;
+        };
+        let ro = fs
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.sync_mode == SyncMode::Ro);
+        let Change { item, entry } = change;
+        let held = fs.store.get(item.owner, &item.key);
+
+        if item.owner == Some(local) {
+            // Only this node writes its own unique items. A newer version of one coming
+            // back means this node lost its state: issue a newer version of what it holds.
+            if held.is_some_and(|h| !entry.beats(h)) || ro || !fs.baseline {
+                return Accepted::Kept;
+            }
+            self.clock.observe(entry.version.hlc);
+            let reissued = Entry {
+                version: Version::new(self.clock.tick(now_ms), local),
+                value: held.and_then(|h| h.value.clone()),
+            };
+            fs.store.put(item.owner, &item.key, reissued.clone());
+            fs.track(&item, &reissued);
+            self.publish(
+                family,
+                Change {
+                    item,
+                    entry: reissued,
+                },
+                now_ms,
+                out,
+            );
+            return Accepted::Kept;
+        }
+
+        if held.is_none() {
+            if entry.value.is_some() {
+                let stale = (entry.version.hlc == Hlc::ZERO && fs.horizon > Hlc::ZERO)
+                    || stale_below.is_some_and(|h| entry.version.hlc <= h)
+                    || fs.collected_at_least(&item, entry.version);
+                if stale {
+                    // A copy of a key whose tombstone was collected here: never let it
+                    // back in; tell the sender to retire it.
+                    self.counters.retired += 1;
+                    return Accepted::Retired;
+                }
+            } else if fs.collected_at_least(&item, entry.version) {
+                return Accepted::Kept;
+            }
+        }
+
+        match fs.store.merge(item.owner, &item.key, entry.clone()) {
+            Merged::Kept => Accepted::Kept,
+            Merged::Inserted | Merged::Replaced(_) => {
+                self.clock.observe(entry.version.hlc);
+                fs.track(&item, &entry);
+                if entry.is_tombstone() {
+                    if let Some(t) = fs.tombstones.get_mut(&item) {
+                        t.acked.insert(from);
+                    }
+                }
+                fs.last_change_ms = Some(now_ms);
+                self.counters.applied += 1;
+                out.push(Output::Apply(db_op(family, &item, entry.value.as_deref())));
+                self.applies_started.push((family.to_string(), item));
+                Accepted::Stored
+            }
+        }
+    }
+
+    fn on_acks(&mut self, from: Eid, family: &str, acks: Vec<(ItemId, Version)>) {
+        let Some(fs) = self.families.get_mut(family) else {
+            return;
+        };
+        for (item, version) in acks {
+            if let Some(t) = fs.tombstones.get_mut(&item) {
+                if t.version <= version {
+                    t.acked.insert(from);
+                }
+            }
+        }
+    }
+
+    fn on_digest(
+        &mut self,
+        from: Eid,
+        family: &str,
+        nodes: Vec<DigestNode>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let mut children = Vec::new();
+        let mut ranges = Vec::new();
+        for n in nodes {
+            if n.depth > MAX_DEPTH {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            let (hash, count) = fs.store.node(n.depth, n.prefix);
+            if hash == n.hash {
+                continue;
+            }
+            if count <= LEAF_ITEMS || n.depth == MAX_DEPTH {
+                ranges.push(summary_range(&fs.store, n.depth, n.prefix));
+            } else {
+                for c in 0..16u64 {
+                    let prefix = (n.prefix << 4) | c;
+                    children.push(DigestNode {
+                        depth: n.depth + 1,
+                        prefix,
+                        hash: fs.store.node(n.depth + 1, prefix).0,
+                    });
+                }
+            }
+        }
+        for batch in batches(children, MAX_ITEMS, BATCH_BYTES, |_| 20) {
+            self.send(out, from, now_ms, family, Body::Digest(batch));
+        }
+        let mut total = 0;
+        let mut cur: Vec<SummaryRange> = Vec::new();
+        let mut bytes = 0;
+        for r in ranges {
+            let size: usize = r.items.iter().map(|i| i.item.key.len() + 24).sum::<usize>() + 12;
+            if !cur.is_empty()
+                && (cur.len() >= MAX_ITEMS
+                    || total + r.items.len() > MAX_SUMMARY_ITEMS
+                    || bytes + size > BATCH_BYTES)
+            {
+                self.send(
+                    out,
+                    from,
+                    now_ms,
+                    family,
+                    Body::Summary(mem::take(&mut cur)),
+                );
+                total = 0;
+                bytes = 0;
+            }
+            total += r.items.len();
+            bytes += size;
+            cur.push(r);
+        }
+        if !cur.is_empty() {
+            self.send(out, from, now_ms, family, Body::Summary(cur));
+        }
+    }
+
+    fn on_summary(
+        &mut self,
+        from: Eid,
+        family: &str,
+        ranges: Vec<SummaryRange>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let mut push = Vec::new();
+        let mut pull = Vec::new();
+        let mut take_tombstones = Vec::new();
+        let mut acks = Vec::new();
+        {
+            let Some(fs) = self.families.get_mut(family) else {
+                return;
+            };
+            for r in ranges {
+                if r.depth > MAX_DEPTH {
+                    continue;
+                }
+                let theirs: HashMap<&ItemId, &SummaryItem> =
+                    r.items.iter().map(|i| (&i.item, i)).collect();
+                let mut equal_tombstones = Vec::new();
+                for (_, id, e) in fs.store.range(r.depth, r.prefix) {
+                    match theirs.get(id) {
+                        None => push.push(Change {
+                            item: id.clone(),
+                            entry: e.clone(),
+                        }),
+                        Some(t) => {
+                            let mine = (e.version, e.is_tombstone());
+                            let other = (t.version, t.tombstone);
+                            if mine > other {
+                                push.push(Change {
+                                    item: id.clone(),
+                                    entry: e.clone(),
+                                });
+                            } else if mine == other && e.is_tombstone() {
+                                equal_tombstones.push(id.clone());
+                            }
+                        }
+                    }
+                }
+                for id in equal_tombstones {
+                    if let Some(t) = fs.tombstones.get_mut(&id) {
+                        t.acked.insert(from);
+                    }
+                }
+                for t in r.items {
+                    let mine = fs
+                        .store
+                        .get(t.item.owner, &t.item.key)
+                        .map(|e| (e.version, e.is_tombstone()));
+                    if mine.is_some_and(|m| m >= (t.version, t.tombstone)) {
+                        continue;
+                    }
+                    if t.tombstone {
+                        // A tombstone needs no value: take it straight from the summary.
+                        take_tombstones.push(Change {
+                            item: t.item,
+                            entry: Entry {
+                                version: t.version,
+                                value: None,
+                            },
+                        });
+                    } else {
+                        pull.push(t.item);
+                    }
+                }
+            }
+        }
+        for change in take_tombstones {
+            if !self.valid_item(family, &change.item) {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            if change.entry.version.hlc.wall_ms()
+                > now_ms.saturating_add(self.cfg.max_clock_skew_ms)
+            {
+                self.counters.dropped_skew += 1;
+                continue;
+            }
+            let ack = (change.item.clone(), change.entry.version);
+            if let Accepted::Stored | Accepted::Kept =
+                self.accept(from, family, change, now_ms, out)
+            {
+                acks.push(ack);
+            }
+        }
+        pull.retain(|i| self.valid_item(family, i));
+        self.reply_acks(out, from, now_ms, family, acks);
+        if !push.is_empty() {
+            self.send_changes(out, from, now_ms, family, push);
+        }
+        for batch in batches(pull, MAX_ITEMS, BATCH_BYTES, |i| i.key.len() + 8) {
+            self.send(out, from, now_ms, family, Body::Pull(batch));
+        }
+    }
+
+    fn on_pull(
+        &mut self,
+        from: Eid,
+        family: &str,
+        items: Vec<ItemId>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let changes: Vec<Change> = items
+            .into_iter()
+            .filter_map(|item| {
+                let entry = fs.store.get(item.owner, &item.key)?.clone();
+                Some(Change { item, entry })
+            })
+            .collect();
+        if !changes.is_empty() {
+            self.send_changes(out, from, now_ms, family, changes);
+        }
+    }
+
+    /// Flushes batches, starts digest syncs that are due, and collects tombstones.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        for ((peer, family), batch) in mem::take(&mut self.outbox) {
+            self.send_changes(&mut out, peer, now_ms, &family, batch);
+        }
+        let names: Vec<String> = self
+            .families
+            .iter()
+            .filter(|(_, f)| f.shared.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let eligible = self.eligible(&name);
+            let due = self
+                .families
+                .get(&name)
+                .is_some_and(|f| now_ms >= f.next_sync_ms);
+            if due {
+                self.start_sync(&name, &eligible, now_ms, &mut out);
+            }
+            self.collect_tombstones(&name, &eligible, now_ms);
+        }
+        self.refresh_gauges();
+        out
+    }
+
+    fn start_sync(
+        &mut self,
+        family: &str,
+        eligible: &[(Eid, bool)],
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get_mut(family) else {
+            return;
+        };
+        let interval = fs
+            .shared
+            .as_ref()
+            .map_or(5000, |s| s.sync_interval_ms.max(1));
+        fs.next_sync_ms = now_ms + interval;
+        // Tombstones some up peer has not acknowledged go to it again.
+        let mut resend: BTreeMap<Eid, Vec<Change>> = BTreeMap::new();
+        for (item, t) in fs.tombstones.iter_mut() {
+            if t.next_resend_ms > now_ms {
+                continue;
+            }
+            t.next_resend_ms = now_ms + interval;
+            for (peer, up) in eligible {
+                if *up && !t.acked.contains(peer) {
+                    resend.entry(*peer).or_default().push(Change {
+                        item: item.clone(),
+                        entry: Entry {
+                            version: t.version,
+                            value: None,
+                        },
+                    });
+                }
+            }
+        }
+        for (peer, up) in eligible {
+            if *up {
+                self.sync_with(out, *peer, now_ms, family);
+            }
+        }
+        for (peer, changes) in resend {
+            self.send_changes(out, peer, now_ms, family, changes);
+        }
+    }
+
+    fn collect_tombstones(&mut self, family: &str, eligible: &[(Eid, bool)], now_ms: u64) {
+        let grace = self.cfg.collect_grace_ms();
+        let max_age = self.cfg.tombstone_max_age_ms;
+        let Some(fs) = self.families.get_mut(family) else {
+            return;
+        };
+        let interval = fs.shared.as_ref().map_or(5000, |s| s.sync_interval_ms);
+        fs.collected.retain(|_, (_, until)| *until > now_ms);
+        let mut due = Vec::new();
+        for (item, t) in fs.tombstones.iter_mut() {
+            if eligible.iter().all(|(p, _)| t.acked.contains(p)) {
+                let since = *t.complete_since.get_or_insert(now_ms);
+                if now_ms >= since.saturating_add(grace) {
+                    due.push((item.clone(), false));
+                }
+            } else {
+                t.complete_since = None;
+                if now_ms >= t.version.hlc.wall_ms().saturating_add(max_age) {
+                    due.push((item.clone(), true));
+                }
+            }
+        }
+        for (item, by_age) in due {
+            let Some(t) = fs.tombstones.remove(&item) else {
+                continue;
+            };
+            if by_age {
+                self.counters.collected_by_age += 1;
+                for (peer, _) in eligible {
+                    if t.acked.contains(peer) {
+                        continue;
+                    }
+                    if let Some(p) = self.peers.get_mut(peer) {
+                        let h = p.stale_below.entry(family.to_string()).or_default();
+                        if *h < t.version.hlc {
+                            *h = t.version.hlc;
+                            self.peers_dirty.insert(*peer);
+                        }
+                    }
+                }
+            }
+            fs.store.remove(item.owner, &item.key);
+            fs.horizon = fs.horizon.max(t.version.hlc);
+            fs.meta_dirty = true;
+            fs.collected.insert(
+                item.clone(),
+                (t.version, now_ms + 2 * grace + 10 * interval),
+            );
+            fs.dirty.insert(item);
+            self.counters.collected += 1;
+        }
+    }
+
+    /// What changed since the last call, to be written before the outputs returned since
+    /// then are executed. Items are given in their latest state.
+    pub fn take_persist_delta(&mut self) -> PersistDelta {
+        let mut d = PersistDelta {
+            clock: self.clock.high_water(),
+            reset_families: mem::take(&mut self.reset_families),
+            ..PersistDelta::default()
+        };
+        for (name, fs) in self.families.iter_mut() {
+            if fs.meta_dirty {
+                fs.meta_dirty = false;
+                d.families.push(FamilyMeta {
+                    name: name.clone(),
+                    mode: fs.mode,
+                    baseline: fs.baseline,
+                    horizon: fs.horizon,
+                });
+            }
+            for item in fs.dirty.drain() {
+                let entry = fs.store.get(item.owner, &item.key).cloned();
+                d.items.push(ItemDelta {
+                    family: name.clone(),
+                    item,
+                    entry,
+                });
+            }
+        }
+        for eid in mem::take(&mut self.peers_dirty) {
+            if let Some(p) = self.peers.get(&eid) {
+                d.peers.push(PeerMeta {
+                    eid,
+                    node: p.node,
+                    stale_below: p.stale_below.iter().map(|(f, h)| (f.clone(), *h)).collect(),
+                });
+            }
+        }
+        let mut started = mem::take(&mut self.applies_started);
+        started.sort();
+        started.dedup();
+        d.applies_confirmed = mem::replace(&mut self.applies_previous, started.clone());
+        d.applies_started = started;
+        d
+    }
+}
+
+fn summary_range(store: &ItemStore, depth: u8, prefix: u64) -> SummaryRange {
+    SummaryRange {
+        depth,
+        prefix,
+        items: store
+            .range(depth, prefix)
+            .map(|(_, id, e)| SummaryItem {
+                item: id.clone(),
+                version: e.version,
+                tombstone: e.is_tombstone(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,105 @@
+//! Items and the merge rule: the one place that decides which of two states of a key wins.
+
+use std::cmp::Ordering;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::eid::Eid;
+use super::version::Version;
+
+/// Which key of a shared family an item is.
+///
+/// In a global family every node writes the same key space (`owner` is `None`). In a
+/// unique family each node's keys are its own (`owner` is the writing node); other nodes
+/// keep them under `/<owner>/family/key`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemId {
+    pub owner: Option<Eid>,
+    /// The key below the family; may contain '/'.
+    pub key: String,
+}
+
+impl ItemId {
+    pub fn global(key: &str) -> Self {
+        ItemId {
+            owner: None,
+            key: key.to_string(),
+        }
+    }
+
+    pub fn unique(owner: Eid, key: &str) -> Self {
+        ItemId {
+            owner: Some(owner),
+            key: key.to_string(),
+        }
+    }
+
+    /// Where the item sits in the digest tree: a stable 64-bit hash of owner and key.
+    pub fn position(&self) -> u64 {
+        position_of(self.owner, &self.key)
+    }
+}
+
+/// [`ItemId::position`] without building an `ItemId`.
+pub fn position_of(owner: Option<Eid>, key: &str) -> u64 {
+    match owner {
+        None => xxh3_64(key.as_bytes()),
+        Some(eid) => {
+            let mut buf = Vec::with_capacity(7 + key.len());
+            buf.push(1);
+            buf.extend_from_slice(&eid.0);
+            buf.extend_from_slice(key.as_bytes());
+            xxh3_64(&buf)
+        }
+    }
+}
+
+/// The state of one item on this node: a value, or a tombstone when deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub version: Version,
+    /// `None` is a tombstone.
+    pub value: Option<String>,
+}
+
+impl Entry {
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The merge order: higher version wins; at an equal version a tombstone wins (that is
+    /// how a stale copy is retired, see `Engine`); the value bytes break any remaining tie
+    /// so that the order is total and merging is a join.
+    pub fn precedence(&self, other: &Entry) -> Ordering {
+        self.version
+            .cmp(&other.version)
+            .then_with(|| self.is_tombstone().cmp(&other.is_tombstone()))
+            .then_with(|| self.value.cmp(&other.value))
+    }
+
+    /// True when `self` would replace `other`.
+    pub fn beats(&self, other: &Entry) -> bool {
+        self.precedence(other) == Ordering::Greater
+    }
+
+    /// The hash this entry contributes to the family digest (value excluded: the version
+    /// names the value; summaries compare the same fields).
+    pub fn digest_hash(&self, position: u64) -> u64 {
+        let mut buf = [0u8; 8 + 8 + 6 + 1];
+        buf[..8].copy_from_slice(&position.to_le_bytes());
+        buf[8..16].copy_from_slice(&self.version.hlc.0.to_le_bytes());
+        buf[16..22].copy_from_slice(&self.version.origin.0);
+        buf[22] = u8::from(self.is_tombstone());
+        xxh3_64(&buf)
+    }
+}
+
+/// Merges two states of the same item: the result is the winner. Commutative,
+/// associative and idempotent, because it is the maximum of a total order.
+pub fn merge(a: Entry, b: Entry) -> Entry {
+    if b.beats(&a) {
+        b
+    } else {
+        a
+    }
+}

@@ -1,0 +1,81 @@
+//! What the engine needs written to disk, and what it is given back at start.
+//!
+//! The engine does no I/O: it hands out a [`PersistDelta`] and is given a
+//! [`RestoredState`]. `metadata::replica` stores them in SQLite.
+
+use super::eid::Eid;
+use super::family::Mode;
+use super::item::{Entry, ItemId};
+use super::version::Hlc;
+
+/// Replication state of one family (shared or not: unsharing keeps it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyMeta {
+    pub name: String,
+    pub mode: Mode,
+    /// The family's AstDB contents have been looked at once: keys found later without a
+    /// version are local changes, not pre-existing data.
+    pub baseline: bool,
+    /// Highest version of a tombstone collected in this family.
+    pub horizon: Hlc,
+}
+
+/// What this node knows about a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerMeta {
+    pub eid: Eid,
+    pub node: u32,
+    /// Per family: tombstones up to this clock were collected without this peer's
+    /// acknowledgement, so its older values for keys absent here are stale.
+    pub stale_below: Vec<(String, Hlc)>,
+}
+
+/// One item to write (`entry` is `Some`) or forget (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemDelta {
+    pub family: String,
+    pub item: ItemId,
+    pub entry: Option<Entry>,
+}
+
+/// Everything that changed since the last delta, as one batch.
+///
+/// Write it (in one transaction) before executing the outputs returned since the last
+/// delta was taken: then a crash never loses a version that a peer or AstDB has seen,
+/// and a restart never reissues one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistDelta {
+    /// The clock's high-water mark.
+    pub clock: Hlc,
+    /// Families whose items are all to be forgotten first (their mode changed).
+    pub reset_families: Vec<String>,
+    pub families: Vec<FamilyMeta>,
+    pub items: Vec<ItemDelta>,
+    pub peers: Vec<PeerMeta>,
+    /// Items whose Apply output is in this batch: until the next delta confirms them, a
+    /// restart cannot tell whether AstDB got the value.
+    pub applies_started: Vec<(String, ItemId)>,
+    /// Items whose Apply was in the previous batch, now executed.
+    pub applies_confirmed: Vec<(String, ItemId)>,
+}
+
+impl PersistDelta {
+    pub fn is_empty(&self) -> bool {
+        self.reset_families.is_empty()
+            && self.families.is_empty()
+            && self.items.is_empty()
+            && self.peers.is_empty()
+            && self.applies_started.is_empty()
+            && self.applies_confirmed.is_empty()
+    }
+}
+
+/// The persisted state handed to `Engine::new` after a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoredState {
+    pub clock: Hlc,
+    pub families: Vec<FamilyMeta>,
+    pub items: Vec<(String, ItemId, Entry)>,
+    pub peers: Vec<PeerMeta>,
+    pub applies_unconfirmed: Vec<(String, ItemId)>,
+}
