@@ -354,7 +354,10 @@ fn function_docs_from_thirdparty_xml() {
         .preload(&["stub_good.so"])
         .start();
     let out = s.cli("core show function STUB_ECHO");
-    assert!(out.contains("[Synopsis]\nEcho the arguments & the name.\n"), "{out}");
+    assert!(
+        out.contains("[Synopsis]\nEcho the arguments & the name.\n"),
+        "{out}"
+    );
     assert!(out.contains("[Since]\n1.0.0\n"), "{out}");
     assert!(out.contains("[Syntax]\nSTUB_ECHO(a,b)\n"), "{out}");
     assert!(out.contains("[Description]\nReturns NAME:args.\n"), "{out}");
@@ -374,12 +377,29 @@ fn real_module_load_unload_cycle() {
         .preload(&["res_astdb_cluster.so"])
         .start();
     let shown = s.cli("module show");
-    assert!(shown.contains("res_astdb_cluster.so"), "{shown}\n{}", s.log());
+    assert!(
+        shown.contains("res_astdb_cluster.so"),
+        "{shown}\n{}",
+        s.log()
+    );
     for _ in 0..3 {
-        assert!(s.cli("module unload res_astdb_cluster.so").contains("Unloaded"), "{}", s.log());
-        assert!(s.cli("module load res_astdb_cluster.so").contains("Loaded"), "{}", s.log());
+        assert!(
+            s.cli("module unload res_astdb_cluster.so")
+                .contains("Unloaded"),
+            "{}",
+            s.log()
+        );
+        assert!(
+            s.cli("module load res_astdb_cluster.so").contains("Loaded"),
+            "{}",
+            s.log()
+        );
     }
-    assert!(!s.log().contains("still mapped after dlclose"), "{}", s.log());
+    assert!(
+        !s.log().contains("still mapped after dlclose"),
+        "{}",
+        s.log()
+    );
 }
 
 #[test]
@@ -390,7 +410,10 @@ fn manager_events_are_logged() {
         .start();
     s.cli("module reload stub_good.so");
     let events = s.events();
-    assert!(events.contains("Event: StubGoodReloaded\nPrivilege: 1\nLoads: 1\n"), "{events}");
+    assert!(
+        events.contains("Event: StubGoodReloaded\nPrivilege: 1\nLoads: 1\n"),
+        "{events}"
+    );
     let file = std::fs::read_to_string(s.log_dir().join("events")).unwrap();
     assert!(file.contains("Event: StubGoodReloaded"), "{file}");
 }
@@ -406,7 +429,55 @@ fn pinned_library_is_reported() {
         .start();
     assert!(s.cli("module show").contains("stub_tls.so"));
     s.cli("module unload stub_tls.so");
-    assert!(s.log().contains("Module 'stub_tls.so' is still mapped after dlclose"), "{}", s.log());
+    assert!(
+        s.log()
+            .contains("Module 'stub_tls.so' is still mapped after dlclose"),
+        "{}",
+        s.log()
+    );
     let out = s.cli("module load stub_tls.so");
     assert!(out.contains("did not register itself during load"), "{out}");
+}
+
+#[test]
+fn unload_refused_keeps_the_module() {
+    let s = StandIn::builder("refuse")
+        .module_as(testmod_so("stub_good"), "stub_good.so")
+        .preload(&["stub_good.so"])
+        .start();
+    s.cli("database put stubgood refuse_unload 1");
+    let out = s.cli("module unload stub_good.so");
+    assert!(
+        out.contains("Unable to unload resource stub_good.so"),
+        "{out}"
+    );
+    assert!(s.cli("module show").contains("stub_good.so"));
+    assert_eq!(s.cli("stubgood hello still"), "hello still (loads=1)\n");
+    s.cli("database del stubgood refuse_unload");
+    assert!(s
+        .cli("module unload stub_good.so")
+        .contains("Unloaded stub_good.so"));
+}
+
+#[test]
+fn sigterm_stops_and_remote_fails_when_down() {
+    let mut s = plain("sigterm");
+    s.cli("database put t k v");
+    let pid = s.pid().unwrap() as i32;
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.is_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop the stand-in"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(s.log().contains("Stand-in stopped."));
+    assert!(s.try_cli("core show version").is_err());
+    s.restart();
+    assert_eq!(s.cli("database get t k"), "Value: v\n");
 }

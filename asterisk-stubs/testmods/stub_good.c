@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "asterisk.h"
+#include "asterisk/astdb.h"
 #include "asterisk/cli.h"
 #include "asterisk/logger.h"
 #include "asterisk/manager.h"
@@ -84,6 +85,10 @@ static enum ast_module_load_result load_module(void)
 
 static int unload_module(void)
 {
+	/* Lets a test make unload() fail: AstDB key stubgood/refuse_unload. */
+	if (ast_db_exists("stubgood", "refuse_unload")) {
+		return -1;
+	}
 	ast_cli_unregister_multiple(cli, 1);
 	ast_custom_function_unregister(&echo_function);
 	return 0;

@@ -36,9 +36,13 @@ static BUILD: Once = Once::new();
 static BUILD_ERROR: Mutex<Option<String>> = Mutex::new(None);
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// The `asterisk-stubs/` directory of this crate.
+/// The `asterisk-stubs/` directory of this crate, or `STANDIN_STUBS_DIR` if set
+/// (e.g. a copy built with sanitizers).
 pub fn stubs_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("asterisk-stubs")
+    match std::env::var_os("STANDIN_STUBS_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("asterisk-stubs"),
+    }
 }
 
 /// Builds the stand-in (once per test binary) and returns the executable's path.
@@ -173,7 +177,8 @@ impl Builder {
     /// A file written under the instance's data directory (e.g.
     /// `documentation/thirdparty/res_astdb_cluster-en_US.xml`).
     pub fn data_file(mut self, rel_path: &str, text: &str) -> Self {
-        self.data_files.push((rel_path.to_string(), text.to_string()));
+        self.data_files
+            .push((rel_path.to_string(), text.to_string()));
         self
     }
 
