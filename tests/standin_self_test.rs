@@ -365,43 +365,6 @@ fn function_docs_from_thirdparty_xml() {
     assert!(out.contains("[Provided By]\nstub_good\n"), "{out}");
 }
 
-/// The real module loads, unloads and loads again in the stand-in.
-#[test]
-fn real_module_load_unload_cycle() {
-    // No cluster_secret: the module runs without opening any network.
-    let conf = "[general]\ncluster_name = selftest\ncluster_node = 1\n";
-    let s = StandIn::builder("realmod")
-        .eid("02:00:00:00:00:31")
-        .conf_file("astdb_cluster.conf", conf)
-        .module_path(standin::module_so())
-        .preload(&["res_astdb_cluster.so"])
-        .start();
-    let shown = s.cli("module show");
-    assert!(
-        shown.contains("res_astdb_cluster.so"),
-        "{shown}\n{}",
-        s.log()
-    );
-    for _ in 0..3 {
-        assert!(
-            s.cli("module unload res_astdb_cluster.so")
-                .contains("Unloaded"),
-            "{}",
-            s.log()
-        );
-        assert!(
-            s.cli("module load res_astdb_cluster.so").contains("Loaded"),
-            "{}",
-            s.log()
-        );
-    }
-    assert!(
-        !s.log().contains("still mapped after dlclose"),
-        "{}",
-        s.log()
-    );
-}
-
 #[test]
 fn manager_events_are_logged() {
     let s = StandIn::builder("events")
