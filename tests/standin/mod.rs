@@ -103,15 +103,16 @@ fn build_stubs() -> Result<(), String> {
     Ok(())
 }
 
-/// The module built by cargo for this test run: `target/<profile>/libres_astdb_cluster.so`
-/// (the test executable lives in `target/<profile>/deps/`).
+/// The module built by cargo for this test run. `cargo test` leaves the fresh
+/// cdylib only in `target/<profile>/deps/` (beside the test executable);
+/// `target/<profile>/` may hold a stale one from an earlier `cargo build`.
 pub fn module_so() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test exe has a directory");
     let profile = deps.parent().expect("deps has a parent");
     let candidates = [
-        profile.join("libres_astdb_cluster.so"),
         deps.join("libres_astdb_cluster.so"),
+        profile.join("libres_astdb_cluster.so"),
     ];
     for c in &candidates {
         if c.is_file() {
