@@ -175,7 +175,22 @@ pub fn exec(idx: usize, argv: &[String], out: &mut Output) -> Outcome {
     }
 }
 
+/// The shared families matching `filter`, by name.
+fn family_names(filter: Option<&str>) -> Result<Vec<String>, String> {
+    with_runtime(|rt| {
+        rt.registry
+            .iter()
+            .filter(|f| filter.is_none_or(|name| f.name == name))
+            .map(|f| f.name.clone())
+            .collect()
+    })
+}
+
 fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    // Counts are read now, not left as old as the last periodic scan.
+    for name in family_names(filter)? {
+        module::scan_family(&name);
+    }
     let rows = with_runtime(|rt| {
         rt.registry
             .iter()
@@ -229,13 +244,7 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
 }
 
 fn refresh(filter: Option<&str>) -> Result<String, String> {
-    let names: Vec<String> = with_runtime(|rt| {
-        rt.registry
-            .iter()
-            .filter(|f| filter.is_none_or(|name| f.name == name))
-            .map(|f| f.name.clone())
-            .collect()
-    })?;
+    let names = family_names(filter)?;
     if let (Some(name), true) = (filter, names.is_empty()) {
         return Err(format!("family '{name}' is not shared"));
     }
