@@ -31,7 +31,7 @@ use super::family::{Mode, SharedFamily, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 use super::persist::{FamilyMeta, ItemDelta, PeerMeta, PersistDelta, RestoredState};
-use super::store::{ItemStore, Merged, MAX_DEPTH};
+use super::store::{valid_node, ItemStore, Merged, MAX_DEPTH};
 use super::version::{Clock, Hlc, Version};
 
 /// A digest-tree node with at most this many items is answered with a summary.
@@ -329,6 +329,7 @@ impl Engine {
     fn restore(&mut self, r: RestoredState) {
         let mut high = r.clock;
         for fm in r.families {
+            high = high.max(fm.horizon);
             let mut fs = FamilyState::new(fm.mode);
             fs.baseline = fm.baseline;
             fs.horizon = fm.horizon;
@@ -347,6 +348,9 @@ impl Engine {
             fs.store.put(item.owner, &item.key, entry);
         }
         for p in r.peers {
+            for (_, h) in &p.stale_below {
+                high = high.max(*h);
+            }
             self.peers.insert(
                 p.eid,
                 Peer {
@@ -395,6 +399,15 @@ impl Engine {
                 .map(|(i, e)| (i.clone(), e.clone()))
                 .collect()
         })
+    }
+
+    #[doc(hidden)]
+    pub fn debug_tombstones(&self) -> String {
+        let mut s = format!("peers {:?}\n", self.peers);
+        for (n, f) in &self.families {
+            s += &format!("{n}: {:?}\n", f.tombstones);
+        }
+        s
     }
 
     /// The clock's high-water mark.
@@ -485,6 +498,24 @@ impl Engine {
         }
         fs.next_sync_ms = now_ms + fam.sync_interval_ms;
         fs.shared = Some(fam);
+        // Copies of other nodes' unique items whose Apply may have been lost in a crash:
+        // no snapshot shows them, and only this engine writes them, so write them again.
+        let local = self.cfg.local;
+        let redo: Vec<ItemId> = fs
+            .unconfirmed
+            .iter()
+            .filter(|i| i.owner.is_some_and(|o| o != local))
+            .cloned()
+            .collect();
+        for item in redo {
+            fs.unconfirmed.remove(&item);
+            let value = fs
+                .store
+                .get(item.owner, &item.key)
+                .and_then(|e| e.value.as_deref());
+            out.push(Output::Apply(db_op(&name, &item, value)));
+            self.applies_started.push((name.clone(), item));
+        }
         for (peer, up) in self.eligible(&name) {
             if up {
                 self.sync_with(&mut out, peer, now_ms, &name);
@@ -892,7 +923,12 @@ impl Engine {
         if item.owner == Some(local) {
             // Only this node writes its own unique items. A newer version of one coming
             // back means this node lost its state: issue a newer version of what it holds.
-            if held.is_some_and(|h| !entry.beats(h)) || ro || !fs.baseline {
+            let deleted_here = held.is_none_or(Entry::is_tombstone);
+            if (entry.is_tombstone() && deleted_here)
+                || held.is_some_and(|h| !entry.beats(h))
+                || ro
+                || !fs.baseline
+            {
                 return Accepted::Kept;
             }
             self.clock.observe(entry.version.hlc);
@@ -976,7 +1012,7 @@ impl Engine {
         let mut children = Vec::new();
         let mut ranges = Vec::new();
         for n in nodes {
-            if n.depth > MAX_DEPTH {
+            if !valid_node(n.depth, n.prefix) {
                 self.counters.dropped_invalid += 1;
                 continue;
             }
@@ -1046,7 +1082,8 @@ impl Engine {
                 return;
             };
             for r in ranges {
-                if r.depth > MAX_DEPTH {
+                if !valid_node(r.depth, r.prefix) {
+                    self.counters.dropped_invalid += 1;
                     continue;
                 }
                 let theirs: HashMap<&ItemId, &SummaryItem> =

@@ -60,6 +60,9 @@ pub struct PersistDelta {
 }
 
 impl PersistDelta {
+    /// True when nothing but the clock changed. Such a delta need not be written: every
+    /// issued version is in an item, a family horizon or a peer's stale mark, and the
+    /// restored clock resumes above all of them.
     pub fn is_empty(&self) -> bool {
         self.reset_families.is_empty()
             && self.families.is_empty()

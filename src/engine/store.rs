@@ -15,7 +15,13 @@ use super::item::{position_of, Entry, ItemId};
 pub const MAX_DEPTH: u8 = 16;
 /// Depth whose node hashes are maintained incrementally.
 const CACHED_DEPTH: u8 = 3;
-const CACHED_NODES: usize = 1 << (4 * CACHED_DEPTH as usize);
+const CACHED_NODES: usize = 1 + 16 + 256 + 4096;
+
+/// Index in `ItemStore::cached` of the node `prefix` at `depth` (at most `CACHED_DEPTH`).
+fn cached_index(depth: u8, prefix: u64) -> usize {
+    let level_start = [0usize, 1, 17, 273][usize::from(depth)];
+    level_start + prefix as usize
+}
 
 /// Items that share a position hash (almost always exactly one).
 #[derive(Clone, Debug)]
@@ -39,10 +45,16 @@ pub enum Merged {
 #[derive(Clone, Debug, Default)]
 pub struct ItemStore {
     items: BTreeMap<u64, Slot>,
-    /// (XOR of entry digest hashes, item count) per depth-3 node; empty until first use.
+    /// (XOR of entry digest hashes, item count) per node of depths 0 to 3, level by
+    /// level (1 + 16 + 256 + 4096 nodes); empty until first use.
     cached: Vec<(u64, u32)>,
     live: usize,
     tombstones: usize,
+}
+
+/// Whether `prefix` has at most `depth` nibbles, as a digest-tree node's must.
+pub fn valid_node(depth: u8, prefix: u64) -> bool {
+    depth <= MAX_DEPTH && (depth == MAX_DEPTH || prefix >> (4 * u32::from(depth)) == 0)
 }
 
 /// The range of positions under the digest-tree node `prefix` at `depth`.
@@ -210,16 +222,29 @@ impl ItemStore {
         if self.cached.is_empty() {
             self.cached = vec![(0, 0); CACHED_NODES];
         }
-        let b = &mut self.cached[(pos >> (64 - 4 * u32::from(CACHED_DEPTH))) as usize];
-        b.0 ^= hash_delta;
-        b.1 += count_delta;
+        for depth in 0..=CACHED_DEPTH {
+            let prefix = if depth == 0 {
+                0
+            } else {
+                pos >> (64 - 4 * u32::from(depth))
+            };
+            let b = &mut self.cached[cached_index(depth, prefix)];
+            b.0 ^= hash_delta;
+            b.1 += count_delta;
+        }
     }
 
     fn account_remove(&mut self, pos: u64, hash: u64) {
-        if let Some(b) = self
-            .cached
-            .get_mut((pos >> (64 - 4 * u32::from(CACHED_DEPTH))) as usize)
-        {
+        if self.cached.is_empty() {
+            return;
+        }
+        for depth in 0..=CACHED_DEPTH {
+            let prefix = if depth == 0 {
+                0
+            } else {
+                pos >> (64 - 4 * u32::from(depth))
+            };
+            let b = &mut self.cached[cached_index(depth, prefix)];
             b.0 ^= hash;
             b.1 = b.1.saturating_sub(1);
         }
@@ -231,15 +256,10 @@ impl ItemStore {
             return (0, 0);
         }
         if depth <= CACHED_DEPTH {
-            let width = 4 * u32::from(CACHED_DEPTH - depth);
-            let first = (prefix << width) as usize;
-            let last = ((prefix + 1) << width) as usize;
-            let mut acc = (0u64, 0usize);
-            for &(h, c) in self.cached.get(first..last).unwrap_or(&[]) {
-                acc.0 ^= h;
-                acc.1 += c as usize;
-            }
-            return acc;
+            return self
+                .cached
+                .get(cached_index(depth, prefix))
+                .map_or((0, 0), |&(h, c)| (h, c as usize));
         }
         let mut acc = (0u64, 0usize);
         for (pos, id, e) in self.range(depth, prefix) {

@@ -155,11 +155,9 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         if let Some(id) = ids.get(name) {
             return Ok(*id);
         }
-        let id = tx.query_row(
-            "SELECT id FROM replica_family WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )?;
+        let id = tx
+            .prepare_cached("SELECT id FROM replica_family WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))?;
         ids.insert(name.to_string(), id);
         Ok(id)
     };
@@ -204,27 +202,23 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         }
     }
     for p in &delta.peers {
-        tx.execute(
-            "INSERT OR REPLACE INTO replica_peer (eid, node) VALUES (?1, ?2)",
-            params![&p.eid.0[..], p.node],
-        )?;
-        tx.execute(
-            "DELETE FROM replica_peer_stale WHERE eid = ?1",
-            [&p.eid.0[..]],
+        tx.prepare_cached("INSERT OR REPLACE INTO replica_peer (eid, node) VALUES (?1, ?2)")?
+            .execute(params![&p.eid.0[..], p.node])?;
+        tx.prepare_cached("DELETE FROM replica_peer_stale WHERE eid = ?1")?
+            .execute([&p.eid.0[..]])?;
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO replica_peer_stale (eid, family, below) VALUES (?1, ?2, ?3)",
         )?;
         for (family, below) in &p.stale_below {
-            tx.execute(
-                "INSERT INTO replica_peer_stale (eid, family, below) VALUES (?1, ?2, ?3)",
-                params![&p.eid.0[..], family, below.0 as i64],
-            )?;
+            ins.execute(params![&p.eid.0[..], family, below.0 as i64])?;
         }
     }
     // The clock only moves forward, even if deltas were ever written out of order.
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO replica_meta (name, value) VALUES ('clock', ?1)
          ON CONFLICT(name) DO UPDATE SET value = max(value, ?1)",
-        [delta.clock.0 as i64],
-    )?;
+    )?
+    .execute([delta.clock.0 as i64])?;
     tx.commit()
 }
 

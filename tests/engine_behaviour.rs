@@ -1,0 +1,303 @@
+//! Single behaviours of the engine, one scenario each.
+
+use std::collections::BTreeSet;
+
+use res_astdb_cluster::engine::{
+    Body, Change, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode, Output,
+    SharedFamily, SharingPolicy, SyncMode, Version,
+};
+use res_astdb_cluster::metadata::replica::ReplicaStore;
+use rusqlite::Connection;
+
+const NOW: u64 = 1_700_000_000_000;
+const A: Eid = Eid([2, 0, 0, 0, 0, 1]);
+const B: Eid = Eid([2, 0, 0, 0, 0, 2]);
+const C: Eid = Eid([2, 0, 0, 0, 0, 3]);
+
+fn node(eid: Eid, number: u32) -> Engine {
+    Engine::new(EngineConfig::new(eid, number), None)
+}
+
+fn changes(
+    family: &str,
+    mode: Mode,
+    owner: Option<Eid>,
+    key: &str,
+    ms: u64,
+    from: Eid,
+    value: Option<&str>,
+) -> Message {
+    Message {
+        sent: Hlc::from_parts(NOW, 0),
+        family: family.into(),
+        mode,
+        body: Body::Changes(vec![Change {
+            item: ItemId {
+                owner,
+                key: key.into(),
+            },
+            entry: Entry {
+                version: Version::new(Hlc::from_parts(ms, 0), from),
+                value: value.map(str::to_string),
+            },
+        }]),
+    }
+}
+
+fn applies(out: &[Output]) -> Vec<&DbOp> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Apply(op) => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent_to(out: &[Output]) -> BTreeSet<Eid> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn changes_for_unshared_families_are_dropped_and_counted() {
+    let mut a = node(A, 1);
+    a.peer_up(B, 2, NOW);
+    let out = a.receive(
+        B,
+        changes("secret", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW,
+    );
+    assert!(applies(&out).is_empty());
+    assert_eq!(a.counters().dropped_unshared, 1);
+}
+
+#[test]
+fn changes_for_a_family_shared_in_the_other_mode_are_dropped_and_counted() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Unique), NOW);
+    a.peer_up(B, 2, NOW);
+    let out = a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW,
+    );
+    assert!(applies(&out).is_empty());
+    assert_eq!(a.counters().dropped_mode, 1);
+}
+
+#[test]
+fn changes_stamped_too_far_ahead_are_dropped_not_applied() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.peer_up(B, 2, NOW);
+    let far = NOW + a.config().max_clock_skew_ms + 1;
+    let out = a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", far, B, Some("v")),
+        NOW,
+    );
+    assert!(applies(&out).is_empty());
+    assert_eq!(a.counters().dropped_skew, 1);
+    assert!(a.clock().wall_ms() <= NOW, "the clock did not jump ahead");
+}
+
+#[test]
+fn a_remote_change_is_applied_and_its_echo_in_a_snapshot_is_not_a_local_change() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    let out = a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW,
+    );
+    assert_eq!(
+        applies(&out),
+        vec![&DbOp::Put {
+            family: "f".into(),
+            key: "k".into(),
+            value: "v".into()
+        }]
+    );
+    let out = a.local_snapshot("f", vec![("k".into(), "v".into())], NOW + 10);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(a.counters().local_changes, 0);
+}
+
+#[test]
+fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("registrar", Mode::Unique), NOW);
+    a.peer_up(B, 2, NOW);
+    let out = a.receive(
+        B,
+        changes(
+            "registrar",
+            Mode::Unique,
+            Some(B),
+            "100",
+            NOW,
+            B,
+            Some("sip:x"),
+        ),
+        NOW,
+    );
+    let fam = format!("{B}/registrar");
+    assert_eq!(fam, "02:00:00:00:00:02/registrar");
+    assert_eq!(
+        applies(&out),
+        vec![&DbOp::Put {
+            family: fam.clone(),
+            key: "100".into(),
+            value: "sip:x".into()
+        }]
+    );
+    let out = a.receive(
+        B,
+        changes("registrar", Mode::Unique, Some(B), "100", NOW + 1, B, None),
+        NOW,
+    );
+    assert_eq!(
+        applies(&out),
+        vec![&DbOp::Delete {
+            family: fam,
+            key: "100".into()
+        }]
+    );
+}
+
+#[test]
+fn multicast_families_are_exchanged_only_with_the_listed_nodes() {
+    let mut a = node(A, 1);
+    let mut f = SharedFamily::from_dialplan("queue_state", Mode::Global);
+    f.policy = SharingPolicy::Multicast([1, 2].into());
+    a.share(f, NOW);
+    a.local_snapshot("queue_state", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    a.peer_up(C, 3, NOW);
+    a.local_change("queue_state", "q1", Some("paused"), NOW);
+    let out = a.tick(NOW + 1);
+    assert_eq!(sent_to(&out), [B].into());
+    let out = a.receive(
+        C,
+        changes("queue_state", Mode::Global, None, "q2", NOW, C, Some("x")),
+        NOW,
+    );
+    assert!(applies(&out).is_empty());
+    assert_eq!(a.counters().dropped_policy, 1);
+}
+
+#[test]
+fn read_only_families_do_not_publish_local_changes_and_keep_the_cluster_value() {
+    let mut a = node(A, 1);
+    let mut f = SharedFamily::from_dialplan("f", Mode::Global);
+    f.sync_mode = SyncMode::Ro;
+    a.share(f, NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("cluster")),
+        NOW,
+    );
+    let out = a.local_change("f", "k", Some("mine"), NOW + 5);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Warn(w) if w.contains("sync_mode=ro"))));
+    assert_eq!(
+        applies(&out),
+        vec![&DbOp::Put {
+            family: "f".into(),
+            key: "k".into(),
+            value: "cluster".into()
+        }]
+    );
+    assert!(sent_to(&a.tick(NOW + 10)).is_empty() || a.counters().sent_changes == 0);
+    assert_eq!(a.counters().ro_refused, 1);
+}
+
+#[test]
+fn writes_below_a_shared_family_are_keys_of_it() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("foo", Mode::Global), NOW);
+    a.local_snapshot("foo", vec![], NOW);
+    a.local_change("foo/sub", "k", Some("v"), NOW);
+    assert!(a.entry("foo", None, "sub/k").is_some());
+    a.local_change("foobar", "k", Some("v"), NOW);
+    assert_eq!(a.counters().local_changes, 1);
+}
+
+#[test]
+fn a_restarted_node_never_reissues_a_version_even_if_its_clock_went_back() {
+    let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.local_change("f", "k", Some("1"), NOW);
+    let first = a.entry("f", None, "k").unwrap().version;
+    store.write(&a.take_persist_delta()).unwrap();
+    drop(a);
+
+    let mut a = Engine::new(EngineConfig::new(A, 1), Some(store.load().unwrap()));
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW - 60_000);
+    let out = a.local_snapshot("f", vec![("k".into(), "1".into())], NOW - 60_000);
+    assert!(
+        out.is_empty(),
+        "unchanged data is not a change after a restart"
+    );
+    a.local_change("f", "k", Some("2"), NOW - 60_000);
+    assert!(a.entry("f", None, "k").unwrap().version > first);
+}
+
+#[test]
+fn a_deleted_key_does_not_come_back_from_an_older_write() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![("k".into(), "v".into())], NOW);
+    a.peer_up(B, 2, NOW);
+    a.local_change("f", "k", None, NOW + 100);
+    let out = a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW + 50, B, Some("old")),
+        NOW + 200,
+    );
+    assert!(applies(&out).is_empty());
+    assert!(a.entry("f", None, "k").unwrap().is_tombstone());
+}
+
+#[test]
+fn a_stale_copy_from_a_peer_that_missed_a_collected_tombstone_is_retired() {
+    let mut cfg = EngineConfig::new(A, 1);
+    cfg.tombstone_max_age_ms = 1_000;
+    let mut a = Engine::new(cfg, None);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    a.peer_down(B, NOW);
+    a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW,
+    );
+    a.local_change("f", "k", None, NOW + 10);
+    // B never acknowledges; the tombstone is collected by age.
+    a.tick(NOW + 5_000);
+    assert_eq!(a.counters().collected_by_age, 1);
+    assert!(a.entry("f", None, "k").is_none());
+    // B comes back with its old copy: it is not applied, B is told to delete it.
+    a.peer_up(B, 2, NOW + 6_000);
+    let out = a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW + 6_000,
+    );
+    assert!(applies(&out).is_empty());
+    let retire = out.iter().any(|o| matches!(o, Output::Send { to, msg: Message { body: Body::Changes(c), .. } } if *to == B && c[0].entry.value.is_none()));
+    assert!(retire, "{out:?}");
+    assert_eq!(a.counters().retired, 1);
+}
