@@ -11,3 +11,4 @@ pub mod dialplan;
 pub mod engine;
 pub mod metadata;
 pub mod module;
+pub mod transport;
