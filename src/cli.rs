@@ -4,7 +4,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 
 use crate::engine::family::Mode;
-use crate::module::{self, now_ms, origin_text, with_runtime};
+use crate::module::{now_ms, origin_text, with_runtime};
 
 /// One registered command.
 pub struct Command {
@@ -187,16 +187,28 @@ fn family_names(filter: Option<&str>) -> Result<Vec<String>, String> {
 }
 
 fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
-    // Counts are read now, not left as old as the last periodic scan.
-    for name in family_names(filter)? {
-        module::scan_family(&name);
-    }
+    // Key counts are read from AstDB now; the last change is the engine's.
+    let counts: Vec<(String, usize)> = family_names(filter)?
+        .into_iter()
+        .map(|name| {
+            let n = crate::asterisk::db::tree(&name).len();
+            (name, n)
+        })
+        .collect();
     let rows = with_runtime(|rt| {
         rt.registry
             .iter()
             .filter(|f| filter.is_none_or(|name| f.name == name))
             .map(|f| {
-                let stats = rt.stats.get(&f.name).cloned().unwrap_or_default();
+                let keys = counts
+                    .iter()
+                    .find(|(n, _)| *n == f.name)
+                    .map_or(0, |(_, k)| *k);
+                let last = rt
+                    .node
+                    .engine
+                    .family_stats(&f.name)
+                    .and_then(|s| s.last_change_ms);
                 vec![
                     f.name.clone(),
                     f.mode.to_string(),
@@ -204,14 +216,8 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
                     f.policy.to_string(),
                     f.sync_mode.to_string(),
                     format!("{}ms", f.sync_interval_ms),
-                    if stats.scanned {
-                        stats.keys.to_string()
-                    } else {
-                        "-".into()
-                    },
-                    stats
-                        .last_change_ms
-                        .map_or_else(|| "none seen".into(), local_time),
+                    keys.to_string(),
+                    last.map_or_else(|| "none seen".into(), local_time),
                 ]
             })
             .collect::<Vec<_>>()
@@ -248,20 +254,15 @@ fn refresh(filter: Option<&str>) -> Result<String, String> {
     if let (Some(name), true) = (filter, names.is_empty()) {
         return Err(format!("family '{name}' is not shared"));
     }
-    for name in &names {
-        module::scan_family(name);
-    }
-    let keys: usize = with_runtime(|rt| {
-        names
-            .iter()
-            .filter_map(|n| rt.stats.get(n))
-            .map(|s| s.keys)
-            .sum()
+    with_runtime(|rt| {
+        rt.node.refresh(&names);
+        rt.inbox.poke();
     })?;
     Ok(format!(
-        "Refreshed {} famil{} ({keys} keys read); no peer is connected, so nothing was sent.",
+        "Reading {} famil{} now and syncing {} with the peers.",
         names.len(),
-        if names.len() == 1 { "y" } else { "ies" }
+        if names.len() == 1 { "y" } else { "ies" },
+        if names.len() == 1 { "it" } else { "them" }
     ))
 }
 
@@ -311,7 +312,26 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
 fn show_status(out: &mut Output) -> Result<String, String> {
     let lines = with_runtime(|rt| {
         let g = &rt.config.general;
-        let keys: usize = rt.stats.values().map(|s| s.keys).sum();
+        let c = rt.node.engine.counters();
+        let capture = match (rt.node.capture.db_write, rt.node.capture.db_delete) {
+            (true, true) => {
+                "DB() and DB_DELETE() seen at once; other writers at each family's read"
+            }
+            (true, false) => {
+                "DB() seen at once; DB_DELETE() and other writers at each family's read"
+            }
+            (false, true) => {
+                "DB_DELETE() seen at once; DB() and other writers at each family's read"
+            }
+            (false, false) => "func_db not loaded: dialplan writes are seen at each family's read",
+        };
+        let dropped = c.dropped_unshared
+            + c.dropped_mode
+            + c.dropped_policy
+            + c.dropped_skew
+            + c.dropped_stale
+            + c.dropped_unknown_peer
+            + c.dropped_invalid;
         let network = match &g.cluster_secret {
             None => "closed: no cluster_secret in [general]".to_string(),
             Some(_) => format!(
@@ -326,8 +346,21 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             ("Network", network),
             ("Peers configured", rt.config.nodes.len().to_string()),
             ("Shared families", rt.registry.len().to_string()),
-            ("Keys in shared families", keys.to_string()),
-            ("Family scans", rt.scans.to_string()),
+            ("Capture", capture.to_string()),
+            ("Dialplan writes seen", rt.node.dialplan_writes.to_string()),
+            ("Family reads", rt.node.family_reads.to_string()),
+            ("Local changes", c.local_changes.to_string()),
+            ("Changes sent / received", format!("{} / {}", c.sent_changes, c.received_changes)),
+            ("Remote changes applied", c.applied.to_string()),
+            (
+                "Remote changes dropped",
+                format!(
+                    "{dropped} (unshared {}, other mode {}, policy {}, clock skew {}, stale {}, unknown peer {}, invalid {})",
+                    c.dropped_unshared, c.dropped_mode, c.dropped_policy, c.dropped_skew,
+                    c.dropped_stale, c.dropped_unknown_peer, c.dropped_invalid
+                ),
+            ),
+            ("Tombstones", c.tombstones.to_string()),
             ("Metadata file", rt.metadata.path().display().to_string()),
             (
                 "Loaded",

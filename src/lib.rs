@@ -5,10 +5,12 @@
 //! border), and `module`, `dialplan`, `cli` (what Asterisk calls).
 
 pub mod asterisk;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod dialplan;
 pub mod engine;
 pub mod metadata;
 pub mod module;
+pub mod node;
 pub mod transport;

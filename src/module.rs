@@ -1,36 +1,23 @@
 //! The running module: configuration, shared families, the metadata file and
 //! the scan thread, with `load`, `unload` and `reload` as Asterisk calls them.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{Hash, Hasher};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::thread::{self, OwnedThread, Signal};
-use crate::asterisk::{self, config::Loaded, db};
+use crate::asterisk::{self, config::Loaded};
+use crate::capture::{self, Inbox};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
 use crate::engine::family::{validate_family_name, Mode, Origin, Registry, SharedFamily};
-use crate::engine::Eid;
+use crate::engine::{Eid, Engine, EngineConfig};
 use crate::metadata::{self, Metadata};
+use crate::node::{self, Node};
 use crate::{error, notice, warning};
 
 /// Asterisk's load results.
 const LOAD_SUCCESS: i32 = 0;
 const LOAD_DECLINE: i32 = 1;
-
-/// How often the scan thread wakes to see which families are due.
-const SCAN_TICK: Duration = Duration::from_millis(100);
-
-/// What the scan of one family last found.
-#[derive(Clone, Debug, Default)]
-pub struct FamilyStats {
-    pub keys: usize,
-    /// Unix ms of the last change seen; None until one is seen.
-    pub last_change_ms: Option<u64>,
-    content_hash: u64,
-    pub scanned: bool,
-    last_scan: Option<Instant>,
-}
 
 pub struct Runtime {
     pub config: ClusterConfig,
@@ -41,10 +28,11 @@ pub struct Runtime {
     /// Presets unshared at run time; the next reload shares them again.
     unshared_presets: BTreeSet<String>,
     pub registry: Registry,
-    pub stats: BTreeMap<String, FamilyStats>,
+    pub node: Node,
+    /// Where capture and the CLI leave work for the module's thread.
+    pub inbox: Arc<Inbox>,
     pub loaded_at_ms: u64,
     pub config_loaded_at_ms: u64,
-    pub scans: u64,
 }
 
 struct Worker {
@@ -116,11 +104,9 @@ impl Runtime {
                 registry.share(preset.clone());
             }
         }
-        self.stats.retain(|name, _| registry.get(name).is_some());
-        for family in registry.iter() {
-            self.stats.entry(family.name.clone()).or_default();
-        }
         self.registry = registry;
+        // The module's thread tells the engine on its next turn.
+        self.inbox.poke();
     }
 
     fn is_preset(&self, name: &str) -> bool {
@@ -183,78 +169,28 @@ impl Runtime {
         asterisk::manager_event("AstDBClusterFamilyUnshared", &[("Family", name)]);
         Ok(message)
     }
+}
 
-    /// The families due for a scan now.
-    fn due_families(&self, now: Instant) -> Vec<String> {
-        self.registry
-            .iter()
-            .filter(|f| {
-                self.stats
-                    .get(&f.name)
-                    .and_then(|s| s.last_scan)
-                    .is_none_or(|at| {
-                        now.duration_since(at) >= Duration::from_millis(f.sync_interval_ms)
-                    })
-            })
-            .map(|f| f.name.clone())
-            .collect()
-    }
-
-    /// Records what a scan of `name` found.
-    fn record_scan(&mut self, name: &str, rows: &[(String, String)], at: Instant) {
-        let own: Vec<&(String, String)> = rows
-            .iter()
-            .filter(|(key, _)| {
-                let path = match key.rsplit_once('/') {
-                    Some((dirs, _)) => format!("{name}/{dirs}"),
-                    None => name.to_string(),
-                };
-                self.registry
-                    .covering(&path)
-                    .is_some_and(|f| f.name == name)
-            })
-            .collect();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        own.hash(&mut hasher);
-        let hash = hasher.finish();
-        self.scans += 1;
-        if let Some(stats) = self.stats.get_mut(name) {
-            if stats.scanned && stats.content_hash != hash {
-                stats.last_change_ms = Some(now_ms());
-            }
-            stats.keys = own.len();
-            stats.content_hash = hash;
-            stats.scanned = true;
-            stats.last_scan = Some(at);
+fn worker_loop(stop: &Signal, inbox: &Inbox) {
+    while !stop.is_raised() {
+        let pending = inbox.take(node::TICK);
+        if stop.is_raised() {
+            break;
+        }
+        // A turn that panics is logged and the next one starts afresh.
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            node::turn(pending, &mut |_to, _msg| {});
+        }));
+        if turn.is_err() {
+            error!("the replication loop hit an internal error; continuing");
         }
     }
 }
 
-/// Scans one family now (outside our lock: a large family takes a while to read).
-pub fn scan_family(name: &str) {
-    let rows = db::tree(name);
-    let _ = with_runtime(|rt| rt.record_scan(name, &rows, Instant::now()));
-}
-
-fn worker_loop(stop: &Signal) {
-    loop {
-        if stop.wait(SCAN_TICK) {
-            return;
-        }
-        let due = with_runtime(|rt| rt.due_families(Instant::now())).unwrap_or_default();
-        for name in due {
-            let outcome = std::panic::catch_unwind(|| scan_family(&name));
-            if outcome.is_err() {
-                error!("scan of family '{name}' failed unexpectedly; it will be retried");
-            }
-        }
-    }
-}
-
-fn start_worker() -> Result<(), String> {
+fn start_worker(inbox: Arc<Inbox>) -> Result<(), String> {
     let stop = Arc::new(Signal::new());
     let signal = Arc::clone(&stop);
-    let thread = thread::spawn("astdb-cl-scan", move || worker_loop(&signal))?;
+    let thread = thread::spawn("astdb-cl-node", move || worker_loop(&signal, &inbox))?;
     *WORKER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Worker { stop, thread });
     Ok(())
 }
@@ -263,6 +199,9 @@ fn stop_worker() {
     let worker = WORKER.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(worker) = worker {
         worker.stop.raise();
+        if let Ok(inbox) = with_runtime(|rt| Arc::clone(&rt.inbox)) {
+            inbox.poke();
+        }
         worker.thread.join();
     }
 }
@@ -294,18 +233,34 @@ pub fn load() -> i32 {
     for why in bad {
         warning!("{}: ignoring {why}", path.display());
     }
+    let restored = match metadata.load_replica() {
+        Ok(state) => Some(state),
+        Err(why) => {
+            error!(
+                "{}: {why}; starting from AstDB and the peers",
+                path.display()
+            );
+            None
+        }
+    };
+    let eid = asterisk::local_eid();
+    let engine = Engine::new(
+        EngineConfig::new(eid, config.general.cluster_node),
+        restored,
+    );
+    let inbox = Arc::new(Inbox::default());
     let now = now_ms();
     let mut rt = Runtime {
         config,
-        eid: asterisk::local_eid(),
+        eid,
         metadata,
         marks,
         unshared_presets: BTreeSet::new(),
         registry: Registry::new(),
-        stats: BTreeMap::new(),
+        node: Node::new(engine),
+        inbox: Arc::clone(&inbox),
         loaded_at_ms: now,
         config_loaded_at_ms: now,
-        scans: 0,
     };
     rt.rebuild_registry();
     let summary = format!(
@@ -321,25 +276,33 @@ pub fn load() -> i32 {
         warning!("no cluster_secret in [general] of {CONFIG_FILE}: the network stays closed until one is set");
     }
     *runtime() = Some(rt);
-    if let Err(why) = start_worker() {
+    capture::set_inbox(Some(Arc::clone(&inbox)));
+    if let Err(why) = start_worker(inbox) {
         error!("{why}; declining to load");
+        capture::set_inbox(None);
         runtime().take();
         return LOAD_DECLINE;
     }
     if let Err(why) = asterisk::register_interfaces() {
         error!("{why}; declining to load");
-        stop_worker();
-        runtime().take();
+        stop_and_release();
         return LOAD_DECLINE;
     }
     notice!("{summary}");
     LOAD_SUCCESS
 }
 
+/// Stops the module's thread, gives func_db its callbacks back and drops the state.
+fn stop_and_release() {
+    stop_worker();
+    node::release_capture();
+    capture::set_inbox(None);
+    runtime().take();
+}
+
 pub fn unload() -> i32 {
     asterisk::unregister_interfaces();
-    stop_worker();
-    runtime().take();
+    stop_and_release();
     0
 }
 

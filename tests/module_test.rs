@@ -381,3 +381,28 @@ fn a_damaged_metadata_file_is_set_aside_and_astdb_is_untouched() {
         "AstDB data is untouched"
     );
 }
+
+#[test]
+fn dialplan_db_writes_are_seen_at_once_and_other_writers_at_the_next_read() {
+    let n = node("capture", GOOD_CONF);
+    // A dialplan-shared family has the default 5 s interval: only capture can be quick.
+    n.cli("dialplan set DB_SHARED(put,global)=fruit");
+    n.wait_for_cli("astdb cluster show status", Duration::from_secs(5), |s| {
+        s.contains("DB() and DB_DELETE() seen at once")
+    });
+    n.cli("dialplan set DB(fruit/apple)=red");
+    n.cli("dialplan eval ${DB_DELETE(fruit/apple)}");
+    n.cli("dialplan set DB(fruit/pear)=green");
+    let status = n.wait_for_cli("astdb cluster show status", Duration::from_secs(2), |s| {
+        s.contains("Dialplan writes seen:    3")
+    });
+    assert!(status.contains("Local changes:           3"), "{status}");
+    let show = n.cli("database shared show fruit");
+    assert!(!show.contains("none seen"), "{show}");
+
+    // A CLI write is not captured directly; the family's read finds it.
+    n.cli("database put blacklist cli-write 1");
+    n.wait_for_cli("astdb cluster show status", Duration::from_secs(5), |s| {
+        s.contains("Local changes:           4")
+    });
+}

@@ -502,6 +502,15 @@ static int db_delete_read(struct ast_channel *chan, const char *cmd, char *data,
 	return 0;
 }
 
+/* Set(DB_DELETE(family/key)=): a delete that discards the value, as func_db has. */
+static int db_delete_write(struct ast_channel *chan, const char *cmd, char *data, const char *value)
+{
+	char buf[128];
+
+	UNUSED(value);
+	return db_delete_read(chan, cmd, data, buf, sizeof(buf));
+}
+
 static void append(char *buf, size_t len, size_t *used, const char *s, int escape_commas)
 {
 	for (; *s && *used + 1 < len; s++) {
@@ -586,7 +595,7 @@ static struct ast_custom_function db_functions[] = {
 	{ .name = "DB_EXISTS", .synopsis = "Check to see if a key exists in the Asterisk database.",
 	  .syntax = "DB_EXISTS(family/key)", .read = db_exists_read, .read_max = 2 },
 	{ .name = "DB_DELETE", .synopsis = "Return a value from the database and delete it.",
-	  .syntax = "DB_DELETE(family/key)", .read = db_delete_read },
+	  .syntax = "DB_DELETE(family/key)", .read = db_delete_read, .write = db_delete_write },
 	{ .name = "DB_KEYS", .synopsis = "Obtain a list of keys within the Asterisk database.",
 	  .syntax = "DB_KEYS([prefix])", .read = db_keys_read },
 	{ .name = "DB_KEYCOUNT", .synopsis = "Obtain the number of keys at a prefix within the Asterisk database.",

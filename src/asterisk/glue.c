@@ -21,6 +21,8 @@
 #endif
 
 #include <string.h>
+#include <unistd.h>
+#include <alloca.h>
 
 #include "glue.h"
 
@@ -230,4 +232,122 @@ void astdb_cluster_unregister_cli(void)
 	ast_cli_unregister_multiple(cli_entries, cli_entry_count);
 	memset(cli_entries, 0, sizeof(cli_entries));
 	cli_entry_count = 0;
+}
+
+/* ---- capture of dialplan DB() / DB_DELETE() writes ----
+ *
+ * AstDB has no change notification. To see dialplan writes at once, the
+ * callbacks func_db registered are wrapped: each wrapper calls the original
+ * and, when it succeeded, reports the path. The original is restored on
+ * unload; `in_flight` lets unload wait for calls still inside a wrapper.
+ */
+
+static ast_acf_write_fn_t db_write_original;
+static ast_acf_read_fn_t db_delete_read_original;
+static ast_acf_write_fn_t db_delete_write_original;
+static int in_flight;
+
+/* func_db splits its argument in place: keep a copy to report. */
+#define COPY_PATH(data) ((data) ? strcpy(alloca(strlen(data) + 1), (data)) : NULL)
+
+static int db_write_wrapper(struct ast_channel *chan, const char *cmd, char *data, const char *value)
+{
+	char *path;
+	int res;
+
+	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	path = COPY_PATH(data);
+	res = db_write_original(chan, cmd, data, value);
+	if (!res && path) {
+		astdb_cluster_db_written(path);
+	}
+	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	return res;
+}
+
+static int db_delete_read_wrapper(struct ast_channel *chan, const char *cmd, char *data, char *buf, size_t len)
+{
+	char *path;
+	int res;
+
+	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	path = COPY_PATH(data);
+	res = db_delete_read_original(chan, cmd, data, buf, len);
+	if (!res && path) {
+		astdb_cluster_db_written(path);
+	}
+	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	return res;
+}
+
+static int db_delete_write_wrapper(struct ast_channel *chan, const char *cmd, char *data, const char *value)
+{
+	char *path;
+	int res;
+
+	__atomic_add_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	path = COPY_PATH(data);
+	res = db_delete_write_original(chan, cmd, data, value);
+	if (!res && path) {
+		astdb_cluster_db_written(path);
+	}
+	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
+	return res;
+}
+
+/* Swaps *slot to `wrapper`, remembering the original, unless already wrapped;
+ * sets `bit` in `mask` when the slot is wrapped. */
+#define WRAP(slot, wrapper, original, mask, bit) \
+	do { \
+		if ((slot) && (slot) != (wrapper)) { \
+			(original) = (slot); \
+			__atomic_store_n(&(slot), (wrapper), __ATOMIC_SEQ_CST); \
+		} \
+		if ((slot) == (wrapper)) { \
+			(mask) |= (bit); \
+		} \
+	} while (0)
+
+#define UNWRAP(slot, wrapper, original) \
+	do { \
+		if ((slot) == (wrapper)) { \
+			__atomic_store_n(&(slot), (original), __ATOMIC_SEQ_CST); \
+		} \
+	} while (0)
+
+int astdb_cluster_capture_hook(void)
+{
+	struct ast_custom_function *db = ast_custom_function_find("DB");
+	struct ast_custom_function *db_delete = ast_custom_function_find("DB_DELETE");
+	int wrapped = 0;
+
+	if (db) {
+		WRAP(db->write, db_write_wrapper, db_write_original, wrapped, ASTDB_CLUSTER_CAPTURE_DB);
+	}
+	if (db_delete) {
+		WRAP(db_delete->read, db_delete_read_wrapper, db_delete_read_original, wrapped, ASTDB_CLUSTER_CAPTURE_DB_DELETE_READ);
+		WRAP(db_delete->write, db_delete_write_wrapper, db_delete_write_original, wrapped, ASTDB_CLUSTER_CAPTURE_DB_DELETE_WRITE);
+	}
+	return wrapped;
+}
+
+void astdb_cluster_capture_unhook(void)
+{
+	struct ast_custom_function *db = ast_custom_function_find("DB");
+	struct ast_custom_function *db_delete = ast_custom_function_find("DB_DELETE");
+	int waited;
+
+	if (db) {
+		UNWRAP(db->write, db_write_wrapper, db_write_original);
+	}
+	if (db_delete) {
+		UNWRAP(db_delete->read, db_delete_read_wrapper, db_delete_read_original);
+		UNWRAP(db_delete->write, db_delete_write_wrapper, db_delete_write_original);
+	}
+	/* A caller may have read the wrapper's address just before it was
+	 * restored: wait for calls inside, then a little for ones entering. */
+	for (waited = 0; __atomic_load_n(&in_flight, __ATOMIC_SEQ_CST) && waited < 5000; waited++) {
+		usleep(1000);
+	}
+	usleep(20000);
 }

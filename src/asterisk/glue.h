@@ -31,10 +31,27 @@ void astdb_cluster_manager_event(const char *event, const char *body);
 void astdb_cluster_free(void *ptr);
 /* Adds one completion candidate (copied with Asterisk's allocator). */
 int astdb_cluster_cli_completion_add(const char *candidate);
+/*
+ * Capture of dialplan writes: wraps the callbacks of DB() (write) and
+ * DB_DELETE() (read and write) so that each successful call also reports the
+ * "family/key" it touched. Idempotent: call it again to re-wrap after func_db
+ * was reloaded. Returns which callbacks are wrapped now (0 when func_db is
+ * not loaded).
+ */
+#define ASTDB_CLUSTER_CAPTURE_DB 1
+#define ASTDB_CLUSTER_CAPTURE_DB_DELETE_READ 2
+#define ASTDB_CLUSTER_CAPTURE_DB_DELETE_WRITE 4
+int astdb_cluster_capture_hook(void);
+/* Restores func_db's callbacks and waits for calls in progress to leave. */
+void astdb_cluster_capture_unhook(void);
+
 /* The build's Asterisk headers: "installed" or "bundled". */
 const char *astdb_cluster_headers(void);
 
 /* ---- provided by Rust, called from glue.c ---- */
+
+/* A dialplan DB()/DB_DELETE() call changed "family/key". Must not block. */
+void astdb_cluster_db_written(const char *path);
 
 int astdb_cluster_load(void);
 int astdb_cluster_unload(void);

@@ -113,3 +113,27 @@ pub(crate) fn unregister_interfaces() {
         sys::astdb_cluster_unregister_functions();
     }
 }
+
+/// Which dialplan write paths are seen at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    pub db_write: bool,
+    pub db_delete: bool,
+}
+
+/// Wraps DB()/DB_DELETE() so dialplan writes are reported at once (nothing is
+/// wrapped while func_db is not loaded). Idempotent.
+pub(crate) fn capture_hook() -> Capture {
+    // SAFETY: the glue swaps function pointers in func_db's registered records.
+    let mask = unsafe { sys::astdb_cluster_capture_hook() } as u32;
+    Capture {
+        db_write: mask & sys::ASTDB_CLUSTER_CAPTURE_DB != 0,
+        db_delete: mask & sys::ASTDB_CLUSTER_CAPTURE_DB_DELETE_READ != 0,
+    }
+}
+
+/// Restores func_db's callbacks; returns after calls in progress have left.
+pub(crate) fn capture_unhook() {
+    // SAFETY: restores what capture_hook swapped.
+    unsafe { sys::astdb_cluster_capture_unhook() }
+}

@@ -96,6 +96,10 @@ impl Signal {
         self.wake.notify_all();
     }
 
+    pub fn is_raised(&self) -> bool {
+        *self.raised.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Waits up to `timeout`; true when the signal has been raised.
     pub fn wait(&self, timeout: Duration) -> bool {
         let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());

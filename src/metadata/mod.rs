@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags};
 
 use crate::engine::family::{Mode, Origin, SharedFamily, SharingPolicy, SyncMode};
+use crate::engine::{PersistDelta, RestoredState};
 
 pub const FILE_NAME: &str = "astdb_cluster.sqlite3";
 const SCHEMA_VERSION: i64 = 1;
@@ -119,6 +120,17 @@ impl Metadata {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Writes what the engine changed, in one transaction.
+    pub fn write_replica(&mut self, delta: &PersistDelta) -> Result<(), String> {
+        replica::write(&mut self.conn, delta)
+            .map_err(|e| format!("could not save replication state: {e}"))
+    }
+
+    /// The replication state saved before the last stop.
+    pub fn load_replica(&self) -> Result<RestoredState, String> {
+        replica::load(&self.conn).map_err(|e| format!("could not read replication state: {e}"))
     }
 
     /// Remembers a family shared at run time (presets come from the config file).

@@ -1,0 +1,102 @@
+//! Capture of writes to AstDB. Asterisk has no change notification, so there
+//! are two ways in:
+//!
+//! - Dialplan `DB()` / `DB_DELETE()`: func_db's callbacks are wrapped (see
+//!   glue.c) and each write is reported here at once, from the PBX thread.
+//! - Every other writer (CLI, AMI, other modules, edits while unloaded): the
+//!   module's thread reads each shared family every `sync_interval` and the
+//!   engine works out what changed.
+//!
+//! The PBX thread only pushes the path into [`Inbox`] and wakes the module's
+//! thread: a mutex and a condition variable, no thread-locals (see
+//! asterisk/thread.rs for why that matters).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+/// Dialplan writes waiting beyond this many are dropped, and the module falls
+/// back to reading every family (nothing is lost, only later).
+pub const MAX_PENDING: usize = 1_000_000;
+
+/// Work for the module's thread, filled by Asterisk threads and the transport.
+#[derive(Default)]
+pub struct Inbox {
+    state: Mutex<Pending>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+pub struct Pending {
+    /// "family/key" paths written by the dialplan, in order.
+    pub paths: VecDeque<String>,
+    /// Paths were dropped: every shared family must be read again.
+    pub overflowed: bool,
+    /// Something else needs the thread's attention (transport event, stop).
+    pub poked: bool,
+}
+
+impl Inbox {
+    pub fn push_path(&self, path: String) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.paths.len() >= MAX_PENDING {
+            state.overflowed = true;
+        } else {
+            state.paths.push_back(path);
+        }
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    pub fn poke(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).poked = true;
+        self.wake.notify_one();
+    }
+
+    /// Waits up to `timeout` for work, then takes all of it.
+    pub fn take(&self, timeout: Duration) -> Pending {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut state, _) = self
+            .wake
+            .wait_timeout_while(state, timeout, |s| {
+                s.paths.is_empty() && !s.overflowed && !s.poked
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *state)
+    }
+}
+
+static INBOX: Mutex<Option<std::sync::Arc<Inbox>>> = Mutex::new(None);
+
+/// Sets (or clears) where dialplan writes go.
+pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
+    *INBOX.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
+}
+
+/// A dialplan write to `path` ("family/key") succeeded.
+pub fn dialplan_wrote(path: String) {
+    let inbox = INBOX.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(inbox) = inbox {
+        inbox.push_path(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_write_wakes_the_waiting_thread_and_is_taken_in_order() {
+        let inbox = Arc::new(Inbox::default());
+        let writer = Arc::clone(&inbox);
+        let t = std::thread::spawn(move || {
+            writer.push_path("blacklist/1".into());
+            writer.push_path("blacklist/2".into());
+        });
+        t.join().unwrap();
+        let got = inbox.take(Duration::from_secs(5));
+        assert_eq!(got.paths, ["blacklist/1", "blacklist/2"]);
+        assert!(inbox.take(Duration::from_millis(1)).paths.is_empty());
+    }
+}

@@ -1,0 +1,221 @@
+//! This node's replication loop, run on the module's own thread: it feeds the
+//! engine what capture saw (dialplan writes at once, every other writer through
+//! a read of each family at its `sync_interval`), saves the engine's state, and
+//! executes what the engine hands back, following the ordering contract in
+//! `engine::engine`. Only this thread calls the engine; the CLI and dialplan
+//! change the registry and poke it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::asterisk::{self, db};
+use crate::engine::{DbOp, Eid, Engine, Message, Output, SharedFamily};
+use crate::module::{now_ms, with_runtime, Runtime};
+use crate::{error, warning};
+
+/// The longest the thread sleeps between looks at its work.
+pub const TICK: Duration = Duration::from_millis(100);
+/// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
+const HOOK_CHECK: Duration = Duration::from_secs(1);
+
+/// The engine and what the loop remembers between turns.
+pub struct Node {
+    pub engine: Engine,
+    /// Outputs not yet executed, in order.
+    outputs: Vec<Output>,
+    /// The shared families as the engine was last told.
+    told: BTreeMap<String, SharedFamily>,
+    next_read: HashMap<String, Instant>,
+    last_hook_check: Option<Instant>,
+    /// Which dialplan write paths are seen at once.
+    pub capture: asterisk::Capture,
+    /// Dialplan writes taken from the inbox, and full reads done.
+    pub dialplan_writes: u64,
+    pub family_reads: u64,
+}
+
+impl Node {
+    pub fn new(engine: Engine) -> Self {
+        Node {
+            engine,
+            outputs: Vec::new(),
+            told: BTreeMap::new(),
+            next_read: HashMap::new(),
+            last_hook_check: None,
+            capture: asterisk::Capture::default(),
+            dialplan_writes: 0,
+            family_reads: 0,
+        }
+    }
+
+    /// Tells the engine about families shared or unshared since the last turn.
+    fn sync_families(&mut self, registry: &crate::engine::Registry, now: u64) {
+        let gone: Vec<String> = self
+            .told
+            .keys()
+            .filter(|n| registry.get(n).is_none())
+            .cloned()
+            .collect();
+        for name in gone {
+            self.outputs.extend(self.engine.unshare(&name, now));
+            self.told.remove(&name);
+            self.next_read.remove(&name);
+        }
+        for family in registry.iter() {
+            if self.told.get(&family.name) != Some(family) {
+                self.outputs.extend(self.engine.share(family.clone(), now));
+                self.told.insert(family.name.clone(), family.clone());
+                // A newly shared family is read at once.
+                self.next_read.insert(family.name.clone(), Instant::now());
+            }
+        }
+    }
+
+    /// `database shared refresh`: read these families now and pull them from the peers.
+    pub fn refresh(&mut self, names: &[String]) {
+        let now = Instant::now();
+        for name in names {
+            self.next_read.insert(name.clone(), now);
+            // Telling the engine again makes it pull the family from its peers.
+            self.told.remove(name);
+        }
+    }
+
+    /// The families whose read is due (all of them after an inbox overflow).
+    fn due_reads(&mut self, at: Instant, everything: bool) -> Vec<String> {
+        let mut due = Vec::new();
+        for (name, family) in &self.told {
+            let next = self.next_read.entry(name.clone()).or_insert(at);
+            if everything || *next <= at {
+                *next = at + Duration::from_millis(family.sync_interval_ms);
+                due.push(name.clone());
+            }
+        }
+        due
+    }
+}
+
+/// Splits a DB() argument "family/key" into the AstDB family and key, at the
+/// last '/', so a nested shared family (`foo/sub`) is found by the engine.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let path = path.trim_matches('/');
+    path.rsplit_once('/')
+        .filter(|(f, k)| !f.is_empty() && !k.is_empty())
+}
+
+/// Takes the engine's delta and outputs; saves the delta, then executes the
+/// outputs in order (AstDB writes and log lines here; sends by `send`).
+fn flush(send: &mut dyn FnMut(Eid, Message)) {
+    let work = with_runtime(|rt| {
+        let outputs = std::mem::take(&mut rt.node.outputs);
+        let delta = rt.node.engine.take_persist_delta();
+        let saved = if delta.is_empty() {
+            Ok(())
+        } else {
+            rt.metadata.write_replica(&delta)
+        };
+        (outputs, saved)
+    });
+    let Ok((outputs, saved)) = work else { return };
+    if let Err(why) = saved {
+        // Executing outputs whose state is not saved could move a version backwards
+        // after a crash; the next turn saves again and executes then.
+        error!("{why}; changes wait until it can be saved");
+        let _ = with_runtime(|rt| {
+            let later = std::mem::replace(&mut rt.node.outputs, outputs);
+            rt.node.outputs.extend(later);
+        });
+        return;
+    }
+    for output in outputs {
+        match output {
+            Output::Apply(DbOp::Put { family, key, value }) => {
+                if let Err(why) = db::put(&family, &key, &value) {
+                    error!("{why}");
+                }
+            }
+            Output::Apply(DbOp::Delete { family, key }) => {
+                db::del(&family, &key);
+            }
+            Output::Send { to, msg } => send(to, msg),
+            Output::Warn(text) => warning!("{text}"),
+        }
+    }
+}
+
+/// One turn of the loop, after `pending` was taken from the inbox.
+pub fn turn(pending: crate::capture::Pending, send: &mut dyn FnMut(Eid, Message)) {
+    let at = Instant::now();
+    let now = now_ms();
+
+    // Registry changes, dialplan writes and the clock first.
+    let hook_due = with_runtime(|rt: &mut Runtime| {
+        let registry = rt.registry.clone();
+        rt.node.sync_families(&registry, now);
+        rt.node
+            .last_hook_check
+            .is_none_or(|t| at.duration_since(t) >= HOOK_CHECK)
+    })
+    .unwrap_or(false);
+    if hook_due {
+        let capture = asterisk::capture_hook();
+        let _ = with_runtime(|rt| {
+            rt.node.last_hook_check = Some(at);
+            rt.node.capture = capture;
+        });
+    }
+    for path in &pending.paths {
+        let Some((family, key)) = split_path(path) else {
+            continue;
+        };
+        let value = db::get(family, key);
+        let _ = with_runtime(|rt| {
+            rt.node.dialplan_writes += 1;
+            let out = rt
+                .node
+                .engine
+                .local_change(family, key, value.as_deref(), now);
+            rt.node.outputs.extend(out);
+        });
+    }
+    let _ = with_runtime(|rt| {
+        let out = rt.node.engine.tick(now);
+        rt.node.outputs.extend(out);
+    });
+    flush(send);
+
+    // Then the families due for a read, one at a time: each read follows the
+    // execution of everything the engine returned before it.
+    let due = with_runtime(|rt| rt.node.due_reads(at, pending.overflowed)).unwrap_or_default();
+    for name in due {
+        let rows = db::tree(&name);
+        let _ = with_runtime(|rt| {
+            rt.node.family_reads += 1;
+            let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
+            rt.node.outputs.extend(out);
+        });
+        flush(send);
+    }
+}
+
+/// Restores func_db's callbacks; the loop has stopped.
+pub fn release_capture() {
+    asterisk::capture_unhook();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn dialplan_paths_split_at_the_last_slash() {
+        assert_eq!(
+            split_path("blacklist/5551234"),
+            Some(("blacklist", "5551234"))
+        );
+        assert_eq!(split_path("foo/sub/key"), Some(("foo/sub", "key")));
+        assert_eq!(split_path("/foo/key/"), Some(("foo", "key")));
+        assert_eq!(split_path("nokey"), None);
+        assert_eq!(split_path("/key"), None);
+    }
+}
