@@ -71,6 +71,32 @@ fn merge_throughput() {
     );
 }
 
+fn store_merge_throughput() {
+    use res_astdb_cluster::engine::store::ItemStore;
+    const N: usize = 1_000_000;
+    let changes: Vec<(String, Entry)> = (0..N)
+        .map(|i| {
+            (
+                key(i % (N / 2)),
+                Entry {
+                    version: Version::new(Hlc::from_parts(NOW, (i / (N / 2)) as u16), B),
+                    value: Some("blocked".into()),
+                },
+            )
+        })
+        .collect();
+    let mut store = ItemStore::new();
+    let start = Instant::now();
+    for (k, e) in changes {
+        store.merge(None, &k, e);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "store merge alone (no outputs, no persistence bookkeeping): {:.0} changes/s",
+        N as f64 / secs
+    );
+}
+
 fn restored(n: usize) -> RestoredState {
     RestoredState {
         clock: Hlc::from_parts(NOW, 0),
@@ -223,6 +249,7 @@ fn main() {
     // `cargo test --benches` runs this too; keep that quick.
     if std::env::args().any(|a| a == "--bench") {
         merge_throughput();
+        store_merge_throughput();
         anti_entropy_cost();
         metadata_bytes_per_key();
     } else {

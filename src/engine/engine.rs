@@ -224,7 +224,8 @@ struct Peer {
 enum Accepted {
     Stored,
     Kept,
-    Retired,
+    /// Refused as a stale copy; the sender is to be told.
+    Retired(ItemId),
 }
 
 /// The replication engine of one node.
@@ -863,18 +864,20 @@ impl Engine {
                 continue;
             }
             self.counters.received_changes += 1;
-            let is_tomb = change.entry.is_tombstone();
-            let ack = (change.item.clone(), change.entry.version);
+            let version = change.entry.version;
+            let ack = change
+                .entry
+                .is_tombstone()
+                .then(|| (change.item.clone(), version));
             match self.accept(from, family, change, now_ms, out) {
-                Accepted::Retired => retired.push(Change {
-                    item: ack.0,
+                Accepted::Retired(item) => retired.push(Change {
+                    item,
                     entry: Entry {
-                        version: ack.1,
+                        version,
                         value: None,
                     },
                 }),
-                Accepted::Stored | Accepted::Kept if is_tomb => acks.push(ack),
-                _ => {}
+                Accepted::Stored | Accepted::Kept => acks.extend(ack),
             }
         }
         self.reply_acks(out, from, now_ms, family, acks);
@@ -918,9 +921,9 @@ impl Engine {
             .as_ref()
             .is_some_and(|s| s.sync_mode == SyncMode::Ro);
         let Change { item, entry } = change;
-        let held = fs.store.get(item.owner, &item.key);
 
         if item.owner == Some(local) {
+            let held = fs.store.get(item.owner, &item.key);
             // Only this node writes its own unique items. A newer version of one coming
             // back means this node lost its state: issue a newer version of what it holds.
             let deleted_here = held.is_none_or(Entry::is_tombstone);
@@ -950,35 +953,46 @@ impl Engine {
             return Accepted::Kept;
         }
 
-        if held.is_none() {
-            if entry.value.is_some() {
-                let stale = (entry.version.hlc == Hlc::ZERO && fs.horizon > Hlc::ZERO)
-                    || stale_below.is_some_and(|h| entry.version.hlc <= h)
-                    || fs.collected_at_least(&item, entry.version);
-                if stale {
-                    // A copy of a key whose tombstone was collected here: never let it
-                    // back in; tell the sender to retire it.
-                    self.counters.retired += 1;
-                    return Accepted::Retired;
-                }
-            } else if fs.collected_at_least(&item, entry.version) {
-                return Accepted::Kept;
+        let is_value = entry.value.is_some();
+        let apply_value = entry.value.clone();
+        let version = entry.version;
+        let (horizon, collected) = (fs.horizon, &fs.collected);
+        let refuse_new = || {
+            if is_value {
+                // A copy of a key whose tombstone was collected here must never come
+                // back: the sender is told to retire it.
+                (version.hlc == Hlc::ZERO && horizon > Hlc::ZERO)
+                    || stale_below.is_some_and(|h| version.hlc <= h)
+                    || collected.get(&item).is_some_and(|(v, _)| *v >= version)
+            } else {
+                collected.get(&item).is_some_and(|(v, _)| *v >= version)
             }
-        }
-
-        match fs.store.merge(item.owner, &item.key, entry.clone()) {
+        };
+        match fs
+            .store
+            .merge_unless(item.owner, &item.key, entry, refuse_new)
+        {
             Merged::Kept => Accepted::Kept,
+            Merged::Refused if is_value => {
+                self.counters.retired += 1;
+                Accepted::Retired(item)
+            }
+            Merged::Refused => Accepted::Kept,
             Merged::Inserted | Merged::Replaced(_) => {
-                self.clock.observe(entry.version.hlc);
-                fs.track(&item, &entry);
-                if entry.is_tombstone() {
-                    if let Some(t) = fs.tombstones.get_mut(&item) {
-                        t.acked.insert(from);
+                self.clock.observe(version.hlc);
+                if is_value {
+                    if !fs.tombstones.is_empty() {
+                        fs.tombstones.remove(&item);
                     }
+                } else {
+                    let mut acks = TombstoneAcks::new(version);
+                    acks.acked.insert(from);
+                    fs.tombstones.insert(item.clone(), acks);
                 }
+                fs.dirty.insert(item.clone());
                 fs.last_change_ms = Some(now_ms);
                 self.counters.applied += 1;
-                out.push(Output::Apply(db_op(family, &item, entry.value.as_deref())));
+                out.push(Output::Apply(db_op(family, &item, apply_value.as_deref())));
                 self.applies_started.push((family.to_string(), item));
                 Accepted::Stored
             }

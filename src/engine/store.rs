@@ -39,6 +39,8 @@ pub enum Merged {
     Replaced(Entry),
     /// The state held already wins or is equal; nothing changed.
     Kept,
+    /// The item was absent and the caller refused to let it in.
+    Refused,
 }
 
 /// One family's items with their digest tree.
@@ -105,22 +107,44 @@ impl ItemStore {
 
     /// Merges `incoming` into the item: it replaces the held state only if it wins.
     pub fn merge(&mut self, owner: Option<Eid>, key: &str, incoming: Entry) -> Merged {
-        self.write(owner, key, incoming, false)
+        self.write(owner, key, incoming, false, || false)
+    }
+
+    /// Like [`ItemStore::merge`], but an absent item is let in only if `refuse_new`
+    /// says no (one lookup instead of a `get` and a `merge`).
+    pub fn merge_unless(
+        &mut self,
+        owner: Option<Eid>,
+        key: &str,
+        incoming: Entry,
+        refuse_new: impl FnOnce() -> bool,
+    ) -> Merged {
+        self.write(owner, key, incoming, false, refuse_new)
     }
 
     /// Sets the item's state whatever was held (for local changes, already versioned
     /// above the held state, and for restoring persisted state).
     pub fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
-        self.write(owner, key, entry, true)
+        self.write(owner, key, entry, true, || false)
     }
 
-    fn write(&mut self, owner: Option<Eid>, key: &str, incoming: Entry, force: bool) -> Merged {
+    fn write(
+        &mut self,
+        owner: Option<Eid>,
+        key: &str,
+        incoming: Entry,
+        force: bool,
+        refuse_new: impl FnOnce() -> bool,
+    ) -> Merged {
         let pos = position_of(owner, key);
         let new_hash = incoming.digest_hash(pos);
         let new_tomb = incoming.is_tombstone();
         let slot = self.items.get_mut(&pos);
         let outcome = match slot {
             None => {
+                if refuse_new() {
+                    return Merged::Refused;
+                }
                 self.items.insert(
                     pos,
                     Slot::One(
@@ -150,6 +174,9 @@ impl ItemStore {
                         Merged::Replaced(std::mem::replace(e, incoming))
                     }
                     None => {
+                        if refuse_new() {
+                            return Merged::Refused;
+                        }
                         let id = ItemId {
                             owner,
                             key: key.to_string(),
@@ -176,7 +203,7 @@ impl ItemStore {
                 self.count(old.is_tombstone(), -1);
                 self.count(new_tomb, 1);
             }
-            Merged::Kept => {}
+            Merged::Kept | Merged::Refused => {}
         }
         outcome
     }
