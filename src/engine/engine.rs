@@ -207,10 +207,6 @@ impl FamilyState {
         }
         self.dirty.insert(item.clone());
     }
-
-    fn collected_at_least(&self, item: &ItemId, version: Version) -> bool {
-        self.collected.get(item).is_some_and(|(v, _)| *v >= version)
-    }
 }
 
 #[derive(Clone, Debug)]
