@@ -210,36 +210,37 @@ pub fn decode_hello(b: &[u8]) -> Result<Hello, Reject> {
     })
 }
 
-/// Opens (decrypts and authenticates) one record. `nonce` counts records in order.
+/// Opens (decrypts and authenticates) one record; None if it does not verify.
+/// `nonce` counts records in order.
 pub trait Open {
-    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Result<usize, ()>;
+    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Option<usize>;
 }
 
-/// Seals one plaintext frame into a record.
+/// Seals one plaintext frame into a record; None if it does not fit.
 pub trait Seal {
-    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Result<usize, ()>;
+    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Option<usize>;
 }
 
 impl Open for snow::StatelessTransportState {
-    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Result<usize, ()> {
-        self.read_message(nonce, record, out).map_err(|_| ())
+    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.read_message(nonce, record, out).ok()
     }
 }
 
 impl Seal for snow::StatelessTransportState {
-    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Result<usize, ()> {
-        self.write_message(nonce, plain, out).map_err(|_| ())
+    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Option<usize> {
+        self.write_message(nonce, plain, out).ok()
     }
 }
 
 impl<T: Open> Open for std::sync::Arc<T> {
-    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Result<usize, ()> {
+    fn open(&self, nonce: u64, record: &[u8], out: &mut [u8]) -> Option<usize> {
         (**self).open(nonce, record, out)
     }
 }
 
 impl<T: Seal> Seal for std::sync::Arc<T> {
-    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Result<usize, ()> {
+    fn seal(&self, nonce: u64, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         (**self).seal(nonce, plain, out)
     }
 }
@@ -249,25 +250,25 @@ impl<T: Seal> Seal for std::sync::Arc<T> {
 pub struct Cleartext;
 
 impl Open for Cleartext {
-    fn open(&self, _nonce: u64, record: &[u8], out: &mut [u8]) -> Result<usize, ()> {
-        let n = record.len().checked_sub(TAG_LEN).ok_or(())?;
+    fn open(&self, _nonce: u64, record: &[u8], out: &mut [u8]) -> Option<usize> {
+        let n = record.len().checked_sub(TAG_LEN)?;
         if record[n..].iter().any(|&b| b != 0) || out.len() < n {
-            return Err(());
+            return None;
         }
         out[..n].copy_from_slice(&record[..n]);
-        Ok(n)
+        Some(n)
     }
 }
 
 impl Seal for Cleartext {
-    fn seal(&self, _nonce: u64, plain: &[u8], out: &mut [u8]) -> Result<usize, ()> {
+    fn seal(&self, _nonce: u64, plain: &[u8], out: &mut [u8]) -> Option<usize> {
         let n = plain.len() + TAG_LEN;
         if out.len() < n {
-            return Err(());
+            return None;
         }
         out[..plain.len()].copy_from_slice(plain);
         out[plain.len()..n].fill(0);
-        Ok(n)
+        Some(n)
     }
 }
 
@@ -368,7 +369,7 @@ impl<C: Open> FrameReader<C> {
             let n = self
                 .cipher
                 .open(self.nonce, record, &mut self.plain)
-                .map_err(|()| {
+                .ok_or_else(|| {
                     Reject::new(
                         Cause::FrameAuth,
                         format!("record {} did not verify", self.nonce),
@@ -479,7 +480,7 @@ impl<C: Seal> FrameWriter<C> {
         let n = self
             .cipher
             .seal(self.nonce, &self.plain, &mut self.sealed[2..])
-            .map_err(|()| io::Error::other("cannot seal frame"))?;
+            .ok_or_else(|| io::Error::other("cannot seal frame"))?;
         self.nonce += 1;
         self.sealed[..2].copy_from_slice(&(n as u16).to_be_bytes());
         w.write_all(&self.sealed[..2 + n])?;

@@ -1,0 +1,600 @@
+//! The transport over real sockets on 127.0.0.1: mesh forming, delivery,
+//! reconnects, every reject cause, replay, stop and reload.
+//!
+//! Tests run one at a time (SERIAL): the thread-count test reads
+//! /proc/self/task, which other tests' threads would disturb.
+
+use crossbeam_channel::{unbounded, Receiver};
+use res_astdb_cluster::engine::Eid;
+use res_astdb_cluster::transport::wire::{self, Hello};
+use res_astdb_cluster::transport::{
+    Event, LogLevel, PeerAddr, PeerState, SendError, Transport, TransportConfig,
+};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const CLUSTER: &str = "test.cluster";
+const SECRET: &str = "a.very.secret.cluster.key";
+
+fn eid(n: u32) -> Eid {
+    Eid([0x02, 0, 0, 0, 0, n as u8])
+}
+
+struct Node {
+    t: Option<Transport>,
+    events: Receiver<Event>,
+    logs: Arc<Mutex<Vec<(LogLevel, String)>>>,
+    addr: SocketAddr,
+    n: u32,
+}
+
+impl Node {
+    fn t(&self) -> &Transport {
+        self.t.as_ref().unwrap()
+    }
+
+    fn logs_containing(&self, s: &str) -> Vec<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.contains(s))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    fn reject_count(&self, cause: &str) -> u64 {
+        self.t()
+            .rejects()
+            .into_iter()
+            .find(|(c, _)| c == cause)
+            .map_or(0, |(_, n)| n)
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.t.take() {
+            t.stop();
+        }
+    }
+}
+
+fn config(n: u32, bind: SocketAddr) -> TransportConfig {
+    let mut c = TransportConfig::new(CLUSTER, SECRET, n, eid(n));
+    c.bind = bind;
+    c.heartbeat = Duration::from_millis(50);
+    c.peer_timeout = Duration::from_millis(600);
+    c
+}
+
+fn start(cfg: TransportConfig) -> Node {
+    let (tx, rx) = unbounded();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let l2 = Arc::clone(&logs);
+    let n = cfg.local_node;
+    let t = Transport::start(
+        cfg,
+        tx,
+        Arc::new(move |lvl, msg| l2.lock().unwrap().push((lvl, msg))),
+    )
+    .expect("transport starts");
+    let addr = t.local_addr();
+    Node {
+        t: Some(t),
+        events: rx,
+        logs,
+        addr,
+        n,
+    }
+}
+
+fn local() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn peer(n: &Node) -> PeerAddr {
+    PeerAddr {
+        node: n.n,
+        name: format!("n{}", n.n),
+        address: n.addr.to_string(),
+    }
+}
+
+/// Starts `count` nodes, numbered from 1, all configured with each other.
+fn mesh(count: u32) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=count).map(|n| start(config(n, local()))).collect();
+    // Higher numbers first, so they know their callers before the calls come.
+    for n in nodes.iter().rev() {
+        let others = nodes.iter().filter(|o| o.n != n.n).map(peer).collect();
+        n.t().set_peers(others);
+    }
+    nodes
+}
+
+/// Waits for the first event matching `f`, failing after `secs`.
+fn wait_for(rx: &Receiver<Event>, secs: u64, what: &str, f: impl Fn(&Event) -> bool) -> Event {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) if f(&ev) => return ev,
+            Ok(_) => {}
+            Err(_) => panic!("timed out waiting for {what}"),
+        }
+    }
+}
+
+/// Waits until `n` has seen every one of `peers` come up, in any order.
+fn wait_up(n: &Node, peers: &[u32]) {
+    let mut left: Vec<u32> = peers.to_vec();
+    while !left.is_empty() {
+        let ev = wait_for(
+            &n.events,
+            10,
+            &format!("node {} sees {left:?} up", n.n),
+            |e| matches!(e, Event::PeerUp { .. }),
+        );
+        if let Event::PeerUp { node, .. } = ev {
+            left.retain(|&p| p != node);
+        }
+    }
+}
+
+fn until(secs: u64, what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn received(rx: &Receiver<Event>, from: u32, count: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        if let Event::Received { node, payload, .. } =
+            wait_for(rx, 20, "payloads", |e| matches!(e, Event::Received { .. }))
+        {
+            assert_eq!(node, from);
+            out.push(payload);
+        }
+    }
+    out
+}
+
+fn no_events(n: &Node, what: &str) {
+    if let Ok(ev) = n.events.recv_timeout(Duration::from_millis(300)) {
+        panic!("{what}: unexpected event {ev:?}");
+    }
+}
+
+/// Names of this process's transport threads ("astdb-tx-*"); the test
+/// harness's own threads come and go on their own.
+fn threads() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.starts_with("astdb-tx"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn three_nodes_form_a_full_mesh_and_deliver_in_order_both_ways() {
+    let _s = serial();
+    let mut nodes = mesh(3);
+    for n in &nodes {
+        let others: Vec<u32> = (1..=3).filter(|&o| o != n.n).collect();
+        wait_up(n, &others);
+        assert!(n.t().peers().iter().all(|p| p.state == PeerState::Up));
+    }
+    for from in &nodes {
+        for to in 1..=3u32 {
+            if to != from.n {
+                for i in 0..200u32 {
+                    let p = [from.n.to_be_bytes(), i.to_be_bytes()].concat();
+                    from.t().send(to, p).unwrap();
+                }
+            }
+        }
+    }
+    for to in &nodes {
+        let mut next = [0u32; 4];
+        let mut got = 0;
+        while got < 400 {
+            let ev = wait_for(&to.events, 20, "payloads", |e| {
+                matches!(e, Event::Received { .. })
+            });
+            let Event::Received {
+                node,
+                eid: e,
+                payload,
+            } = ev
+            else {
+                unreachable!()
+            };
+            assert_eq!(e, eid(node), "EID comes from the peer's hello");
+            assert_eq!(&payload[..4], &node.to_be_bytes());
+            let i = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+            assert_eq!(i, next[node as usize], "in order from node {node}");
+            next[node as usize] += 1;
+            got += 1;
+        }
+    }
+    let st = nodes[0].t().peers();
+    assert!(st.iter().all(|p| p.frames_out >= 200 && p.bytes_in > 0));
+    assert!(st.iter().all(|p| p.eid.is_some() && p.last_seen.is_some()));
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_payload_of_several_mib_arrives_intact() {
+    let _s = serial();
+    let mut nodes = mesh(2);
+    wait_up(&nodes[0], &[2]);
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    nodes[0].t().send(2, big.clone()).unwrap();
+    nodes[1].t().send(1, b"small".to_vec()).unwrap();
+    assert_eq!(received(&nodes[1].events, 1, 1)[0], big);
+    assert_eq!(received(&nodes[0].events, 2, 1)[0], b"small");
+    let too_big = vec![0u8; 16 * 1024 * 1024 + 1];
+    assert_eq!(nodes[0].t().send(2, too_big), Err(SendError::TooLarge));
+    assert_eq!(nodes[0].t().send(9, vec![1]), Err(SendError::NotConnected));
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_restarted_peer_is_reconnected_and_down_and_up_are_reported() {
+    let _s = serial();
+    let mut nodes = mesh(2);
+    wait_up(&nodes[0], &[2]);
+    let addr2 = nodes[1].addr;
+    nodes[1].stop();
+    wait_for(&nodes[0].events, 10, "node 2 down", |e| {
+        matches!(e, Event::PeerDown { node: 2, .. })
+    });
+    assert_eq!(nodes[0].t().send(2, vec![1]), Err(SendError::NotConnected));
+    let restarted = start(config(2, addr2));
+    restarted.t().set_peers(vec![peer(&nodes[0])]);
+    wait_for(&nodes[0].events, 10, "node 2 up again", |e| {
+        matches!(e, Event::PeerUp { node: 2, .. })
+    });
+    nodes[0].t().send(2, b"again".to_vec()).unwrap();
+    assert_eq!(received(&restarted.events, 1, 1)[0], b"again");
+    nodes[1] = restarted;
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_silent_peer_is_marked_down_after_peer_timeout() {
+    let _s = serial();
+    // A raw peer that does the whole handshake, then says nothing at all.
+    let mut n2 = start(config(2, local()));
+    n2.t().set_peers(vec![PeerAddr {
+        node: 1,
+        name: "n1".into(),
+        address: "127.0.0.1:9".into(),
+    }]);
+    let params: snow::params::NoiseParams = wire::NOISE_PARAMS.parse().unwrap();
+    let psk = wire::derive_psk(CLUSTER, SECRET);
+    let mut s = TcpStream::connect(n2.addr).unwrap();
+    let ours = hello(1).encode();
+    s.write_all(&ours).unwrap();
+    let mut theirs = [0u8; wire::HELLO_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    let pro = wire::prologue(&ours, &theirs);
+    let mut hs = snow::Builder::new(params)
+        .psk(0, &psk)
+        .unwrap()
+        .prologue(&pro)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = hs.write_message(&[], &mut buf[2..]).unwrap();
+    buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
+    s.write_all(&buf[..2 + n]).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut m2 = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut m2).unwrap();
+    hs.read_message(&m2, &mut buf).unwrap();
+    let session = hs.into_stateless_transport_mode().unwrap();
+    let mut w = wire::FrameWriter::new(session);
+    w.ping(&mut s, 1).unwrap();
+    wait_up(&n2, &[1]);
+    let ev = wait_for(&n2.events, 5, "silent node 1 down", |e| {
+        matches!(e, Event::PeerDown { node: 1, .. })
+    });
+    let Event::PeerDown { reason, .. } = ev else {
+        unreachable!()
+    };
+    assert!(reason.contains("no heartbeat"), "{reason}");
+    n2.stop();
+}
+
+fn hello(node: u32) -> Hello {
+    Hello {
+        cluster_hash: wire::cluster_hash(CLUSTER),
+        node,
+        eid: eid(node),
+    }
+}
+
+/// Node 5 waits for node 1; node `dialer` dials it with a twisted config.
+/// Node 5 must refuse with `cause`, log it once over many retries, and
+/// deliver nothing.
+fn refused_dial(dialer: u32, twist: impl FnOnce(&mut TransportConfig), cause: &str) {
+    let mut n5 = start(config(5, local()));
+    n5.t().set_peers(vec![PeerAddr {
+        node: 1,
+        name: "n1".into(),
+        address: "127.0.0.1:9".into(),
+    }]);
+    let mut c = config(dialer, local());
+    twist(&mut c);
+    let mut d = start(c);
+    d.t().set_peers(vec![peer(&n5)]);
+    until(10, &format!("3 rejects for {cause}"), || {
+        n5.reject_count(cause) >= 3
+    });
+    assert_eq!(n5.logs_containing(cause).len(), 1, "{:?}", n5.logs.lock());
+    no_events(&n5, cause);
+    no_events(&d, cause);
+    assert_eq!(d.t().send(5, vec![1]), Err(SendError::NotConnected));
+    let total: u64 = n5.t().rejects().iter().map(|(_, n)| n).sum();
+    assert_eq!(total, n5.reject_count(cause), "only {cause}");
+    d.stop();
+    n5.stop();
+}
+
+#[test]
+fn wrong_secret_is_refused_logged_once_and_delivers_nothing() {
+    let _s = serial();
+    refused_dial(
+        1,
+        |c| c.secret = "another.secret.entirely".into(),
+        "wrong secret or corrupted handshake",
+    );
+}
+
+#[test]
+fn different_cluster_name_is_refused_as_its_own_cause() {
+    let _s = serial();
+    refused_dial(
+        1,
+        |c| c.cluster_name = "other.cluster".into(),
+        "cluster name differs",
+    );
+}
+
+#[test]
+fn unconfigured_node_number_is_refused_as_unknown_node() {
+    let _s = serial();
+    refused_dial(3, |_| {}, "unknown node");
+}
+
+/// Sends `bytes` on a raw connection and expects node 2 to close it.
+fn raw_is_closed(to: SocketAddr, bytes: &[u8], half_close: bool) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    if half_close {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut sink = Vec::new();
+    // Ends with EOF or a reset; a timeout would mean the connection stayed open.
+    let r = s.read_to_end(&mut sink);
+    if let Err(e) = r {
+        assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "left open");
+    }
+}
+
+#[test]
+fn garbage_truncated_hello_and_oversized_length_are_closed_and_the_listener_keeps_serving() {
+    let _s = serial();
+    let mut nodes = mesh(2);
+    wait_up(&nodes[1], &[1]);
+    let to = nodes[1].addr;
+    raw_is_closed(to, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false);
+    raw_is_closed(to, &hello(1).encode()[..10], true);
+    let mut oversized = hello(1).encode().to_vec();
+    oversized.extend_from_slice(&[0xff, 0xff]);
+    oversized.extend_from_slice(&[0u8; 64]);
+    raw_is_closed(to, &oversized, false);
+    let n2 = &nodes[1];
+    until(5, "three rejects", || {
+        n2.reject_count("malformed hello") == 2 && n2.reject_count("oversized frame") == 1
+    });
+    // Both malformed hellos came from 127.0.0.1: one log line for the pair.
+    assert_eq!(n2.logs_containing("malformed hello").len(), 1);
+    assert_eq!(n2.logs_containing("oversized frame").len(), 1);
+    no_events(n2, "raw connections");
+    nodes[0].t().send(2, b"still here".to_vec()).unwrap();
+    assert_eq!(received(&nodes[1].events, 1, 1)[0], b"still here");
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+/// Forwards one connection to `to`, recording what the dialer sent.
+fn recording_relay(to: SocketAddr) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = thread::spawn(move || {
+        let (mut a, _) = l.accept().unwrap();
+        let mut b = TcpStream::connect(to).unwrap();
+        let (mut a2, mut b2) = (a.try_clone().unwrap(), b.try_clone().unwrap());
+        let back = thread::spawn(move || {
+            let _ = std::io::copy(&mut b2, &mut a2);
+            let _ = a2.shutdown(Shutdown::Write);
+        });
+        let mut rec = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match a.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    rec.extend_from_slice(&buf[..n]);
+                    if b.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = b.shutdown(Shutdown::Both);
+        let _ = back.join();
+        rec
+    });
+    (addr, h)
+}
+
+#[test]
+fn a_recorded_session_replayed_later_delivers_nothing() {
+    let _s = serial();
+    let mut n2 = start(config(2, local()));
+    let (relay, recorder) = recording_relay(n2.addr);
+    let mut n1 = start(config(1, local()));
+    n2.t().set_peers(vec![peer(&n1)]);
+    n1.t().set_peers(vec![PeerAddr {
+        node: 2,
+        name: "n2".into(),
+        address: relay.to_string(),
+    }]);
+    wait_up(&n1, &[2]);
+    for i in 0..20u8 {
+        n1.t().send(2, vec![i; 100]).unwrap();
+    }
+    assert_eq!(received(&n2.events, 1, 20).len(), 20);
+    n1.stop();
+    wait_for(&n2.events, 10, "node 1 down", |e| {
+        matches!(e, Event::PeerDown { node: 1, .. })
+    });
+    let recorded = recorder.join().unwrap();
+    assert!(
+        recorded.len() > 20 * 100,
+        "recorded {} bytes",
+        recorded.len()
+    );
+
+    raw_is_closed(n2.addr, &recorded, false);
+    until(5, "replay refused", || {
+        n2.reject_count("frame failed authentication") == 1
+    });
+    no_events(&n2, "replayed session");
+    n2.stop();
+}
+
+#[test]
+fn stop_returns_promptly_and_leaves_no_thread() {
+    let _s = serial();
+    let before = threads();
+    let mut nodes = mesh(3);
+    for n in &nodes {
+        let others: Vec<u32> = (1..=3).filter(|&o| o != n.n).collect();
+        wait_up(n, &others);
+    }
+    // A half-open raw connection in its handshake must not hold stop up either.
+    let _lingering = TcpStream::connect(nodes[2].addr).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert!(threads().len() > before.len() + 9, "{:?}", threads());
+    for n in &mut nodes {
+        let t0 = Instant::now();
+        n.stop();
+        assert!(
+            t0.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(threads(), before);
+}
+
+#[test]
+fn set_peers_removing_a_peer_disconnects_only_that_one() {
+    let _s = serial();
+    let mut nodes = mesh(3);
+    wait_up(&nodes[0], &[2, 3]);
+    let keep = vec![peer(&nodes[1])];
+    nodes[0].t().set_peers(keep.clone());
+    let ev = wait_for(&nodes[0].events, 5, "node 3 down", |e| {
+        matches!(e, Event::PeerDown { .. })
+    });
+    let Event::PeerDown { node, reason, .. } = ev else {
+        unreachable!()
+    };
+    assert_eq!(node, 3);
+    assert!(reason.contains("removed"), "{reason}");
+    no_events(&nodes[0], "node 2 untouched");
+    let st = nodes[0].t().peers();
+    assert_eq!(st.len(), 1);
+    assert_eq!((st[0].node, st[0].state), (2, PeerState::Up));
+    // Same list again: nothing happens.
+    nodes[0].t().set_peers(keep);
+    no_events(&nodes[0], "unchanged list");
+    nodes[0].t().send(2, b"x".to_vec()).unwrap();
+    assert_eq!(received(&nodes[1].events, 1, 1)[0], b"x");
+    for n in &mut nodes {
+        n.stop();
+    }
+}
+
+#[test]
+fn a_full_send_queue_refuses_and_counts_drops() {
+    let _s = serial();
+    let mut c2 = config(2, local());
+    c2.peer_timeout = Duration::from_secs(5);
+    // Node 2's engine never reads: its reader blocks, TCP fills, node 1's queue fills.
+    let (tx, _rx_kept) = crossbeam_channel::bounded(1);
+    let t2 = Transport::start(c2, tx, Arc::new(|_, _| {})).unwrap();
+    let mut c1 = config(1, local());
+    c1.peer_timeout = Duration::from_secs(5);
+    c1.send_queue_bytes = 1 << 20;
+    c1.peers = vec![PeerAddr {
+        node: 2,
+        name: "n2".into(),
+        address: t2.local_addr().to_string(),
+    }];
+    t2.set_peers(vec![PeerAddr {
+        node: 1,
+        name: "n1".into(),
+        address: "127.0.0.1:9".into(),
+    }]);
+    let n1 = start(c1);
+    wait_up(&n1, &[2]);
+    let mut full = 0;
+    let t0 = Instant::now();
+    for _ in 0..2000 {
+        match n1.t().send(2, vec![0u8; 64 * 1024]) {
+            Ok(()) => {}
+            Err(SendError::QueueFull) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "send never blocks long"
+    );
+    assert!(full > 0);
+    let st = &n1.t().peers()[0];
+    assert_eq!(st.dropped_sends, full);
+    assert!(st.send_queue_bytes <= 1 << 20);
+    let mut n1 = n1;
+    n1.stop();
+    t2.stop();
+}
