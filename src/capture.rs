@@ -32,8 +32,10 @@ pub struct Pending {
     pub paths: VecDeque<String>,
     /// Paths were dropped: every shared family must be read again.
     pub overflowed: bool,
-    /// Something else needs the thread's attention (transport event, stop).
+    /// Something else needs the thread's attention (registry change, stop).
     pub poked: bool,
+    /// Events from the transport, in order.
+    pub events: Vec<crate::transport::Event>,
 }
 
 impl Inbox {
@@ -45,6 +47,15 @@ impl Inbox {
             state.paths.push_back(path);
         }
         drop(state);
+        self.wake.notify_one();
+    }
+
+    pub fn push_event(&self, event: crate::transport::Event) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .events
+            .push(event);
         self.wake.notify_one();
     }
 

@@ -4,6 +4,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 
 use crate::engine::family::Mode;
+use crate::mesh::{unix_ms, PeerState};
 use crate::module::{now_ms, origin_text, with_runtime};
 
 /// One registered command.
@@ -267,40 +268,71 @@ fn refresh(filter: Option<&str>) -> Result<String, String> {
 }
 
 fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
-    let rows = with_runtime(|rt| {
-        rt.config
+    let (rows, rejects) = with_runtime(|rt| {
+        let rows = rt
+            .config
             .nodes
             .iter()
             .filter(|n| filter.is_none_or(|f| f == n.node.to_string() || f == n.section))
             .map(|n| {
+                let peer = rt.mesh.peers.iter().find(|p| p.node == n.node);
+                let state = match peer.map(|p| p.state) {
+                    Some(PeerState::Up) => "up",
+                    Some(PeerState::Connecting) => "connecting",
+                    Some(PeerState::Down) | None => "down",
+                };
                 vec![
                     n.node.to_string(),
                     n.section.clone(),
                     n.address(),
-                    "unknown".into(),
-                    "down".into(),
-                    "never".into(),
-                    "-".into(),
+                    peer.and_then(|p| p.eid)
+                        .map_or_else(|| "unknown".into(), |e| e.to_string()),
+                    state.to_string(),
+                    peer.and_then(|p| p.last_seen)
+                        .map_or_else(|| "never".into(), |t| ago(unix_ms(t))),
+                    peer.and_then(|p| p.rtt).map_or_else(
+                        || "-".into(),
+                        |d| format!("{:.1}ms", d.as_secs_f64() * 1000.0),
+                    ),
+                    peer.map_or_else(
+                        || "0 / 0".into(),
+                        |p| format!("{} / {}", p.bytes_in, p.bytes_out),
+                    ),
+                    peer.map_or_else(
+                        || "0 / 0".into(),
+                        |p| format!("{} / {}", p.frames_in, p.frames_out),
+                    ),
                 ]
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        let rejects: Vec<String> = rt
+            .mesh
+            .rejects
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(cause, n)| format!("{cause}: {n}"))
+            .collect();
+        (rows, rejects)
     })?;
     if let (Some(f), true) = (filter, rows.is_empty()) {
         return Err(format!("no configured node matches '{f}'"));
     }
-    for line in table(
-        &[
-            "Node",
-            "Name",
-            "Address",
-            "EID",
-            "State",
-            "Last seen",
-            "Lag",
-        ],
-        &rows,
-    ) {
+    let header = [
+        "Node",
+        "Name",
+        "Address",
+        "EID",
+        "State",
+        "Last seen",
+        "Lag",
+        "Bytes in/out",
+        "Frames in/out",
+    ];
+    for line in table(&header, &rows) {
         out.line(&line);
+    }
+    if !rejects.is_empty() {
+        out.line(&format!("Refused connections: {}", rejects.join(", ")));
     }
     Ok(format!(
         "{} node{} configured.",
@@ -332,13 +364,17 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             + c.dropped_stale
             + c.dropped_unknown_peer
             + c.dropped_invalid;
-        let network = match &g.cluster_secret {
-            None => "closed: no cluster_secret in [general]".to_string(),
-            Some(_) => format!(
-                "configured for {}:{} (transport not started in this build)",
-                g.bindaddr, g.bindport
-            ),
-        };
+        let up = rt
+            .mesh
+            .peers
+            .iter()
+            .filter(|p| p.state == PeerState::Up)
+            .count();
+        let network = format!(
+            "{}; {up} of {} peers up",
+            rt.mesh.state,
+            rt.config.nodes.len()
+        );
         vec![
             ("Entity ID", rt.eid.to_string()),
             ("Cluster", g.cluster_name.clone()),
@@ -361,6 +397,8 @@ fn show_status(out: &mut Output) -> Result<String, String> {
                 ),
             ),
             ("Tombstones", c.tombstones.to_string()),
+            ("Sends not delivered", rt.mesh.send_errors.to_string()),
+            ("Undecodable messages", rt.mesh.undecodable.to_string()),
             ("Metadata file", rt.metadata.path().display().to_string()),
             (
                 "Loaded",

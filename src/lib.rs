@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dialplan;
 pub mod engine;
+pub mod mesh;
 pub mod metadata;
 pub mod module;
 pub mod node;

@@ -11,6 +11,7 @@ use crate::capture::{self, Inbox};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
 use crate::engine::family::{validate_family_name, Mode, Origin, Registry, SharedFamily};
 use crate::engine::{Eid, Engine, EngineConfig};
+use crate::mesh::{Mesh, MeshStatus};
 use crate::metadata::{self, Metadata};
 use crate::node::{self, Node};
 use crate::{error, notice, warning};
@@ -29,6 +30,8 @@ pub struct Runtime {
     unshared_presets: BTreeSet<String>,
     pub registry: Registry,
     pub node: Node,
+    /// The network as the module's thread last saw it.
+    pub mesh: MeshStatus,
     /// Where capture and the CLI leave work for the module's thread.
     pub inbox: Arc<Inbox>,
     pub loaded_at_ms: u64,
@@ -171,20 +174,27 @@ impl Runtime {
     }
 }
 
-fn worker_loop(stop: &Signal, inbox: &Inbox) {
+fn worker_loop(stop: &Signal, inbox: &Arc<Inbox>) {
+    let mut mesh = Mesh::new();
     while !stop.is_raised() {
-        let pending = inbox.take(node::TICK);
-        if stop.is_raised() {
-            break;
-        }
         // A turn that panics is logged and the next one starts afresh.
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            node::turn(pending, &mut |_to, _msg| {});
+            if let Ok((config, eid)) = with_runtime(|rt| (rt.config.clone(), rt.eid)) {
+                mesh.reconcile(&config, eid, inbox);
+            }
+            let pending = inbox.take(node::TICK);
+            if stop.is_raised() {
+                return;
+            }
+            node::turn(pending, &mut mesh);
+            let status = mesh.status();
+            let _ = with_runtime(|rt| rt.mesh = status);
         }));
         if turn.is_err() {
             error!("the replication loop hit an internal error; continuing");
         }
     }
+    mesh.shutdown();
 }
 
 fn start_worker(inbox: Arc<Inbox>) -> Result<(), String> {
@@ -258,6 +268,7 @@ pub fn load() -> i32 {
         unshared_presets: BTreeSet::new(),
         registry: Registry::new(),
         node: Node::new(engine),
+        mesh: MeshStatus::default(),
         inbox: Arc::clone(&inbox),
         loaded_at_ms: now,
         config_loaded_at_ms: now,

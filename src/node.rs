@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::asterisk::{self, db};
-use crate::engine::{DbOp, Eid, Engine, Message, Output, SharedFamily};
+use crate::engine::{DbOp, Engine, Output, SharedFamily};
+use crate::mesh::Mesh;
 use crate::module::{now_ms, with_runtime, Runtime};
+use crate::transport::Event;
 use crate::{error, warning};
 
 /// The longest the thread sleeps between looks at its work.
@@ -105,7 +107,7 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 
 /// Takes the engine's delta and outputs; saves the delta, then executes the
 /// outputs in order (AstDB writes and log lines here; sends by `send`).
-fn flush(send: &mut dyn FnMut(Eid, Message)) {
+fn flush(mesh: &mut Mesh) {
     let work = with_runtime(|rt| {
         let outputs = std::mem::take(&mut rt.node.outputs);
         let delta = rt.node.engine.take_persist_delta();
@@ -137,16 +139,39 @@ fn flush(send: &mut dyn FnMut(Eid, Message)) {
             Output::Apply(DbOp::Delete { family, key }) => {
                 db::del(&family, &key);
             }
-            Output::Send { to, msg } => send(to, msg),
+            Output::Send { to, msg } => mesh.send(to, &msg),
             Output::Warn(text) => warning!("{text}"),
         }
     }
 }
 
 /// One turn of the loop, after `pending` was taken from the inbox.
-pub fn turn(pending: crate::capture::Pending, send: &mut dyn FnMut(Eid, Message)) {
+pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
     let at = Instant::now();
     let now = now_ms();
+
+    // What the peers said, in order.
+    for event in pending.events {
+        mesh.observe(&event);
+        let msg = match &event {
+            Event::Received { node, payload, .. } => mesh.decode(*node, payload),
+            _ => None,
+        };
+        let _ = with_runtime(|rt| {
+            let out = match event {
+                Event::PeerUp { node, eid } => rt.node.engine.peer_up(eid, node, now),
+                Event::PeerDown { eid, .. } => {
+                    rt.node.engine.peer_down(eid, now);
+                    Vec::new()
+                }
+                Event::Received { eid, .. } => match msg {
+                    Some(msg) => rt.node.engine.receive(eid, msg, now),
+                    None => Vec::new(),
+                },
+            };
+            rt.node.outputs.extend(out);
+        });
+    }
 
     // Registry changes, dialplan writes and the clock first.
     let hook_due = with_runtime(|rt: &mut Runtime| {
@@ -182,7 +207,7 @@ pub fn turn(pending: crate::capture::Pending, send: &mut dyn FnMut(Eid, Message)
         let out = rt.node.engine.tick(now);
         rt.node.outputs.extend(out);
     });
-    flush(send);
+    flush(mesh);
 
     // Then the families due for a read, one at a time: each read follows the
     // execution of everything the engine returned before it.
@@ -194,7 +219,7 @@ pub fn turn(pending: crate::capture::Pending, send: &mut dyn FnMut(Eid, Message)
             let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
             rt.node.outputs.extend(out);
         });
-        flush(send);
+        flush(mesh);
     }
 }
 
