@@ -253,6 +253,13 @@ pub fn load() -> i32 {
             None
         }
     };
+    let crashed = match metadata.mark_running(true) {
+        Ok(crashed) => crashed,
+        Err(why) => {
+            error!("{why}; declining to load");
+            return LOAD_DECLINE;
+        }
+    };
     let eid = asterisk::local_eid();
     let engine = Engine::new(
         EngineConfig::new(eid, config.general.cluster_node),
@@ -267,7 +274,13 @@ pub fn load() -> i32 {
         marks,
         unshared_presets: BTreeSet::new(),
         registry: Registry::new(),
-        node: Node::new(engine),
+        node: {
+            let mut node = Node::new(engine);
+            if crashed {
+                node.repair_after_crash();
+            }
+            node
+        },
         mesh: MeshStatus::default(),
         inbox: Arc::clone(&inbox),
         loaded_at_ms: now,
@@ -308,7 +321,11 @@ fn stop_and_release() {
     stop_worker();
     node::release_capture();
     capture::set_inbox(None);
-    runtime().take();
+    if let Some(rt) = runtime().take() {
+        if let Err(why) = rt.metadata.mark_running(false) {
+            error!("{why}");
+        }
+    }
 }
 
 pub fn unload() -> i32 {

@@ -85,3 +85,151 @@ fn a_global_write_on_one_node_reaches_the_others_and_so_does_its_delete() {
     wait_value(&nodes[0], "blacklist", "5551234", None);
     wait_value(&nodes[1], "blacklist", "5551234", None);
 }
+
+#[test]
+fn every_writer_path_replicates_puts_and_deletes() {
+    let nodes = cluster(1, 3);
+    wait_all_up(&nodes);
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    // Dialplan: seen at once by capture.
+    a.cli("dialplan set DB(blacklist/dialplan)=1");
+    // CLI and AMI: seen at the family's next read.
+    b.cli("database put blacklist cli 2");
+    c.cli("manager action DBPut Family=blacklist Key=ami Val=3");
+    a.cli("database put blacklist sub/one 4");
+    a.cli("database put blacklist sub/two 5");
+    for n in [a, b, c] {
+        wait_value(n, "blacklist", "dialplan", Some("1"));
+        wait_value(n, "blacklist", "cli", Some("2"));
+        wait_value(n, "blacklist", "ami", Some("3"));
+        wait_value(n, "blacklist", "sub/two", Some("5"));
+    }
+    a.cli("dialplan eval ${DB_DELETE(blacklist/dialplan)}");
+    b.cli("database del blacklist cli");
+    c.cli("manager action DBDel Family=blacklist Key=ami");
+    b.cli("database deltree blacklist sub");
+    for n in [a, b, c] {
+        for key in ["dialplan", "cli", "ami", "sub/one", "sub/two"] {
+            wait_value(n, "blacklist", key, None);
+        }
+    }
+    c.cli("database put blacklist tree/x 1");
+    wait_value(a, "blacklist", "tree/x", Some("1"));
+    c.cli("manager action DBDelTree Family=blacklist Key=tree");
+    wait_value(a, "blacklist", "tree/x", None);
+    wait_value(b, "blacklist", "tree/x", None);
+}
+
+#[test]
+fn edits_made_while_the_module_was_unloaded_are_found_when_it_loads() {
+    let nodes = cluster(2, 3);
+    wait_all_up(&nodes);
+    nodes[1].cli("module unload res_astdb_cluster.so");
+    nodes[1].cli("database put blacklist offline yes");
+    nodes[1].cli("module load res_astdb_cluster.so");
+    wait_value(&nodes[0], "blacklist", "offline", Some("yes"));
+    wait_value(&nodes[2], "blacklist", "offline", Some("yes"));
+}
+
+#[test]
+fn unique_families_land_under_the_origins_eid_and_leave_local_keys_alone() {
+    let nodes = cluster(3, 3);
+    wait_all_up(&nodes);
+    nodes[1].cli("database put registrar alice sip:alice@node2");
+    nodes[0].cli("dialplan set DB(registrar/alice)=sip:alice@node1");
+    let from1 = "02:00:00:00:00:01/registrar";
+    let from2 = "02:00:00:00:00:02/registrar";
+    wait_value(&nodes[1], from1, "alice", Some("sip:alice@node1"));
+    wait_value(&nodes[2], from1, "alice", Some("sip:alice@node1"));
+    wait_value(&nodes[0], from2, "alice", Some("sip:alice@node2"));
+    wait_value(&nodes[2], from2, "alice", Some("sip:alice@node2"));
+    // Each node's own key is its own.
+    wait_value(&nodes[1], "registrar", "alice", Some("sip:alice@node2"));
+    wait_value(&nodes[0], "registrar", "alice", Some("sip:alice@node1"));
+    // A node never copies its own keys under its own EID.
+    assert!(nodes[0]
+        .cli(&format!("database get {from1} alice"))
+        .contains("not found"));
+    // The origin's delete removes the copies.
+    nodes[0].cli("dialplan eval ${DB_DELETE(registrar/alice)}");
+    wait_value(&nodes[1], from1, "alice", None);
+    wait_value(&nodes[2], from1, "alice", None);
+    wait_value(&nodes[1], "registrar", "alice", Some("sip:alice@node2"));
+}
+
+#[test]
+fn concurrent_writes_to_one_key_converge_to_the_same_value_everywhere() {
+    let nodes = cluster(4, 3);
+    wait_all_up(&nodes);
+    for round in 0..5 {
+        let threads: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let conf = n.conf_path();
+                let stub = standin::stub_binary();
+                std::thread::spawn(move || {
+                    let set = format!("dialplan set DB(blacklist/contended)=round{round}-node{i}");
+                    std::process::Command::new(stub)
+                        .arg("-C")
+                        .arg(conf)
+                        .arg("-rx")
+                        .arg(set)
+                        .output()
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let value = |n: &StandIn| n.cli("database get blacklist contended");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let values: Vec<String> = nodes.iter().map(value).collect();
+        if values.iter().all(|v| v == &values[0]) && values[0].contains("round4-") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no convergence: {values:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_killed_during_a_stream_of_writes_catches_up_after_restart() {
+    let mut nodes = cluster(5, 3);
+    wait_all_up(&nodes);
+    for i in 0..40 {
+        nodes[0].cli(&format!("dialplan set DB(blacklist/stream{i})=v{i}"));
+        if i == 20 {
+            nodes[2].kill9();
+        }
+    }
+    // Writes acknowledged by node 3 before it died, and what it missed, are all there after restart.
+    nodes[2].restart();
+    for i in [0, 19, 21, 39] {
+        wait_value(
+            &nodes[2],
+            "blacklist",
+            &format!("stream{i}"),
+            Some(&format!("v{i}")),
+        );
+    }
+    // And a node writing while killed keeps its own acknowledged writes.
+    nodes[1].cli("dialplan set DB(blacklist/before-crash)=kept");
+    wait_value(&nodes[0], "blacklist", "before-crash", Some("kept"));
+    nodes[1].kill9();
+    nodes[1].restart();
+    // AstDB commits about once a second, so the crash may have cost node 2 its
+    // own write; the module restores it instead of spreading a delete.
+    wait_value(&nodes[1], "blacklist", "before-crash", Some("kept"));
+    std::thread::sleep(Duration::from_secs(1));
+    wait_value(&nodes[0], "blacklist", "before-crash", Some("kept"));
+    wait_value(&nodes[2], "blacklist", "before-crash", Some("kept"));
+    nodes[1].cli("dialplan set DB(blacklist/after-restart)=new");
+    wait_value(&nodes[2], "blacklist", "after-restart", Some("new"));
+}

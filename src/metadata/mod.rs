@@ -65,6 +65,10 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              sync_mode TEXT NOT NULL,
              origin TEXT NOT NULL,
              shared_at_ms INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS module_state (
+             name TEXT PRIMARY KEY,
+             value TEXT NOT NULL
          );",
     )?;
     replica::create_schema(conn)?;
@@ -131,6 +135,27 @@ impl Metadata {
     /// The replication state saved before the last stop.
     pub fn load_replica(&self) -> Result<RestoredState, String> {
         replica::load(&self.conn).map_err(|e| format!("could not read replication state: {e}"))
+    }
+
+    /// Marks the module running (at load) or cleanly stopped (at unload); returns
+    /// whether the previous run was still marked running, i.e. ended in a crash.
+    pub fn mark_running(&self, running: bool) -> Result<bool, String> {
+        let was: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM module_state WHERE name = 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        self.conn
+            .execute(
+                "INSERT INTO module_state (name, value) VALUES ('running', ?1)
+                 ON CONFLICT(name) DO UPDATE SET value = ?1",
+                [if running { "1" } else { "0" }],
+            )
+            .map_err(|e| format!("could not record the module's state: {e}"))?;
+        Ok(was.as_deref() == Some("1"))
     }
 
     /// Remembers a family shared at run time (presets come from the config file).
@@ -268,6 +293,27 @@ mod tests {
             b"this is not a database, it is a shopping list"
         );
         assert!(meta.families().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_run_that_never_marked_a_clean_stop_is_reported_as_a_crash() {
+        let path = temp_path("running");
+        let (meta, _) = Metadata::open(&path).unwrap();
+        assert!(
+            !meta.mark_running(true).unwrap(),
+            "a new file has no earlier run"
+        );
+        drop(meta);
+        let (meta, _) = Metadata::open(&path).unwrap();
+        assert!(
+            meta.mark_running(true).unwrap(),
+            "the first run never stopped cleanly"
+        );
+        assert!(meta.mark_running(false).unwrap());
+        assert!(
+            !meta.mark_running(true).unwrap(),
+            "a clean stop is not a crash"
+        );
     }
 
     #[test]
