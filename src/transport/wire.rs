@@ -700,4 +700,48 @@ mod tests {
         // The same record again: its nonce is spent.
         assert_eq!(reader.push(&a).unwrap_err().cause, Cause::FrameAuth);
     }
+
+    // The same properties the cargo-fuzz target checks, runnable on stable.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            cut in 0usize..4096,
+        ) {
+            let _ = decode_hello(&data);
+            let cut = cut.min(data.len());
+            let mut r = FrameReader::new(Cleartext, 1000);
+            if let Ok(frames) = r.push(&data[..cut]).and_then(|mut f| {
+                f.extend(r.push(&data[cut..])?);
+                Ok(f)
+            }) {
+                for f in frames {
+                    if let Frame::Data(d) = f {
+                        proptest::prop_assert!(d.len() <= 1000);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_corrupted_stream_fails_cleanly_or_yields_bounded_frames(
+            payloads in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), 1..5),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let mut w = FrameWriter::new(Cleartext);
+            let mut wire = Vec::new();
+            for p in &payloads {
+                w.data(&mut wire, p).unwrap();
+            }
+            let at = flip.0 % wire.len();
+            wire[at] ^= flip.1 | 1;
+            let mut r = FrameReader::new(Cleartext, 2000);
+            if let Ok(frames) = r.push(&wire) {
+                proptest::prop_assert!(frames.len() <= payloads.len() + 1);
+            }
+        }
+    }
 }
