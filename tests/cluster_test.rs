@@ -233,3 +233,180 @@ fn a_node_killed_during_a_stream_of_writes_catches_up_after_restart() {
     nodes[1].cli("dialplan set DB(blacklist/after-restart)=new");
     wait_value(&nodes[2], "blacklist", "after-restart", Some("new"));
 }
+
+mod netproxy;
+
+use netproxy::Relay;
+
+/// Three nodes whose every link goes through a relay (the lower node dials the
+/// higher one, so node a reaches node b at relay port `relay(a, b)`).
+fn cluster_behind_relays(slot: u16) -> (Vec<StandIn>, Vec<((u32, u32), Relay)>) {
+    let base = base_port(slot);
+    let relay_port = |a: u32, b: u32| base + 5 + (a + b) as u16;
+    let mut relays = Vec::new();
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        relays.push(((a, b), Relay::start(relay_port(a, b), base + b as u16)));
+    }
+    let nodes = (1..=3u32)
+        .map(|i| {
+            let mut c = format!(
+                "[general]\ncluster_name = test.cluster\ncluster_node = {i}\ncluster_secret = {SECRET}\n\
+                 bindaddr = 127.0.0.1\nbindport = {}\n",
+                base + i as u16
+            );
+            for other in (1..=3u32).filter(|o| *o != i) {
+                let port = if i < other { relay_port(i, other) } else { base + other as u16 };
+                c.push_str(&format!("\n[node{other}]\ntype = node\nnode = {other}\nhost = 127.0.0.1:{port}\n"));
+            }
+            c.push_str(PRESETS);
+            StandIn::builder(&format!("c{slot}n{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file("astdb_cluster.conf", &c)
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"])
+                .start()
+        })
+        .collect();
+    (nodes, relays)
+}
+
+#[test]
+fn after_a_network_split_heals_both_sides_converge_and_deleted_keys_stay_deleted() {
+    let (nodes, relays) = cluster_behind_relays(6);
+    wait_all_up(&nodes);
+    let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    a.cli("dialplan set DB(blacklist/doomed)=old");
+    a.cli("dialplan set DB(blacklist/both)=before");
+    wait_value(c, "blacklist", "doomed", Some("old"));
+    wait_value(c, "blacklist", "both", Some("before"));
+
+    // Cut node 3 off from 1 and 2; it notices by missed heartbeats.
+    for ((x, y), relay) in &relays {
+        if *x == 3 || *y == 3 {
+            relay.cut();
+        }
+    }
+    c.wait_for_cli("astdb cluster show status", Duration::from_secs(20), |s| {
+        s.contains("0 of 2 peers up")
+    });
+
+    // Both sides write while apart.
+    a.cli("dialplan eval ${DB_DELETE(blacklist/doomed)}");
+    a.cli("dialplan set DB(blacklist/majority)=1");
+    c.cli("dialplan set DB(blacklist/minority)=3");
+    b.cli("dialplan set DB(blacklist/both)=from-majority");
+    std::thread::sleep(Duration::from_millis(20));
+    c.cli("dialplan set DB(blacklist/both)=from-minority-later");
+    wait_value(b, "blacklist", "majority", Some("1"));
+    assert!(
+        c.cli("database get blacklist majority")
+            .contains("not found"),
+        "the split holds"
+    );
+
+    for (_, relay) in &relays {
+        relay.heal();
+    }
+    for n in [a, b, c] {
+        wait_value_long(n, "blacklist", "doomed", None);
+        wait_value_long(n, "blacklist", "majority", Some("1"));
+        wait_value_long(n, "blacklist", "minority", Some("3"));
+        // The later write wins everywhere.
+        wait_value_long(n, "blacklist", "both", Some("from-minority-later"));
+    }
+    // A deleted key does not come back after more syncing.
+    std::thread::sleep(Duration::from_secs(2));
+    for n in [a, b, c] {
+        assert!(n.cli("database get blacklist doomed").contains("not found"));
+    }
+}
+
+/// Like `wait_value`, for what may wait for a reconnect with backoff.
+fn wait_value_long(n: &StandIn, family: &str, key: &str, want: Option<&str>) {
+    let cmd = format!("database get {family} {key}");
+    n.wait_for_cli(&cmd, Duration::from_secs(40), |out| match want {
+        Some(v) => out.contains(&format!("Value: {v}")),
+        None => out.contains("not found"),
+    });
+}
+
+#[test]
+fn a_node_with_the_wrong_secret_and_garbage_on_the_port_change_nothing() {
+    let base = base_port(7);
+    let good: Vec<StandIn> = (1..=2u32)
+        .map(|i| {
+            StandIn::builder(&format!("c7n{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file("astdb_cluster.conf", &conf(i, 3, base, SECRET, PRESETS))
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"])
+                .start()
+        })
+        .collect();
+    let intruder = StandIn::builder("c7n3")
+        .eid("02:00:00:00:00:03")
+        .conf_file(
+            "astdb_cluster.conf",
+            &conf(3, 3, base, "a-different-secret-0123456789", PRESETS),
+        )
+        .module_path(module_so())
+        .preload(&["res_astdb_cluster.so"])
+        .start();
+    good[0].wait_for_cli("astdb cluster show status", Duration::from_secs(15), |s| {
+        s.contains("1 of 2 peers up")
+    });
+    intruder.cli("dialplan set DB(blacklist/intruder)=evil");
+    good[0].cli("dialplan set DB(blacklist/legit)=ok");
+    wait_value(&good[1], "blacklist", "legit", Some("ok"));
+
+    // Garbage straight to node 1's port.
+    use std::io::Write;
+    for junk in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        &b"ADBC"[..],
+    ] {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", base + 1)) {
+            let _ = s.write_all(junk);
+        }
+    }
+    // Node 1 dials node 3; the acceptor is the one that can tell a wrong key,
+    // so node 1 sees its handshake refused and node 3 logs the wrong secret.
+    let nodes_out =
+        good[0].wait_for_cli("astdb cluster show nodes", Duration::from_secs(10), |s| {
+            s.contains("Refused connections:")
+                && s.contains("malformed hello: 3")
+                && s.contains("refused by peer")
+        });
+    assert!(
+        nodes_out.contains("down") || nodes_out.contains("connecting"),
+        "{nodes_out}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let intruder_log = intruder.log();
+    assert_eq!(
+        intruder_log.matches("wrong secret").count(),
+        2,
+        "once per dialing peer, not per retry:\n{intruder_log}"
+    );
+    for n in &good {
+        assert!(n
+            .cli("database get blacklist intruder")
+            .contains("not found"));
+        let log = n.log();
+        assert_eq!(
+            log.matches("refused by peer").count(),
+            1,
+            "logged once, not per retry:\n{log}"
+        );
+    }
+    assert_eq!(
+        good[0].log().matches("malformed hello").count(),
+        1,
+        "three junk connections, one line"
+    );
+    assert!(intruder
+        .cli("database get blacklist legit")
+        .contains("not found"));
+    assert!(good[0].cli("core show version").contains("stand-in"));
+}
