@@ -38,6 +38,13 @@ pub struct Pending {
     pub events: Vec<crate::transport::Event>,
 }
 
+impl Pending {
+    /// Nothing for the thread to do.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.events.is_empty() && !self.overflowed && !self.poked
+    }
+}
+
 impl Inbox {
     pub fn push_path(&self, path: String) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -69,9 +76,7 @@ impl Inbox {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (mut state, _) = self
             .wake
-            .wait_timeout_while(state, timeout, |s| {
-                s.paths.is_empty() && !s.overflowed && !s.poked
-            })
+            .wait_timeout_while(state, timeout, |s| s.is_empty())
             .unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *state)
     }
@@ -109,5 +114,51 @@ mod tests {
         let got = inbox.take(Duration::from_secs(5));
         assert_eq!(got.paths, ["blacklist/1", "blacklist/2"]);
         assert!(inbox.take(Duration::from_millis(1)).paths.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod wake_tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// Waits for what `push` delivers from another thread; how long it took.
+    fn wait_for(push: impl FnOnce(&Inbox) + Send + 'static) -> (Pending, Duration) {
+        let inbox = Arc::new(Inbox::default());
+        let pusher = Arc::clone(&inbox);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            push(&pusher);
+        });
+        let start = Instant::now();
+        let got = inbox.take(Duration::from_secs(5));
+        let waited = start.elapsed();
+        t.join().unwrap();
+        (got, waited)
+    }
+
+    // Generous bounds (the machine is shared): what matters is waking long
+    // before the 5 s timeout. Before the fix, a peer's message waited for it.
+    #[test]
+    fn a_dialplan_write_wakes_the_waiting_thread_at_once() {
+        let (got, waited) = wait_for(|i| i.push_path("blacklist/x".into()));
+        assert_eq!(got.paths.len(), 1);
+        assert!(
+            waited < Duration::from_secs(4),
+            "woke only at the timeout: {waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_message_from_a_peer_wakes_the_waiting_thread_at_once() {
+        let eid = crate::engine::Eid([2, 0, 0, 0, 0, 2]);
+        let (got, waited) =
+            wait_for(move |i| i.push_event(crate::transport::Event::PeerUp { node: 2, eid }));
+        assert_eq!(got.events.len(), 1);
+        assert!(
+            waited < Duration::from_secs(4),
+            "woke only at the timeout: {waited:?}"
+        );
     }
 }

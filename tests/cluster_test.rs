@@ -240,7 +240,10 @@ use netproxy::Relay;
 
 /// Three nodes whose every link goes through a relay (the lower node dials the
 /// higher one, so node a reaches node b at relay port `relay(a, b)`).
-fn cluster_behind_relays(slot: u16) -> (Vec<StandIn>, Vec<((u32, u32), Relay)>) {
+/// Each relay with the pair of nodes it links.
+type Links = Vec<((u32, u32), Relay)>;
+
+fn cluster_behind_relays(slot: u16) -> (Vec<StandIn>, Links) {
     let base = base_port(slot);
     let relay_port = |a: u32, b: u32| base + 5 + (a + b) as u16;
     let mut relays = Vec::new();
