@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "stub.h"
@@ -608,6 +609,156 @@ static char *cli_query(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 	return CLI_SUCCESS;
 }
 
+/*
+ * ---- test-only extensions: real Asterisk has none of these commands ----
+ *
+ * For the end-to-end benchmarks (benches/cluster.rs): bulk writes without a
+ * process spawn per key, key counts, and waiting for a key or a count inside
+ * the process. Times are CLOCK_REALTIME in microseconds, so figures printed
+ * by two stand-ins on one machine can be compared. Nothing in the module
+ * relies on them.
+ */
+
+static long long realtime_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+/* Keys of the family's tree ("/family/..."), by an index range scan. -1 on error. */
+static long long count_family(const char *family)
+{
+	sqlite3_stmt *stmt = NULL;
+	long long n = -1;
+	char *lo = NULL, *hi = NULL;
+
+	/* '0' follows '/' in ASCII: every "/family/..." key sorts between the two. */
+	if (asprintf(&lo, "/%s/", family) < 0 || asprintf(&hi, "/%s0", family) < 0) {
+		free(lo);
+		return -1;
+	}
+	lock();
+	if (sqlite3_prepare_v2(astdb, "SELECT COUNT(*) FROM astdb WHERE key >= ?1 AND key < ?2", -1, &stmt, NULL) == SQLITE_OK
+		&& sqlite3_bind_text(stmt, 1, lo, -1, SQLITE_STATIC) == SQLITE_OK
+		&& sqlite3_bind_text(stmt, 2, hi, -1, SQLITE_STATIC) == SQLITE_OK
+		&& sqlite3_step(stmt) == SQLITE_ROW) {
+		n = sqlite3_column_int64(stmt, 0);
+	}
+	sqlite3_finalize(stmt);
+	unlock();
+	free(lo);
+	free(hi);
+	return n;
+}
+
+static char *cli_bulkput(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	long long i, count, start, end, failed = 0;
+	char key[256], value[256];
+
+	CLI_INIT_CASE("database bulkput", "Usage: database bulkput <family> <prefix> <count> [value]\n"
+		"       Test-only (not in Asterisk): ast_db_put of <prefix>0 .. <prefix><count-1>,\n"
+		"       with <value> or v<i>, in a loop inside the process.\n");
+	if (a->argc < 5 || a->argc > 6 || (count = atoll(a->argv[4])) < 0) {
+		return CLI_SHOWUSAGE;
+	}
+	start = realtime_us();
+	for (i = 0; i < count; i++) {
+		snprintf(key, sizeof(key), "%s%lld", a->argv[3], i);
+		if (a->argc == 6) {
+			snprintf(value, sizeof(value), "%s", a->argv[5]);
+		} else {
+			snprintf(value, sizeof(value), "v%lld", i);
+		}
+		if (ast_db_put(a->argv[2], key, value)) {
+			failed++;
+		}
+	}
+	end = realtime_us();
+	ast_cli(a->fd, "Wrote %lld keys (%lld failed) in %lld us; start %lld end %lld\n", count - failed, failed,
+		end - start, start, end);
+	return CLI_SUCCESS;
+}
+
+static char *cli_count(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	CLI_INIT_CASE("database count", "Usage: database count <family>\n"
+		"       Test-only (not in Asterisk): how many keys the family's tree holds.\n");
+	if (a->argc != 3) {
+		return CLI_SHOWUSAGE;
+	}
+	ast_cli(a->fd, "Keys: %lld\n", count_family(a->argv[2]));
+	return CLI_SUCCESS;
+}
+
+static char *cli_waitfor(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	long long start, now, timeout_us;
+	char *got = NULL;
+	int first = 1;
+
+	CLI_INIT_CASE("database waitfor", "Usage: database waitfor <family> <key> <timeout_ms> [value]\n"
+		"       Test-only (not in Asterisk): polls every 100 us until the key exists (with\n"
+		"       <value> if given); prints when it became visible (\"Present\" if it\n"
+		"       already was at the first look).\n");
+	if (a->argc < 5 || a->argc > 6) {
+		return CLI_SHOWUSAGE;
+	}
+	timeout_us = atoll(a->argv[4]) * 1000;
+	start = realtime_us();
+	for (;;) {
+		int found = !ast_db_get_allocated(a->argv[2], a->argv[3], &got)
+			&& (a->argc == 5 || !strcmp(got, a->argv[5]));
+		free(got);
+		got = NULL;
+		now = realtime_us();
+		if (found) {
+			ast_cli(a->fd, "%s at %lld after %lld us\n", first ? "Present" : "Visible", now,
+				now - start);
+			return CLI_SUCCESS;
+		}
+		if (now - start > timeout_us) {
+			ast_cli(a->fd, "Timeout at %lld after %lld us\n", now, now - start);
+			return CLI_SUCCESS;
+		}
+		first = 0;
+		usleep(100);
+	}
+}
+
+static char *cli_waitcount(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	long long start, now, before, n, want, timeout_us;
+
+	CLI_INIT_CASE("database waitcount", "Usage: database waitcount <family> <count> <timeout_ms>\n"
+		"       Test-only (not in Asterisk): polls until the family's tree holds at least\n"
+		"       <count> keys; prints when. After each count it sleeps four times as long as\n"
+		"       the count took (at least 2 ms), so the AstDB lock stays mostly free.\n");
+	if (a->argc != 5) {
+		return CLI_SHOWUSAGE;
+	}
+	want = atoll(a->argv[3]);
+	timeout_us = atoll(a->argv[4]) * 1000;
+	start = realtime_us();
+	for (;;) {
+		before = realtime_us();
+		n = count_family(a->argv[2]);
+		now = realtime_us();
+		if (n >= want) {
+			ast_cli(a->fd, "Reached %lld keys at %lld after %lld us (poll %lld us)\n", n, now, now - start,
+				now - before);
+			return CLI_SUCCESS;
+		}
+		if (now - start > timeout_us) {
+			ast_cli(a->fd, "Timeout with %lld keys at %lld after %lld us\n", n, now, now - start);
+			return CLI_SUCCESS;
+		}
+		usleep((useconds_t)(4 * (now - before) > 2000 ? 4 * (now - before) : 2000));
+	}
+}
+
 static struct ast_cli_entry db_cli[] = {
 	{ .handler = cli_show, .summary = "Shows database contents" },
 	{ .handler = cli_showkey, .summary = "Shows database contents" },
@@ -616,6 +767,10 @@ static struct ast_cli_entry db_cli[] = {
 	{ .handler = cli_del, .summary = "Removes database key/value" },
 	{ .handler = cli_deltree, .summary = "Removes database keytree/values" },
 	{ .handler = cli_query, .summary = "Run a user-specified query on the astdb" },
+	{ .handler = cli_bulkput, .summary = "Test-only: many ast_db_put calls" },
+	{ .handler = cli_count, .summary = "Test-only: count a family's keys" },
+	{ .handler = cli_waitfor, .summary = "Test-only: wait until a key is visible" },
+	{ .handler = cli_waitcount, .summary = "Test-only: wait until a family holds N keys" },
 };
 
 void stub_astdb_register_cli(void)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "stub.h"
 
@@ -342,6 +343,85 @@ static char *cli_set(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 	return CLI_SUCCESS;
 }
 
+/*
+ * Test-only (real Asterisk has no such command): `dialplan bulkset <count> FUNC(args)=value`
+ * writes the function <count> times through the registry, as Set() would, with every
+ * "{i}" in args and value replaced by the index. For the benchmarks
+ * (benches/cluster.rs); times are CLOCK_REALTIME microseconds.
+ */
+static void expand_index(struct sbuf *out, const char *in, long long i)
+{
+	char num[32];
+	const char *p;
+
+	out->len = 0;
+	sb_add(out, "", 0);
+	snprintf(num, sizeof(num), "%lld", i);
+	while ((p = strstr(in, "{i}"))) {
+		sb_add(out, in, (size_t)(p - in));
+		sb_add(out, num, strlen(num));
+		in = p + 3;
+	}
+	sb_add(out, in, strlen(in));
+}
+
+static long long realtime_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static char *cli_bulkset(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	struct sbuf fn = {0}, val = {0};
+	char *expr, *eq, *close;
+	char err[256] = "";
+	long long i, count, failed = 0, start, end;
+
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "dialplan bulkset";
+		e->usage = "Usage: dialplan bulkset <count> FUNC(args)=value\n"
+			"       Test-only (not in Asterisk): writes the function <count> times, each\n"
+			"       \"{i}\" replaced by 0 .. count-1; prints the start and end times (us).\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	if (a->argc < 4 || (count = atoll(a->argv[2])) < 0) {
+		return CLI_SHOWUSAGE;
+	}
+	expr = strdup(stub_cli_raw_rest(a->line, 3));
+	close = strchr(expr, ')');
+	eq = strchr(close ? close : expr, '=');
+	if (!eq) {
+		free(expr);
+		return CLI_SHOWUSAGE;
+	}
+	*eq = '\0';
+	start = realtime_us();
+	for (i = 0; i < count; i++) {
+		expand_index(&fn, stub_trim(expr), i);
+		expand_index(&val, eq + 1, i);
+		err[0] = '\0';
+		if (func_write(fn.s, val.s, err, sizeof(err))) {
+			failed++;
+		}
+	}
+	end = realtime_us();
+	if (err[0]) {
+		ast_cli(a->fd, "ERROR: %s\n", err);
+	}
+	ast_cli(a->fd, "Wrote %lld (%lld failed) in %lld us; start %lld end %lld\n", count - failed, failed,
+		end - start, start, end);
+	free(fn.s);
+	free(val.s);
+	free(expr);
+	return CLI_SUCCESS;
+}
+
 static char *complete_function(const char *word, int n)
 {
 	struct ast_custom_function *acf;
@@ -605,6 +685,7 @@ static struct ast_custom_function db_functions[] = {
 static struct ast_cli_entry pbx_cli[] = {
 	{ .handler = cli_eval, .summary = "Substitute ${FUNC(args)} in a text" },
 	{ .handler = cli_set, .summary = "Write a dialplan function" },
+	{ .handler = cli_bulkset, .summary = "Test-only: write a dialplan function many times" },
 	{ .handler = cli_show_function, .summary = "Describe a specific dialplan function" },
 	{ .handler = cli_show_functions, .summary = "Shows registered dialplan functions" },
 };

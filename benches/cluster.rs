@@ -1,0 +1,534 @@
+//! End-to-end cluster figures: stand-in Asterisk processes (`asterisk-stubs/`) with
+//! the release-built module, on loopback. Prints figures beside their targets;
+//! asserts no timing.
+//!
+//! Run: `cargo bench --bench cluster`. Sizes come from the environment:
+//!
+//! | variable | default | figure |
+//! |---|---|---|
+//! | `BENCH_FIGURES` | `1,2,3,4` | which figures to run |
+//! | `BENCH_UPDATES` | 100000 | 1: keys written per path |
+//! | `BENCH_SAMPLES` | 200 | 2: latency samples |
+//! | `BENCH_NEW_NODE_KEYS` | 1000000 | 3: keys a new node receives |
+//! | `BENCH_HEAL_KEYS` | 100000 | 4: family size |
+//! | `BENCH_HEAL_DIFF` | 10 | 4: keys changed during the split |
+//! | `BENCH_TIMEOUT_S` | 300 | how long any one wait may take |
+//! | `BENCH_TRACE` | 0 | 1: figure 1 prints the nodes' counters every second |
+//!
+//! Writes go through test-only stand-in commands (see asterisk-stubs/README.md):
+//! `database bulkput` (ast_db_put in a loop: the module finds these at the
+//! family's `sync_interval` read, as for any non-dialplan writer) and `dialplan
+//! bulkset` (DB() through the function registry: the module's capture wrapper
+//! sees each write at once). Arrival is timed inside the receiving process by
+//! `database waitcount` / `database waitfor`; every time is CLOCK_REALTIME in µs,
+//! so figures from different processes on this machine compare directly.
+
+#[path = "../tests/standin/mod.rs"]
+mod standin;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use standin::{module_so, StandIn};
+
+const SECRET: &str = "bench-cluster-secret-0123456789";
+/// One `-rx` command may take at most standin::CLI_TIMEOUT (60 s): waits are cut in slices.
+const WAIT_SLICE_MS: u64 = 50_000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn realtime_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The integer that follows `marker` in `text`.
+fn num_after(text: &str, marker: &str) -> Option<i64> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let digits: String = rest
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    digits.parse().ok()
+}
+
+/// "a / b" after `marker`; -1 for what is missing.
+fn pair_after(text: &str, marker: &str) -> (i64, i64) {
+    let Some(at) = text.find(marker) else {
+        return (-1, -1);
+    };
+    let words: Vec<&str> = text[at + marker.len()..]
+        .split_whitespace()
+        .take(3)
+        .collect();
+    let get = |i: usize| words.get(i).and_then(|w| w.parse().ok()).unwrap_or(-1);
+    (get(0), get(2))
+}
+
+fn must_num(text: &str, marker: &str) -> i64 {
+    num_after(text, marker).unwrap_or_else(|| panic!("no number after '{marker}' in:\n{text}"))
+}
+
+/// Ports for this process: like tests/cluster_test.rs, spread by pid, but at 50..99
+/// within each hundred, where the tests' low slots do not reach.
+fn base_port(slot: u16) -> u16 {
+    let pid = std::process::id() as u16;
+    20050 + (pid % 400) * 100 + slot * 10
+}
+
+fn conf(node: u32, nodes: u32, base: u16, families: &str) -> String {
+    let mut c = format!(
+        "[general]\ncluster_name = bench.cluster\ncluster_node = {node}\ncluster_secret = {SECRET}\n\
+         bindaddr = 127.0.0.1\nbindport = {}\n",
+        base + node as u16
+    );
+    for other in (1..=nodes).filter(|o| *o != node) {
+        c.push_str(&format!(
+            "\n[node{other}]\ntype = node\nnode = {other}\nhost = 127.0.0.1:{}\n",
+            base + other as u16
+        ));
+    }
+    c.push_str(families);
+    c
+}
+
+fn family(name: &str, interval_ms: u64) -> String {
+    format!("\n[{name}]\ntype = family\nmode = global\nsync_interval = {interval_ms}\n")
+}
+
+fn start_node(slot: u16, node: u32, nodes: u32, families: &str) -> StandIn {
+    StandIn::builder(&format!("bench{slot}n{node}"))
+        .eid(&format!("02:00:00:00:{slot:02x}:{node:02x}"))
+        .conf_file(
+            "astdb_cluster.conf",
+            &conf(node, nodes, base_port(slot), families),
+        )
+        .module_path(module_so())
+        .preload(&["res_astdb_cluster.so"])
+        .start()
+}
+
+fn wait_all_up(nodes: &[&StandIn], peers: usize, timeout: Duration) {
+    for n in nodes {
+        n.wait_for_cli("astdb cluster show status", timeout, |s| {
+            s.contains(&format!("{peers} of {peers} peers up"))
+        });
+    }
+}
+
+/// Waits (inside `node`) until `family` holds at least `count` keys; returns the
+/// realtime µs at which it saw them, or None on timeout.
+fn wait_count(node: &StandIn, family: &str, count: usize, timeout: Duration) -> Option<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = node.cli(&format!(
+            "database waitcount {family} {count} {WAIT_SLICE_MS}"
+        ));
+        if out.contains("Reached") {
+            return Some(must_num(&out, " at "));
+        }
+        if Instant::now() > deadline {
+            eprintln!("  {}: {out}", node.name());
+            return None;
+        }
+    }
+}
+
+fn count(node: &StandIn, family: &str) -> i64 {
+    must_num(&node.cli(&format!("database count {family}")), "Keys:")
+}
+
+fn status_number(node: &StandIn, label: &str) -> i64 {
+    num_after(&node.cli("astdb cluster show status"), label).unwrap_or(-1)
+}
+
+/// Bytes (in, out) that `node` counts for its peer `peer` in `astdb cluster show nodes`.
+fn peer_bytes(node: &StandIn, peer: u32) -> (u64, u64) {
+    let out = node.cli(&format!("astdb cluster show nodes {peer}"));
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&peer.to_string().as_str()) {
+            continue;
+        }
+        // "Bytes in/out" then "Frames in/out", each rendered "a / b".
+        if let Some(i) = words.windows(3).position(|w| w[1] == "/") {
+            if let (Ok(a), Ok(b)) = (words[i].parse(), words[i + 2].parse()) {
+                return (a, b);
+            }
+        }
+    }
+    panic!("no byte counters for node {peer} in:\n{out}");
+}
+
+fn rate(n: usize, us: i64) -> String {
+    if us <= 0 {
+        return "n/a".into();
+    }
+    format!("{:.0}/s", n as f64 / (us as f64 / 1e6))
+}
+
+fn secs(us: i64) -> String {
+    format!("{:.3} s", us as f64 / 1e6)
+}
+
+fn header(title: &str) {
+    println!("\n== {title}");
+    println!("   load average at start: {}", load());
+}
+
+/// Figure 1: replicated updates/s from one writer to two peers, for the CLI path
+/// (found by the family read) and the dialplan path (captured at once).
+fn figure_updates(n: usize, timeout: Duration, trace: bool) {
+    header(&format!(
+        "1. replicated updates/s, one writer (node 1) to two peers, N = {n}"
+    ));
+    let families = family("bench_cli", 500) + &family("bench_dp", 5000);
+    let nodes: Vec<StandIn> = (1..=3).map(|i| start_node(1, i, 3, &families)).collect();
+    let refs: Vec<&StandIn> = nodes.iter().collect();
+    wait_all_up(&refs, 2, Duration::from_secs(30));
+
+    let paths = [
+        (
+            "CLI/AMI path (database bulkput: ast_db_put loop, found by the 500 ms family read)",
+            "bench_cli",
+            format!("database bulkput bench_cli k {n}"),
+        ),
+        (
+            "dialplan path (dialplan bulkset: DB() via the function registry, captured at once)",
+            "bench_dp",
+            format!("dialplan bulkset {n} DB(bench_dp/k{{i}})=v{{i}}"),
+        ),
+    ];
+    for (what, fam, cmd) in paths {
+        println!("  {what}");
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (write, arrivals) = std::thread::scope(|s| {
+            let waiters: Vec<_> = nodes[1..]
+                .iter()
+                .map(|peer| s.spawn(move || wait_count(peer, fam, n, timeout)))
+                .collect();
+            if trace {
+                let (nodes, done) = (&nodes, &done);
+                s.spawn(move || progress(nodes, done));
+            }
+            // The waiters look at an empty family first; give their -rx a moment to connect.
+            std::thread::sleep(Duration::from_millis(200));
+            let write = nodes[0].cli(&cmd);
+            let arrivals: Vec<Option<i64>> =
+                waiters.into_iter().map(|w| w.join().unwrap()).collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (write, arrivals)
+        });
+        let start = must_num(&write, "start");
+        let end = must_num(&write, "end");
+        println!(
+            "    writes on node 1: {n} in {} ({} — the stand-in's own write rate, the ceiling)",
+            secs(end - start),
+            rate(n, end - start)
+        );
+        for (i, a) in arrivals.iter().enumerate() {
+            match a {
+                Some(t) => println!(
+                    "    node {} holds all {n} keys {} after the first write",
+                    i + 2,
+                    secs(t - start)
+                ),
+                None => println!(
+                    "    node {} did NOT get all keys within {timeout:?} (has {})",
+                    i + 2,
+                    count(&nodes[i + 1], fam)
+                ),
+            }
+        }
+        if arrivals.iter().all(Option::is_some) {
+            let last = arrivals.iter().flatten().max().unwrap();
+            println!(
+                "    => replicated updates/s (first write to both peers complete): {}   [target >= 100000/s]",
+                rate(n, last - start)
+            );
+            println!(
+                "       after the last write, the peers needed another {}",
+                secs(last - end)
+            );
+        }
+        println!(
+            "    node 1: local changes {}, changes sent {}; node 2 applied {}; load now {}",
+            status_number(&nodes[0], "Local changes:"),
+            status_number(&nodes[0], "Changes sent / received:"),
+            status_number(&nodes[1], "Remote changes applied:"),
+            load()
+        );
+    }
+}
+
+/// Every second until `done`: where the changes are (which stage lags).
+fn progress(nodes: &[StandIn], done: &std::sync::atomic::AtomicBool) {
+    let t0 = Instant::now();
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_secs(1));
+        let s1 = nodes[0].cli("astdb cluster show status");
+        let s2 = nodes[1].cli("astdb cluster show status");
+        let s3 = nodes[2].cli("astdb cluster show status");
+        println!(
+            "      t={:4.1}s node 1: dialplan writes seen {}, local changes {}, changes sent {} | node 2: received {}, applied {} | node 3: received {}, applied {}",
+            t0.elapsed().as_secs_f64(),
+            num_after(&s1, "Dialplan writes seen:").unwrap_or(-1),
+            num_after(&s1, "Local changes:").unwrap_or(-1),
+            num_after(&s1, "Changes sent / received:").unwrap_or(-1),
+            pair_after(&s2, "Changes sent / received:").1,
+            num_after(&s2, "Remote changes applied:").unwrap_or(-1),
+            pair_after(&s3, "Changes sent / received:").1,
+            num_after(&s3, "Remote changes applied:").unwrap_or(-1),
+        );
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Figure 2: write-to-visible latency of single dialplan DB() writes under light load.
+fn figure_latency(samples: usize) {
+    header(&format!(
+        "2. write-to-visible latency, single dialplan DB() writes on node 1 seen on node 2, {samples} samples"
+    ));
+    let families = family("bench_lat", 5000);
+    let nodes: Vec<StandIn> = (1..=3).map(|i| start_node(2, i, 3, &families)).collect();
+    let refs: Vec<&StandIn> = nodes.iter().collect();
+    wait_all_up(&refs, 2, Duration::from_secs(30));
+    // Warm-up: the first write after start may pay for lazy set-up.
+    nodes[0].cli("dialplan set DB(bench_lat/warmup)=1");
+    nodes[1].cli("database waitfor bench_lat warmup 10000");
+
+    let mut lat = Vec::new();
+    let mut missed = 0;
+    let mut lead = Duration::from_millis(30);
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..samples {
+        let key = format!("s{i}");
+        let (visible, write) = std::thread::scope(|s| {
+            let w = s.spawn(|| nodes[1].cli(&format!("database waitfor bench_lat {key} 10000")));
+            // Let the waiter's -rx connect and take its first look before the write; the
+            // random part keeps the samples from locking to the module's 100 ms tick.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            std::thread::sleep(lead + Duration::from_micros(rng % 100_000));
+            let write = nodes[0].cli(&format!("dialplan bulkset 1 DB(bench_lat/{key})=x{i}"));
+            (w.join().unwrap(), write)
+        });
+        if visible.contains("Visible") {
+            lat.push(must_num(&visible, " at ") - must_num(&write, "start"));
+        } else {
+            // The waiter started after the value arrived (or timed out): not a sample.
+            missed += 1;
+            lead += Duration::from_millis(10);
+        }
+    }
+    lat.sort_unstable();
+    if lat.is_empty() {
+        println!("  no samples ({missed} missed)");
+        return;
+    }
+    let mean = lat.iter().sum::<i64>() as f64 / lat.len() as f64;
+    println!(
+        "  p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms, mean {:.2} ms ({} samples, {missed} discarded)",
+        percentile(&lat, 0.5) as f64 / 1e3,
+        percentile(&lat, 0.99) as f64 / 1e3,
+        lat[0] as f64 / 1e3,
+        lat[lat.len() - 1] as f64 / 1e3,
+        mean / 1e3,
+        lat.len()
+    );
+    println!(
+        "  measured from just before the DB() write on node 1 (its clock) to the first poll that\n  \
+         sees the key on node 2 (`database waitfor`, polling ast_db_get every 100 us inside the\n  \
+         process: resolution ~0.1-0.2 ms; both CLOCK_REALTIME on one machine). load now {}",
+        load()
+    );
+}
+
+/// Figure 3: how long a node that starts empty takes to hold a family of `n` keys.
+fn figure_new_node(n: usize, timeout: Duration) {
+    header(&format!("3. a new node receives a {n}-key global family"));
+    let families = family("bench_big", 5000);
+    let node1 = start_node(3, 1, 2, &families);
+    let out = node1.cli(&format!("database bulkput bench_big k {n}"));
+    let took = must_num(&out, "end") - must_num(&out, "start");
+    println!(
+        "  node 1: {n} keys written by bulkput in {} ({})",
+        secs(took),
+        rate(n, took)
+    );
+    // Wait until the module has read them (its 5 s family read), so node 2 gets them
+    // from the engine and not from a race with the first read.
+    let t = Instant::now();
+    let deadline = t + timeout;
+    loop {
+        let seen = status_number(&node1, "Local changes:");
+        if seen >= n as i64 {
+            println!(
+                "  node 1's module took them in (local changes {seen}) {:.1} s after the bulkput",
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            println!("  node 1's module did not take the keys in (local changes {seen}); skipped");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("  load before node 2 starts: {}", load());
+    let spawned = realtime_us();
+    let node2 = start_node(3, 2, 2, &families);
+    let answering = realtime_us();
+    match wait_count(&node2, "bench_big", n, timeout) {
+        Some(done) => {
+            println!(
+                "  node 2 started (control socket answering after {}), holds all {n} keys {} after spawn",
+                secs(answering - spawned),
+                secs(done - spawned)
+            );
+            println!(
+                "  => new node receives {n} keys in {} ({})   [target < 10 s for 1000000]",
+                secs(done - spawned),
+                rate(n, done - spawned)
+            );
+        }
+        None => println!(
+            "  node 2 did NOT get all keys within {timeout:?}: has {}",
+            count(&node2, "bench_big")
+        ),
+    }
+    let (bin, bout) = peer_bytes(&node2, 1);
+    println!(
+        "  node 2's counters for node 1: {bin} bytes in, {bout} bytes out ({:.1} B/key in); load now {}",
+        bin as f64 / n as f64,
+        load()
+    );
+}
+
+/// Figure 4: bytes exchanged to heal a split that left `diff` keys different in a
+/// family of `n` keys.
+fn figure_heal(n: usize, diff: usize, timeout: Duration) {
+    header(&format!(
+        "4. bytes to heal a split: {diff} keys changed on node 1 while node 2 was down, family of {n} keys"
+    ));
+    let interval = 5000;
+    let families = family("bench_heal", interval);
+    let node1 = start_node(4, 1, 2, &families);
+    let mut node2 = start_node(4, 2, 2, &families);
+    wait_all_up(&[&node1, &node2], 1, Duration::from_secs(30));
+    node1.cli(&format!("database bulkput bench_heal k {n}"));
+    if wait_count(&node2, "bench_heal", n, timeout).is_none() {
+        println!("  node 2 never got the {n} keys; skipped");
+        return;
+    }
+    // Idle traffic: what the pair exchanges in sync with nothing changing.
+    std::thread::sleep(Duration::from_millis(2 * interval));
+    let (i0, o0) = peer_bytes(&node1, 2);
+    let idle = Duration::from_millis(2 * interval);
+    std::thread::sleep(idle);
+    let (i1, o1) = peer_bytes(&node1, 2);
+    println!(
+        "  in sync, idle for {:.0} s: node 1 sent {} B and received {} B to/from node 2",
+        idle.as_secs_f64(),
+        o1 - o0,
+        i1 - i0
+    );
+
+    node2.stop();
+    let w = node1.cli(&format!(
+        "dialplan bulkset {diff} DB(bench_heal/k{{i}})=healed{{i}}"
+    ));
+    assert!(w.contains(&format!("Wrote {diff} ")), "{w}");
+    // Let node 1's engine take the writes (and fail to send them) before measuring.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (before_in, before_out) = peer_bytes(&node1, 2);
+    println!("  load before node 2 restarts: {}", load());
+    let spawned = realtime_us();
+    node2.restart();
+    let mut healed_at = spawned;
+    for i in 0..diff {
+        let out = node2.cli(&format!(
+            "database waitfor bench_heal k{i} {} healed{i}",
+            timeout.as_millis().min(WAIT_SLICE_MS as u128)
+        ));
+        if out.contains("Timeout") {
+            println!("  node 2 did NOT get k{i}: {out}");
+            return;
+        }
+        healed_at = healed_at.max(must_num(&out, " at "));
+    }
+    let (after_in, after_out) = peer_bytes(&node1, 2);
+    let (n2_in, n2_out) = peer_bytes(&node2, 1);
+    let total = (after_in - before_in) + (after_out - before_out);
+    println!(
+        "  node 2 held all {diff} new values {} after its restart",
+        secs(healed_at - spawned)
+    );
+    println!(
+        "  node 1 -> node 2: {} B, node 2 -> node 1: {} B (node 1's counters); node 2's own: {n2_out} B out, {n2_in} B in",
+        after_out - before_out,
+        after_in - before_in
+    );
+    println!(
+        "  => bytes to heal, both ways, restart to converged (incl. handshake): {total} B ({:.1} KiB)   [target < 64 KiB]",
+        total as f64 / 1024.0
+    );
+    std::thread::sleep(Duration::from_millis(interval));
+    let (late_in, late_out) = peer_bytes(&node1, 2);
+    println!(
+        "  {:.0} s later (the next family read and digest round included): {} B both ways since the restart; load now {}",
+        interval as f64 / 1000.0,
+        (late_in - before_in) + (late_out - before_out),
+        load()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; there is no filtering here.
+    let figures = std::env::var("BENCH_FIGURES").unwrap_or_else(|_| "1,2,3,4".into());
+    let wanted = |f: &str| figures.split(',').any(|x| x.trim() == f);
+    let timeout = Duration::from_secs(env_usize("BENCH_TIMEOUT_S", 300) as u64);
+    println!(
+        "cluster bench: module {}, {} CPUs, load average {}",
+        module_so().display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load()
+    );
+    if wanted("1") {
+        figure_updates(
+            env_usize("BENCH_UPDATES", 100_000),
+            timeout,
+            env_usize("BENCH_TRACE", 0) != 0,
+        );
+    }
+    if wanted("2") {
+        figure_latency(env_usize("BENCH_SAMPLES", 200));
+    }
+    if wanted("3") {
+        figure_new_node(env_usize("BENCH_NEW_NODE_KEYS", 1_000_000), timeout);
+    }
+    if wanted("4") {
+        figure_heal(
+            env_usize("BENCH_HEAL_KEYS", 100_000),
+            env_usize("BENCH_HEAL_DIFF", 10),
+            timeout,
+        );
+    }
+}
