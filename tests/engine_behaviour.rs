@@ -152,7 +152,7 @@ fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
     assert_eq!(
         applies(&out),
         vec![&DbOp::Put {
-            family: fam.clone(),
+            family: fam.as_str().into(),
             key: "100".into(),
             value: "sip:x".into()
         }]
@@ -165,7 +165,7 @@ fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
     assert_eq!(
         applies(&out),
         vec![&DbOp::Delete {
-            family: fam,
+            family: fam.into(),
             key: "100".into()
         }]
     );

@@ -221,7 +221,7 @@ impl Sim {
         }
         let me = self.nodes[i].eid;
         for d in &delta.items {
-            if d.family != GLOBAL {
+            if &*d.family != GLOBAL {
                 continue;
             }
             if let Some(e) = &d.entry {
@@ -262,10 +262,10 @@ impl Sim {
                 }
                 Output::Apply(op) => match op {
                     DbOp::Put { family, key, value } => {
-                        self.nodes[i].db.insert((family, key), value);
+                        self.nodes[i].db.insert((family.to_string(), key), value);
                     }
                     DbOp::Delete { family, key } => {
-                        self.nodes[i].db.remove(&(family, key));
+                        self.nodes[i].db.remove(&(family.to_string(), key));
                     }
                 },
                 Output::Warn(_) => {}

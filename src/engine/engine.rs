@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem;
+use std::sync::Arc;
 
 use super::codec::{check_key, check_value, MAX_ITEMS, MAX_SUMMARY_ITEMS};
 use super::eid::Eid;
@@ -75,16 +76,17 @@ impl EngineConfig {
     }
 }
 
-/// A write to the local AstDB, with the family as passed to `ast_db_put`.
+/// A write to the local AstDB, with the family as passed to `ast_db_put` (shared by
+/// every write to that family).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DbOp {
     Put {
-        family: String,
+        family: Arc<str>,
         key: String,
         value: String,
     },
     Delete {
-        family: String,
+        family: Arc<str>,
         key: String,
     },
 }
@@ -159,9 +161,13 @@ impl TombstoneAcks {
 
 #[derive(Clone, Debug)]
 struct FamilyState {
+    name: Arc<str>,
+    /// AstDB family names of other nodes' copies of a unique family (`<owner>/<name>`).
+    owner_names: BTreeMap<Eid, Arc<str>>,
     /// `None` once unshared: the versions are kept for when it is shared again.
     shared: Option<SharedFamily>,
     mode: Mode,
+    /// Tracked: its change log is the items part of the persistence delta.
     store: ItemStore,
     baseline: bool,
     horizon: Hlc,
@@ -175,16 +181,17 @@ struct FamilyState {
     unconfirmed: HashSet<ItemId>,
     /// Local values of an ro unique family already warned about.
     ro_warned: HashMap<String, Option<String>>,
-    dirty: HashSet<ItemId>,
     meta_dirty: bool,
 }
 
 impl FamilyState {
-    fn new(mode: Mode) -> Self {
+    fn new(name: &str, mode: Mode) -> Self {
         FamilyState {
+            name: name.into(),
+            owner_names: BTreeMap::new(),
             shared: None,
             mode,
-            store: ItemStore::new(),
+            store: ItemStore::tracked(),
             baseline: false,
             horizon: Hlc::ZERO,
             next_sync_ms: 0,
@@ -193,8 +200,26 @@ impl FamilyState {
             collected: HashMap::new(),
             unconfirmed: HashSet::new(),
             ro_warned: HashMap::new(),
-            dirty: HashSet::new(),
             meta_dirty: true,
+        }
+    }
+
+    /// The AstDB write that makes `item` hold `value`.
+    fn db_op(&mut self, item: &ItemId, value: Option<String>) -> DbOp {
+        let family = match item.owner {
+            None => self.name.clone(),
+            Some(owner) => {
+                let name = &self.name;
+                self.owner_names
+                    .entry(owner)
+                    .or_insert_with(|| format!("{owner}/{name}").into())
+                    .clone()
+            }
+        };
+        let key = item.key.clone();
+        match value {
+            Some(value) => DbOp::Put { family, key, value },
+            None => DbOp::Delete { family, key },
         }
     }
 
@@ -205,7 +230,6 @@ impl FamilyState {
         } else {
             self.tombstones.remove(item);
         }
-        self.dirty.insert(item.clone());
     }
 }
 
@@ -235,33 +259,14 @@ pub struct Engine {
     counters: Counters,
     reset_families: Vec<String>,
     peers_dirty: BTreeSet<Eid>,
-    applies_started: Vec<(String, ItemId)>,
-    applies_previous: Vec<(String, ItemId)>,
+    applies_started: Vec<(Arc<str>, ItemId)>,
+    applies_previous: Arc<[(Arc<str>, ItemId)]>,
 }
 
 fn own_owner(mode: Mode, local: Eid) -> Option<Eid> {
     match mode {
         Mode::Global => None,
         Mode::Unique => Some(local),
-    }
-}
-
-/// The AstDB write that makes `item` of `family` hold `value`.
-fn db_op(family: &str, item: &ItemId, value: Option<&str>) -> DbOp {
-    let family = match item.owner {
-        None => family.to_string(),
-        Some(owner) => format!("{owner}/{family}"),
-    };
-    match value {
-        Some(v) => DbOp::Put {
-            family,
-            key: item.key.clone(),
-            value: v.to_string(),
-        },
-        None => DbOp::Delete {
-            family,
-            key: item.key.clone(),
-        },
     }
 }
 
@@ -314,7 +319,7 @@ impl Engine {
             reset_families: Vec::new(),
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
-            applies_previous: Vec::new(),
+            applies_previous: Arc::new([]),
         };
         if let Some(r) = restored {
             engine.restore(r);
@@ -327,7 +332,7 @@ impl Engine {
         let mut high = r.clock;
         for fm in r.families {
             high = high.max(fm.horizon);
-            let mut fs = FamilyState::new(fm.mode);
+            let mut fs = FamilyState::new(&fm.name, fm.mode);
             fs.baseline = fm.baseline;
             fs.horizon = fm.horizon;
             fs.meta_dirty = false;
@@ -342,7 +347,7 @@ impl Engine {
                 fs.tombstones
                     .insert(item.clone(), TombstoneAcks::new(entry.version));
             }
-            fs.store.put(item.owner, &item.key, entry);
+            fs.store.put_untracked(item.owner, &item.key, entry);
         }
         for p in r.peers {
             for (_, h) in &p.stale_below {
@@ -486,10 +491,10 @@ impl Engine {
         let fs = self
             .families
             .entry(name.clone())
-            .or_insert_with(|| FamilyState::new(fam.mode));
+            .or_insert_with(|| FamilyState::new(&name, fam.mode));
         if fs.mode != fam.mode {
             // Versions of one mode mean nothing in the other: start the family afresh.
-            *fs = FamilyState::new(fam.mode);
+            *fs = FamilyState::new(&name, fam.mode);
             self.reset_families.push(name.clone());
             self.outbox.retain(|(_, f), _| *f != name);
         }
@@ -509,9 +514,9 @@ impl Engine {
             let value = fs
                 .store
                 .get(item.owner, &item.key)
-                .and_then(|e| e.value.as_deref());
-            out.push(Output::Apply(db_op(&name, &item, value)));
-            self.applies_started.push((name.clone(), item));
+                .and_then(|e| e.value.clone());
+            out.push(Output::Apply(fs.db_op(&item, value)));
+            self.applies_started.push((fs.name.clone(), item));
         }
         for (peer, up) in self.eligible(&name) {
             if up {
@@ -663,8 +668,9 @@ impl Engine {
         if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held.is_some())) {
             // AstDB missed an Apply (crash before it ran, or data found when the family
             // was first looked at): the replicated state is the truth, so redo it.
-            out.push(Output::Apply(db_op(family, &item, held_value)));
-            self.applies_started.push((family.to_string(), item));
+            let value = held_value.map(str::to_string);
+            out.push(Output::Apply(fs.db_op(&item, value)));
+            self.applies_started.push((fs.name.clone(), item));
             return;
         }
         if let Err(why) = check_key(key).and_then(|()| value.map_or(Ok(()), check_value)) {
@@ -681,8 +687,9 @@ impl Engine {
                         "family '{family}' is sync_mode=ro here: local change to key '{key}' \
                          is not shared and is replaced by the cluster's value"
                     )));
-                    out.push(Output::Apply(db_op(family, &item, held_value)));
-                    self.applies_started.push((family.to_string(), item));
+                    let value = held_value.map(str::to_string);
+                    out.push(Output::Apply(fs.db_op(&item, value)));
+                    self.applies_started.push((fs.name.clone(), item));
                 }
                 Mode::Unique => {
                     let v = value.map(str::to_string);
@@ -832,10 +839,14 @@ impl Engine {
 
     fn valid_item(&self, family: &str, item: &ItemId) -> bool {
         let mode = self.families.get(family).map(|f| f.mode);
-        match item.owner {
-            None => mode == Some(Mode::Global),
-            Some(_) => mode == Some(Mode::Unique),
-        }
+        valid_in(mode, item)
+    }
+
+    /// Tombstones up to this clock were collected here without `from`'s acknowledgement.
+    fn stale_below(&self, from: Eid, family: &str) -> Option<Hlc> {
+        self.peers
+            .get(&from)
+            .and_then(|p| p.stale_below.get(family).copied())
     }
 
     fn on_changes(
@@ -848,8 +859,13 @@ impl Engine {
     ) {
         let mut acks = Vec::new();
         let mut retired = Vec::new();
+        // Neither changes while a message is merged.
+        let mode = self.families.get(family).map(|f| f.mode);
+        let stale_below = self.stale_below(from, family);
+        out.reserve(changes.len());
+        self.applies_started.reserve(changes.len());
         for change in changes {
-            if !self.valid_item(family, &change.item) || check_key(&change.item.key).is_err() {
+            if !valid_in(mode, &change.item) || check_key(&change.item.key).is_err() {
                 self.counters.dropped_invalid += 1;
                 continue;
             }
@@ -865,7 +881,7 @@ impl Engine {
                 .entry
                 .is_tombstone()
                 .then(|| (change.item.clone(), version));
-            match self.accept(from, family, change, now_ms, out) {
+            match self.accept(from, family, stale_below, change, now_ms, out) {
                 Accepted::Retired(item) => retired.push(Change {
                     item,
                     entry: Entry {
@@ -895,20 +911,17 @@ impl Engine {
         }
     }
 
-    /// Merges one remote change.
+    /// Merges one remote change (`stale_below` is [`Engine::stale_below`]).
     fn accept(
         &mut self,
         from: Eid,
         family: &str,
+        stale_below: Option<Hlc>,
         change: Change,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Accepted {
         let local = self.cfg.local;
-        let stale_below = self
-            .peers
-            .get(&from)
-            .and_then(|p| p.stale_below.get(family).copied());
         let Some(fs) = self.families.get_mut(family) else {
             return Accepted::Kept;
         };
@@ -952,6 +965,7 @@ impl Engine {
         let is_value = entry.value.is_some();
         let apply_value = entry.value.clone();
         let version = entry.version;
+        let pos = item.position();
         let (horizon, collected) = (fs.horizon, &fs.collected);
         let refuse_new = || {
             if is_value {
@@ -966,7 +980,7 @@ impl Engine {
         };
         match fs
             .store
-            .merge_unless(item.owner, &item.key, entry, refuse_new)
+            .merge_unless(pos, item.owner, &item.key, entry, refuse_new)
         {
             Merged::Kept => Accepted::Kept,
             Merged::Refused if is_value => {
@@ -985,11 +999,10 @@ impl Engine {
                     acks.acked.insert(from);
                     fs.tombstones.insert(item.clone(), acks);
                 }
-                fs.dirty.insert(item.clone());
                 fs.last_change_ms = Some(now_ms);
                 self.counters.applied += 1;
-                out.push(Output::Apply(db_op(family, &item, apply_value.as_deref())));
-                self.applies_started.push((family.to_string(), item));
+                out.push(Output::Apply(fs.db_op(&item, apply_value)));
+                self.applies_started.push((fs.name.clone(), item));
                 Accepted::Stored
             }
         }
@@ -1159,8 +1172,9 @@ impl Engine {
                 continue;
             }
             let ack = (change.item.clone(), change.entry.version);
+            let stale_below = self.stale_below(from, family);
             if let Accepted::Stored | Accepted::Kept =
-                self.accept(from, family, change, now_ms, out)
+                self.accept(from, family, stale_below, change, now_ms, out)
             {
                 acks.push(ack);
             }
@@ -1317,7 +1331,6 @@ impl Engine {
                 item.clone(),
                 (t.version, now_ms + 2 * grace + 10 * interval),
             );
-            fs.dirty.insert(item);
             self.counters.collected += 1;
         }
     }
@@ -1340,10 +1353,11 @@ impl Engine {
                     horizon: fs.horizon,
                 });
             }
-            for item in fs.dirty.drain() {
-                let entry = fs.store.get(item.owner, &item.key).cloned();
+            let changes = fs.store.take_changes();
+            d.items.reserve(changes.len());
+            for (item, entry) in changes {
                 d.items.push(ItemDelta {
-                    family: name.clone(),
+                    family: fs.name.clone(),
                     item,
                     entry,
                 });
@@ -1361,9 +1375,18 @@ impl Engine {
         let mut started = mem::take(&mut self.applies_started);
         started.sort();
         started.dedup();
+        let started: Arc<[(Arc<str>, ItemId)]> = started.into();
         d.applies_confirmed = mem::replace(&mut self.applies_previous, started.clone());
         d.applies_started = started;
         d
+    }
+}
+
+/// Whether `item` belongs in a family of `mode` (`None`: not held here).
+fn valid_in(mode: Option<Mode>, item: &ItemId) -> bool {
+    match item.owner {
+        None => mode == Some(Mode::Global),
+        Some(_) => mode == Some(Mode::Unique),
     }
 }
 

@@ -45,11 +45,20 @@ pub fn position_of(owner: Option<Eid>, key: &str) -> u64 {
     match owner {
         None => xxh3_64(key.as_bytes()),
         Some(eid) => {
-            let mut buf = Vec::with_capacity(7 + key.len());
-            buf.push(1);
-            buf.extend_from_slice(&eid.0);
-            buf.extend_from_slice(key.as_bytes());
-            xxh3_64(&buf)
+            // The hash of 1, the EID and the key, without allocating for keys of usual size.
+            let mut stack = [0u8; 7 + 256];
+            let n = 7 + key.len();
+            let mut heap = Vec::new();
+            let buf = if n <= stack.len() {
+                &mut stack[..n]
+            } else {
+                heap.resize(n, 0);
+                &mut heap[..]
+            };
+            buf[0] = 1;
+            buf[1..7].copy_from_slice(&eid.0);
+            buf[7..].copy_from_slice(key.as_bytes());
+            xxh3_64(buf)
         }
     }
 }
@@ -101,5 +110,27 @@ pub fn merge(a: Entry, b: Entry) -> Entry {
         b
     } else {
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_of_unique_items_hash_marker_eid_and_key_whatever_their_length() {
+        let eid = Eid([1, 2, 3, 4, 5, 6]);
+        for len in [0, 1, 200, 256, 257, 1024] {
+            let key = "k".repeat(len);
+            let mut bytes = vec![1];
+            bytes.extend_from_slice(&eid.0);
+            bytes.extend_from_slice(key.as_bytes());
+            assert_eq!(
+                position_of(Some(eid), &key),
+                xxh3_64(&bytes),
+                "length {len}"
+            );
+        }
+        assert_eq!(position_of(None, "abc"), xxh3_64(b"abc"));
     }
 }

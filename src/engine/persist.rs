@@ -3,6 +3,8 @@
 //! The engine does no I/O: it hands out a [`PersistDelta`] and is given a
 //! [`RestoredState`]. `metadata::replica` stores them in SQLite.
 
+use std::sync::Arc;
+
 use super::eid::Eid;
 use super::family::Mode;
 use super::item::{Entry, ItemId};
@@ -33,7 +35,7 @@ pub struct PeerMeta {
 /// One item to write (`entry` is `Some`) or forget (`None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemDelta {
-    pub family: String,
+    pub family: Arc<str>,
     pub item: ItemId,
     pub entry: Option<Entry>,
 }
@@ -54,9 +56,10 @@ pub struct PersistDelta {
     pub peers: Vec<PeerMeta>,
     /// Items whose Apply output is in this batch: until the next delta confirms them, a
     /// restart cannot tell whether AstDB got the value.
-    pub applies_started: Vec<(String, ItemId)>,
+    /// Sorted, each once; shared with the engine, which confirms them in the next delta.
+    pub applies_started: Arc<[(Arc<str>, ItemId)]>,
     /// Items whose Apply was in the previous batch, now executed.
-    pub applies_confirmed: Vec<(String, ItemId)>,
+    pub applies_confirmed: Arc<[(Arc<str>, ItemId)]>,
 }
 
 impl PersistDelta {

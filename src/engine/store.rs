@@ -1,11 +1,13 @@
 //! The items of one shared family, indexed by digest position.
 //!
-//! Items sit in a map ordered by their position hash, so every node of the digest tree
-//! (a 16-ary tree over the hash's nibbles) is one contiguous range. The hashes and counts
+//! Items are found by their position hash in a hash map, and the ordered set of positions
+//! makes every node of the digest tree (a 16-ary tree over the hash's nibbles) one
+//! contiguous range. The hashes and counts
 //! of the 4096 nodes at depth 3 are kept up to date as items change; shallower nodes are
 //! folded from them and deeper ones are computed from their (small) ranges on demand.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
 
 use super::eid::Eid;
@@ -17,17 +19,90 @@ pub const MAX_DEPTH: u8 = 16;
 const CACHED_DEPTH: u8 = 3;
 const CACHED_NODES: usize = 1 + 16 + 256 + 4096;
 
+/// Nodes at `CACHED_DEPTH`, each with a bucket of the positions under it.
+const BUCKETS: usize = 4096;
+const BUCKET_SHIFT: u32 = 64 - 4 * CACHED_DEPTH as u32;
+
 /// Index in `ItemStore::cached` of the node `prefix` at `depth` (at most `CACHED_DEPTH`).
 fn cached_index(depth: u8, prefix: u64) -> usize {
     let level_start = [0usize, 1, 17, 273][usize::from(depth)];
     level_start + prefix as usize
 }
 
+/// Positions are already well-mixed 64-bit hashes: the map uses them as they are.
+#[derive(Clone, Copy, Debug, Default)]
+struct PositionHasher(u64);
+
+impl Hasher for PositionHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type PositionMap<V> = HashMap<u64, V, BuildHasherDefault<PositionHasher>>;
+
+/// One item held, with where its latest change sits in the change log (if it changed
+/// since the log was last taken).
+#[derive(Clone, Debug)]
+struct Held {
+    id: ItemId,
+    entry: Entry,
+    /// The log epoch `change` belongs to; the item is unchanged unless it is the store's.
+    epoch: u32,
+    change: u32,
+}
+
+impl Held {
+    fn is(&self, owner: Option<Eid>, key: &str) -> bool {
+        self.id.owner == owner && self.id.key == key
+    }
+}
+
 /// Items that share a position hash (almost always exactly one).
 #[derive(Clone, Debug)]
 enum Slot {
-    One(ItemId, Entry),
-    Many(Vec<(ItemId, Entry)>),
+    One(Held),
+    Many(Vec<Held>),
+}
+
+impl Slot {
+    fn find(&self, owner: Option<Eid>, key: &str) -> Option<&Held> {
+        match self {
+            Slot::One(h) => h.is(owner, key).then_some(h),
+            Slot::Many(v) => v.iter().find(|h| h.is(owner, key)),
+        }
+    }
+
+    fn find_mut(&mut self, owner: Option<Eid>, key: &str) -> Option<&mut Held> {
+        match self {
+            Slot::One(h) => h.is(owner, key).then_some(h),
+            Slot::Many(v) => v.iter_mut().find(|h| h.is(owner, key)),
+        }
+    }
+
+    fn held(&self) -> &[Held] {
+        match self {
+            Slot::One(h) => std::slice::from_ref(h),
+            Slot::Many(v) => v,
+        }
+    }
+
+    fn held_mut(&mut self) -> &mut [Held] {
+        match self {
+            Slot::One(h) => std::slice::from_mut(h),
+            Slot::Many(v) => v,
+        }
+    }
 }
 
 /// What a merge did to the store.
@@ -43,15 +118,48 @@ pub enum Merged {
     Refused,
 }
 
+/// The items changed since the log was last taken, each once, in its latest state
+/// (`None`: removed from the store).
+pub type ChangeLog = Vec<(ItemId, Option<Entry>)>;
+
 /// One family's items with their digest tree.
-#[derive(Clone, Debug, Default)]
+///
+/// Items are found by position in a hash map. The positions are also kept in one bucket
+/// per digest-tree node at `CACHED_DEPTH` (unordered: they are sorted when a range is
+/// read, which is rare, rather than on every insert). When tracking is on, every change (but not a `put_untracked`)
+/// is also recorded in a change log, once per item, for the persistence delta.
+#[derive(Clone, Debug)]
 pub struct ItemStore {
-    items: BTreeMap<u64, Slot>,
+    items: PositionMap<Slot>,
+    /// `BUCKETS` buckets once the first item is in.
+    buckets: Vec<Vec<u64>>,
     /// (XOR of entry digest hashes, item count) per node of depths 0 to 3, level by
     /// level (1 + 16 + 256 + 4096 nodes); empty until first use.
     cached: Vec<(u64, u32)>,
     live: usize,
     tombstones: usize,
+    tracking: bool,
+    /// Starts at 1; an item whose `epoch` differs has not changed since the last take.
+    epoch: u32,
+    log: ChangeLog,
+    /// Log index of items removed during this epoch, for when they come back.
+    removed: HashMap<ItemId, u32>,
+}
+
+impl Default for ItemStore {
+    fn default() -> Self {
+        ItemStore {
+            items: PositionMap::default(),
+            buckets: Vec::new(),
+            cached: Vec::new(),
+            live: 0,
+            tombstones: 0,
+            tracking: false,
+            epoch: 1,
+            log: Vec::new(),
+            removed: HashMap::new(),
+        }
+    }
 }
 
 /// Whether `prefix` has at most `depth` nibbles, as a digest-tree node's must.
@@ -79,6 +187,14 @@ impl ItemStore {
         Self::default()
     }
 
+    /// A store that records its changes in a log (see [`ItemStore::take_changes`]).
+    pub fn tracked() -> Self {
+        ItemStore {
+            tracking: true,
+            ..Self::default()
+        }
+    }
+
     pub fn live_count(&self) -> usize {
         self.live
     }
@@ -96,103 +212,141 @@ impl ItemStore {
     }
 
     pub fn get(&self, owner: Option<Eid>, key: &str) -> Option<&Entry> {
-        match self.items.get(&position_of(owner, key))? {
-            Slot::One(id, e) => (id.owner == owner && id.key == key).then_some(e),
-            Slot::Many(v) => v
-                .iter()
-                .find(|(id, _)| id.owner == owner && id.key == key)
-                .map(|(_, e)| e),
-        }
+        self.get_at(position_of(owner, key), owner, key)
+    }
+
+    /// [`ItemStore::get`] for an item whose position is known.
+    pub fn get_at(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<&Entry> {
+        self.items.get(&pos)?.find(owner, key).map(|h| &h.entry)
     }
 
     /// Merges `incoming` into the item: it replaces the held state only if it wins.
     pub fn merge(&mut self, owner: Option<Eid>, key: &str, incoming: Entry) -> Merged {
-        self.write(owner, key, incoming, false, || false)
+        let pos = position_of(owner, key);
+        self.write(pos, owner, key, incoming, false, || false)
     }
 
-    /// Like [`ItemStore::merge`], but an absent item is let in only if `refuse_new`
-    /// says no (one lookup instead of a `get` and a `merge`).
+    /// Like [`ItemStore::merge`], for an item at position `pos`, but an absent item is
+    /// let in only if `refuse_new` says no (one lookup instead of a `get` and a `merge`).
     pub fn merge_unless(
         &mut self,
+        pos: u64,
         owner: Option<Eid>,
         key: &str,
         incoming: Entry,
         refuse_new: impl FnOnce() -> bool,
     ) -> Merged {
-        self.write(owner, key, incoming, false, refuse_new)
+        self.write(pos, owner, key, incoming, false, refuse_new)
     }
 
     /// Sets the item's state whatever was held (for local changes, already versioned
-    /// above the held state, and for restoring persisted state).
+    /// above the held state).
     pub fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
-        self.write(owner, key, entry, true, || false)
+        let pos = position_of(owner, key);
+        self.write(pos, owner, key, entry, true, || false)
+    }
+
+    /// Like [`ItemStore::put`], without recording the change (restoring persisted state).
+    pub fn put_untracked(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
+        let tracking = std::mem::replace(&mut self.tracking, false);
+        let merged = self.put(owner, key, entry);
+        self.tracking = tracking;
+        merged
     }
 
     fn write(
         &mut self,
+        pos: u64,
         owner: Option<Eid>,
         key: &str,
         incoming: Entry,
         force: bool,
         refuse_new: impl FnOnce() -> bool,
     ) -> Merged {
-        let pos = position_of(owner, key);
         let new_hash = incoming.digest_hash(pos);
         let new_tomb = incoming.is_tombstone();
-        let slot = self.items.get_mut(&pos);
-        let outcome = match slot {
-            None => {
+        let (outcome, held) = match self.items.entry(pos) {
+            std::collections::hash_map::Entry::Vacant(v) => {
                 if refuse_new() {
                     return Merged::Refused;
                 }
-                self.items.insert(
-                    pos,
-                    Slot::One(
-                        ItemId {
+                if self.buckets.is_empty() {
+                    self.buckets = vec![Vec::new(); BUCKETS];
+                }
+                self.buckets[(pos >> BUCKET_SHIFT) as usize].push(pos);
+                let Slot::One(h) = v.insert(Slot::One(Held {
+                    id: ItemId {
+                        owner,
+                        key: key.to_string(),
+                    },
+                    entry: incoming,
+                    epoch: 0,
+                    change: 0,
+                })) else {
+                    unreachable!("a slot just made holds one item")
+                };
+                (Merged::Inserted, h)
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let slot = o.into_mut();
+                if slot.find(owner, key).is_some() {
+                    let Some(h) = slot.find_mut(owner, key) else {
+                        unreachable!("the item was just found")
+                    };
+                    if !force && !incoming.beats(&h.entry) {
+                        return Merged::Kept;
+                    }
+                    let old = std::mem::replace(&mut h.entry, incoming);
+                    (Merged::Replaced(old), h)
+                } else {
+                    if refuse_new() {
+                        return Merged::Refused;
+                    }
+                    let held = Held {
+                        id: ItemId {
                             owner,
                             key: key.to_string(),
                         },
-                        incoming,
-                    ),
-                );
-                Merged::Inserted
-            }
-            Some(slot) => {
-                let held = match slot {
-                    Slot::One(id, e) if id.owner == owner && id.key == key => Some(e),
-                    Slot::One(..) => None,
-                    Slot::Many(v) => v
-                        .iter_mut()
-                        .find(|(id, _)| id.owner == owner && id.key == key)
-                        .map(|(_, e)| e),
-                };
-                match held {
-                    Some(e) => {
-                        if !force && !incoming.beats(e) {
-                            return Merged::Kept;
-                        }
-                        Merged::Replaced(std::mem::replace(e, incoming))
-                    }
-                    None => {
-                        if refuse_new() {
-                            return Merged::Refused;
-                        }
-                        let id = ItemId {
-                            owner,
-                            key: key.to_string(),
-                        };
-                        let taken = std::mem::replace(slot, Slot::Many(Vec::new()));
-                        let mut v = match taken {
-                            Slot::One(i, e) => vec![(i, e)],
-                            Slot::Many(v) => v,
-                        };
-                        v.push((id, incoming));
-                        *slot = Slot::Many(v);
-                        Merged::Inserted
-                    }
+                        entry: incoming,
+                        epoch: 0,
+                        change: 0,
+                    };
+                    let taken = std::mem::replace(slot, Slot::Many(Vec::new()));
+                    let mut v = match taken {
+                        Slot::One(h) => vec![h],
+                        Slot::Many(v) => v,
+                    };
+                    v.push(held);
+                    *slot = Slot::Many(v);
+                    let Slot::Many(v) = slot else {
+                        unreachable!("the slot was just made a list")
+                    };
+                    let Some(h) = v.last_mut() else {
+                        unreachable!("an item was just pushed")
+                    };
+                    (Merged::Inserted, h)
                 }
             }
         };
+        if self.tracking {
+            let state = Some(held.entry.clone());
+            if held.epoch == self.epoch {
+                self.log[held.change as usize].1 = state;
+            } else {
+                let at = match self.removed.remove(&held.id) {
+                    Some(at) => {
+                        self.log[at as usize].1 = state;
+                        at
+                    }
+                    None => {
+                        self.log.push((held.id.clone(), state));
+                        (self.log.len() - 1) as u32
+                    }
+                };
+                held.epoch = self.epoch;
+                held.change = at;
+            }
+        }
         match &outcome {
             Merged::Inserted => {
                 self.account(pos, new_hash, 1);
@@ -212,28 +366,70 @@ impl ItemStore {
     pub fn remove(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
         let pos = position_of(owner, key);
         let slot = self.items.get_mut(&pos)?;
-        let removed = match slot {
-            Slot::One(id, _) if id.owner == owner && id.key == key => {
-                match self.items.remove(&pos) {
-                    Some(Slot::One(_, e)) => Some(e),
-                    _ => None,
-                }
+        let held = match slot {
+            Slot::One(h) if h.is(owner, key) => {
+                let Some(Slot::One(h)) = self.items.remove(&pos) else {
+                    unreachable!("the slot holds this one item")
+                };
+                self.unbucket(pos);
+                h
             }
-            Slot::One(..) => None,
+            Slot::One(..) => return None,
             Slot::Many(v) => {
-                let i = v
-                    .iter()
-                    .position(|(id, _)| id.owner == owner && id.key == key)?;
-                let (_, e) = v.swap_remove(i);
+                let i = v.iter().position(|h| h.is(owner, key))?;
+                let h = v.swap_remove(i);
                 if v.is_empty() {
                     self.items.remove(&pos);
+                    self.unbucket(pos);
                 }
-                Some(e)
+                h
             }
-        }?;
-        self.account_remove(pos, removed.digest_hash(pos));
-        self.count(removed.is_tombstone(), -1);
-        Some(removed)
+        };
+        let Held {
+            id,
+            entry,
+            epoch,
+            change,
+        } = held;
+        if self.tracking {
+            let at = if epoch == self.epoch {
+                self.log[change as usize].1 = None;
+                change
+            } else {
+                self.log.push((id.clone(), None));
+                (self.log.len() - 1) as u32
+            };
+            self.removed.insert(id, at);
+        }
+        self.account_remove(pos, entry.digest_hash(pos));
+        self.count(entry.is_tombstone(), -1);
+        Some(entry)
+    }
+
+    fn unbucket(&mut self, pos: u64) {
+        if let Some(b) = self.buckets.get_mut((pos >> BUCKET_SHIFT) as usize) {
+            if let Some(i) = b.iter().position(|p| *p == pos) {
+                b.swap_remove(i);
+            }
+        }
+    }
+
+    /// The items changed since the last call, each once, in its latest state.
+    pub fn take_changes(&mut self) -> ChangeLog {
+        if self.log.is_empty() {
+            return Vec::new();
+        }
+        self.removed.clear();
+        if self.epoch == u32::MAX {
+            for slot in self.items.values_mut() {
+                for h in slot.held_mut() {
+                    h.epoch = 0;
+                }
+            }
+            self.epoch = 0;
+        }
+        self.epoch += 1;
+        std::mem::take(&mut self.log)
     }
 
     fn count(&mut self, tomb: bool, delta: isize) {
@@ -288,35 +484,48 @@ impl ItemStore {
                 .get(cached_index(depth, prefix))
                 .map_or((0, 0), |&(h, c)| (h, c as usize));
         }
+        // Below the cached depth a node lies within one bucket; order does not matter.
+        let range = node_range(depth, prefix);
         let mut acc = (0u64, 0usize);
-        for (pos, id, e) in self.range(depth, prefix) {
-            let _ = id;
-            acc.0 ^= e.digest_hash(pos);
-            acc.1 += 1;
+        let bucket = self.buckets.get((range.start() >> BUCKET_SHIFT) as usize);
+        for pos in bucket.into_iter().flatten().filter(|p| range.contains(p)) {
+            for (pos, _, e) in self.at(*pos) {
+                acc.0 ^= e.digest_hash(pos);
+                acc.1 += 1;
+            }
         }
         acc
     }
 
-    /// The items under the digest-tree node `prefix` at `depth`, with their positions.
+    /// The items under the digest-tree node `prefix` at `depth`, with their positions,
+    /// in position order.
     pub fn range(&self, depth: u8, prefix: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
-        self.items
-            .range(node_range(depth, prefix))
-            .flat_map(|(pos, slot)| slot_items(*pos, slot))
+        let range = node_range(depth, prefix);
+        let first = (range.start() >> BUCKET_SHIFT) as usize;
+        let last = (range.end() >> BUCKET_SHIFT) as usize;
+        let buckets = self.buckets.get(first..=last).unwrap_or(&[]);
+        buckets
+            .iter()
+            .flat_map(move |b| {
+                let mut in_range: Vec<u64> =
+                    b.iter().copied().filter(|p| range.contains(p)).collect();
+                in_range.sort_unstable();
+                in_range
+            })
+            .flat_map(|pos| self.at(pos))
     }
 
     /// Every item, in position order.
     pub fn iter(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
-        self.items
-            .iter()
-            .flat_map(|(pos, slot)| slot_items(*pos, slot))
-            .map(|(_, id, e)| (id, e))
+        self.range(0, 0).map(|(_, id, e)| (id, e))
     }
-}
 
-fn slot_items(pos: u64, slot: &Slot) -> Box<dyn Iterator<Item = (u64, &ItemId, &Entry)> + '_> {
-    match slot {
-        Slot::One(id, e) => Box::new(std::iter::once((pos, id, e))),
-        Slot::Many(v) => Box::new(v.iter().map(move |(id, e)| (pos, id, e))),
+    fn at(&self, pos: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
+        self.items
+            .get(&pos)
+            .map_or(&[][..], Slot::held)
+            .iter()
+            .map(move |h| (pos, &h.id, &h.entry))
     }
 }
 
@@ -379,6 +588,69 @@ mod tests {
         assert_eq!(s.remove(None, "b"), Some(entry(2, None)));
         assert_eq!(s.node(0, 0), before);
         assert!(s.get(None, "b").is_none());
+    }
+
+    #[test]
+    fn the_change_log_holds_each_changed_item_once_in_its_latest_state() {
+        let mut s = ItemStore::tracked();
+        s.put_untracked(None, "restored", entry(1, Some("r")));
+        s.merge(None, "a", entry(1, Some("x")));
+        s.merge(None, "a", entry(2, Some("y")));
+        s.merge(None, "a", entry(1, Some("older")));
+        s.put(None, "b", entry(3, None));
+        let log = s.take_changes();
+        assert_eq!(
+            log,
+            vec![
+                (ItemId::global("a"), Some(entry(2, Some("y")))),
+                (ItemId::global("b"), Some(entry(3, None))),
+            ]
+        );
+        assert!(s.take_changes().is_empty());
+        // Removed, then back within one epoch: one record, in the latest state.
+        s.remove(None, "b");
+        assert_eq!(s.take_changes(), vec![(ItemId::global("b"), None)]);
+        s.merge(None, "a", entry(4, None));
+        s.remove(None, "a");
+        s.merge(None, "a", entry(5, Some("z")));
+        s.remove(None, "restored");
+        assert_eq!(
+            s.take_changes(),
+            vec![
+                (ItemId::global("a"), Some(entry(5, Some("z")))),
+                (ItemId::global("restored"), None),
+            ]
+        );
+        let mut plain = ItemStore::new();
+        plain.merge(None, "a", entry(1, Some("x")));
+        assert!(plain.take_changes().is_empty());
+    }
+
+    #[test]
+    fn ranges_and_iteration_are_in_position_order() {
+        let mut s = ItemStore::new();
+        for i in 0..5000u64 {
+            s.merge(None, &format!("k{i}"), entry(i, Some("v")));
+        }
+        for i in (0..5000u64).step_by(3) {
+            s.remove(None, &format!("k{i}"));
+        }
+        let all: Vec<u64> = s.iter().map(|(id, _)| id.position()).collect();
+        assert_eq!(all.len(), 5000 - 1667);
+        assert!(all.windows(2).all(|w| w[0] < w[1]));
+        for depth in 0..6u8 {
+            let prefix = if depth == 0 {
+                0
+            } else {
+                all[100] >> (64 - 4 * u32::from(depth))
+            };
+            let range = node_range(depth, prefix);
+            let want: Vec<u64> = all.iter().copied().filter(|p| range.contains(p)).collect();
+            let got: Vec<u64> = s.range(depth, prefix).map(|(p, _, _)| p).collect();
+            assert_eq!(got, want, "depth {depth}");
+            let (_, count) = s.node(depth, prefix);
+            assert_eq!(count, want.len(), "depth {depth}");
+        }
     }
 
     #[test]

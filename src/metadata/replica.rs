@@ -187,7 +187,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         let mut unpend = tx.prepare_cached(
             "DELETE FROM replica_pending_apply WHERE family = ?1 AND owner = ?2 AND key = ?3",
         )?;
-        for (family, item) in &delta.applies_confirmed {
+        for (family, item) in delta.applies_confirmed.iter() {
             if let Ok(id) = family_id(&tx, family) {
                 unpend.execute(params![id, owner_blob(item.owner), item.key])?;
             }
@@ -195,7 +195,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         let mut pend = tx.prepare_cached(
             "INSERT OR IGNORE INTO replica_pending_apply (family, owner, key) VALUES (?1, ?2, ?3)",
         )?;
-        for (family, item) in &delta.applies_started {
+        for (family, item) in delta.applies_started.iter() {
             if let Ok(id) = family_id(&tx, family) {
                 pend.execute(params![id, owner_blob(item.owner), item.key])?;
             }
@@ -369,7 +369,7 @@ mod tests {
                 node: 2,
                 stale_below: vec![("blacklist".into(), Hlc::from_parts(3, 0))],
             }],
-            applies_started: vec![("blacklist".into(), g.clone())],
+            applies_started: vec![("blacklist".into(), g.clone())].into(),
             ..PersistDelta::default()
         };
         store.write(&delta).unwrap();
@@ -393,7 +393,7 @@ mod tests {
                 item: g.clone(),
                 entry: None,
             }],
-            applies_confirmed: vec![("blacklist".into(), g)],
+            applies_confirmed: vec![("blacklist".into(), g)].into(),
             ..PersistDelta::default()
         };
         store.write(&forget).unwrap();
