@@ -89,8 +89,8 @@ impl ReplicaStore {
     }
 }
 
-fn owner_blob(owner: Option<Eid>) -> Vec<u8> {
-    owner.map_or_else(Vec::new, |e| e.0.to_vec())
+fn owner_blob(owner: &Option<Eid>) -> &[u8] {
+    owner.as_ref().map_or(&[][..], |e| &e.0[..])
 }
 
 fn bad(col: usize, what: &str) -> rusqlite::Error {
@@ -151,14 +151,25 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         }
     }
     let mut ids: HashMap<String, i64> = HashMap::new();
+    // Items come family by family: the last one looked up is the usual answer.
+    let mut last: Option<(String, i64)> = None;
     let mut family_id = |tx: &rusqlite::Transaction, name: &str| -> rusqlite::Result<i64> {
-        if let Some(id) = ids.get(name) {
-            return Ok(*id);
+        if let Some((n, id)) = &last {
+            if n == name {
+                return Ok(*id);
+            }
         }
-        let id = tx
-            .prepare_cached("SELECT id FROM replica_family WHERE name = ?1")?
-            .query_row([name], |r| r.get(0))?;
-        ids.insert(name.to_string(), id);
+        let id = match ids.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = tx
+                    .prepare_cached("SELECT id FROM replica_family WHERE name = ?1")?
+                    .query_row([name], |r| r.get(0))?;
+                ids.insert(name.to_string(), id);
+                id
+            }
+        };
+        last = Some((name.to_string(), id));
         Ok(id)
     };
     {
@@ -171,7 +182,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         )?;
         for d in &delta.items {
             let id = family_id(&tx, &d.family)?;
-            let owner = owner_blob(d.item.owner);
+            let owner = owner_blob(&d.item.owner);
             match &d.entry {
                 Some(e) => put.execute(params![
                     id,
@@ -189,7 +200,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         )?;
         for (family, item) in delta.applies_confirmed.iter() {
             if let Ok(id) = family_id(&tx, family) {
-                unpend.execute(params![id, owner_blob(item.owner), item.key])?;
+                unpend.execute(params![id, owner_blob(&item.owner), item.key])?;
             }
         }
         let mut pend = tx.prepare_cached(
@@ -197,7 +208,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         )?;
         for (family, item) in delta.applies_started.iter() {
             if let Ok(id) = family_id(&tx, family) {
-                pend.execute(params![id, owner_blob(item.owner), item.key])?;
+                pend.execute(params![id, owner_blob(&item.owner), item.key])?;
             }
         }
     }
