@@ -1324,7 +1324,7 @@ impl Engine {
                     }
                 }
             }
-            fs.store.remove(item.owner, &item.key);
+            fs.store.forget(item.owner, &item.key);
             fs.horizon = fs.horizon.max(t.version.hlc);
             fs.meta_dirty = true;
             fs.collected.insert(

@@ -333,7 +333,12 @@ impl ItemStore {
             if held.epoch == self.epoch {
                 self.log[held.change as usize].1 = state;
             } else {
-                let at = match self.removed.remove(&held.id) {
+                let back = if self.removed.is_empty() {
+                    None
+                } else {
+                    self.removed.remove(&held.id)
+                };
+                let at = match back {
                     Some(at) => {
                         self.log[at as usize].1 = state;
                         at
@@ -404,6 +409,23 @@ impl ItemStore {
         self.account_remove(pos, entry.digest_hash(pos));
         self.count(entry.is_tombstone(), -1);
         Some(entry)
+    }
+
+    /// Like [`ItemStore::remove`], but an item not held is still recorded as removed
+    /// (once) in the change log.
+    pub fn forget(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
+        let removed = self.remove(owner, key);
+        if removed.is_none() && self.tracking {
+            let id = ItemId {
+                owner,
+                key: key.to_string(),
+            };
+            if !self.removed.contains_key(&id) {
+                self.log.push((id.clone(), None));
+                self.removed.insert(id, (self.log.len() - 1) as u32);
+            }
+        }
+        removed
     }
 
     fn unbucket(&mut self, pos: u64) {
@@ -621,6 +643,10 @@ mod tests {
                 (ItemId::global("restored"), None),
             ]
         );
+        // Forgetting an item not held still records it as removed, once.
+        s.forget(None, "never");
+        s.forget(None, "never");
+        assert_eq!(s.take_changes(), vec![(ItemId::global("never"), None)]);
         let mut plain = ItemStore::new();
         plain.merge(None, "a", entry(1, Some("x")));
         assert!(plain.take_changes().is_empty());
