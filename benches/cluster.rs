@@ -172,6 +172,42 @@ fn peer_bytes(node: &StandIn, peer: u32) -> (u64, u64) {
     panic!("no byte counters for node {peer} in:\n{out}");
 }
 
+/// CPU seconds (user + system, all threads) the stand-in process has used so far.
+fn cpu_secs(node: &StandIn) -> f64 {
+    let Some(pid) = node.pid() else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<f64>() / hz.max(1.0)
+}
+
+fn cpu_line(nodes: &[&StandIn], before: &[f64], n: usize) -> String {
+    nodes
+        .iter()
+        .zip(before)
+        .enumerate()
+        .map(|(i, (node, b))| {
+            let used = cpu_secs(node) - b;
+            format!(
+                "node {}: {used:.2} CPU-s ({:.1} us/update)",
+                i + 1,
+                used * 1e6 / n as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rate(n: usize, us: i64) -> String {
     if us <= 0 {
         return "n/a".into();
@@ -214,6 +250,7 @@ fn figure_updates(n: usize, timeout: Duration, trace: bool) {
     for (what, fam, cmd) in paths {
         println!("  {what}");
         let done = std::sync::atomic::AtomicBool::new(false);
+        let cpu_before: Vec<f64> = nodes.iter().map(cpu_secs).collect();
         let (write, arrivals) = std::thread::scope(|s| {
             let waiters: Vec<_> = nodes[1..]
                 .iter()
@@ -263,6 +300,10 @@ fn figure_updates(n: usize, timeout: Duration, trace: bool) {
                 secs(last - end)
             );
         }
+        println!(
+            "    CPU used, first write to last arrival (incl. the test commands' own polling): {}",
+            cpu_line(&refs, &cpu_before, n)
+        );
         println!(
             "    node 1: local changes {}, changes sent {}; node 2 applied {}; load now {}",
             status_number(&nodes[0], "Local changes:"),
@@ -392,11 +433,26 @@ fn figure_new_node(n: usize, timeout: Duration) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // What holding the family costs node 1 alone: mostly its read every sync_interval.
+    let idle = Duration::from_secs(10);
+    let c0 = cpu_secs(&node1);
+    std::thread::sleep(idle);
+    println!(
+        "  node 1 alone, nothing changing: {:.2} CPU-s in {:.0} s (its read of the family every 5 s)",
+        cpu_secs(&node1) - c0,
+        idle.as_secs_f64()
+    );
     println!("  load before node 2 starts: {}", load());
+    let cpu1 = cpu_secs(&node1);
     let spawned = realtime_us();
     let node2 = start_node(3, 2, 2, &families);
     let answering = realtime_us();
-    match wait_count(&node2, "bench_big", n, timeout) {
+    let arrived = wait_count(&node2, "bench_big", n, timeout);
+    println!(
+        "  CPU used from node 2's spawn to the last key: {}",
+        cpu_line(&[&node1, &node2], &[cpu1, 0.0], n)
+    );
+    match arrived {
         Some(done) => {
             println!(
                 "  node 2 started (control socket answering after {}), holds all {n} keys {} after spawn",
