@@ -252,23 +252,25 @@ fn metadata_bytes_per_key() {
         .expect("wal");
     let mut store = ReplicaStore::open_in(conn).expect("schema");
     let items: Vec<ItemDelta> = (0..N)
-        .map(|i| ItemDelta {
-            family: FAMILY.into(),
-            item: ItemId::global(&key(i)),
-            entry: Some(Entry {
-                version: Version::new(Hlc::from_parts(NOW, (i % 60000) as u16), A),
-                value: Some(format!("blocked by rule {}", i % 100)),
-            }),
+        .map(|i| {
+            ItemDelta::new(
+                FAMILY,
+                &ItemId::global(&key(i)),
+                Some(&Entry {
+                    version: Version::new(Hlc::from_parts(NOW, (i % 60000) as u16), A),
+                    value: Some(format!("blocked by rule {}", i % 100)),
+                }),
+            )
         })
         .collect();
     let payload: usize = items
         .iter()
         .map(|d| {
             d.item.key.len()
-                + d.entry
+                + d.state
                     .as_ref()
-                    .and_then(|e| e.value.as_ref())
-                    .map_or(0, String::len)
+                    .and_then(|s| s.value.as_deref())
+                    .map_or(0, str::len)
         })
         .sum();
     let start = Instant::now();

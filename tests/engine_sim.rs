@@ -221,17 +221,18 @@ impl Sim {
         }
         let me = self.nodes[i].eid;
         for d in &delta.items {
-            if &*d.family != GLOBAL {
+            if &*d.item.family != GLOBAL {
                 continue;
             }
-            if let Some(e) = &d.entry {
-                if e.version.origin == me {
-                    let cur = self.oracle.remove(&d.item.key);
+            if let Some(s) = &d.state {
+                if s.version.origin == me {
+                    let e = s.to_entry();
+                    let cur = self.oracle.remove(&*d.item.key);
                     let merged = match cur {
-                        Some(c) => merge(c, e.clone()),
-                        None => e.clone(),
+                        Some(c) => merge(c, e),
+                        None => e,
                     };
-                    self.oracle.insert(d.item.key.clone(), merged);
+                    self.oracle.insert(d.item.key.to_string(), merged);
                 }
             }
         }
@@ -262,10 +263,13 @@ impl Sim {
                 }
                 Output::Apply(op) => match op {
                     DbOp::Put { family, key, value } => {
-                        self.nodes[i].db.insert((family.to_string(), key), value);
+                        let k = (family.to_string(), key.to_string());
+                        self.nodes[i].db.insert(k, value.to_string());
                     }
                     DbOp::Delete { family, key } => {
-                        self.nodes[i].db.remove(&(family.to_string(), key));
+                        self.nodes[i]
+                            .db
+                            .remove(&(family.to_string(), key.to_string()));
                     }
                 },
                 Output::Warn(_) => {}

@@ -31,7 +31,7 @@ use super::eid::Eid;
 use super::family::{Mode, SharedFamily, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
-use super::persist::{FamilyMeta, ItemDelta, PeerMeta, PersistDelta, RestoredState};
+use super::persist::{FamilyMeta, ItemDelta, ItemRef, PeerMeta, PersistDelta, RestoredState};
 use super::store::{valid_node, ItemStore, Merged, MAX_DEPTH};
 use super::version::{Clock, Hlc, Version};
 
@@ -76,18 +76,18 @@ impl EngineConfig {
     }
 }
 
-/// A write to the local AstDB, with the family as passed to `ast_db_put` (shared by
-/// every write to that family).
+/// A write to the local AstDB, with the family as passed to `ast_db_put`. The strings
+/// are shared (with the persistence delta and other writes to the family), not copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DbOp {
     Put {
         family: Arc<str>,
-        key: String,
-        value: String,
+        key: Arc<str>,
+        value: Arc<str>,
     },
     Delete {
         family: Arc<str>,
-        key: String,
+        key: Arc<str>,
     },
 }
 
@@ -204,9 +204,15 @@ impl FamilyState {
         }
     }
 
-    /// The AstDB write that makes `item` hold `value`.
-    fn db_op(&mut self, item: &ItemId, value: Option<String>) -> DbOp {
-        let family = match item.owner {
+    /// The AstDB write that makes the item `owner`/`key` hold `value`, and the item as
+    /// the persistence delta names it.
+    fn apply(
+        &mut self,
+        owner: Option<Eid>,
+        key: Arc<str>,
+        value: Option<Arc<str>>,
+    ) -> (DbOp, ItemRef) {
+        let family = match owner {
             None => self.name.clone(),
             Some(owner) => {
                 let name = &self.name;
@@ -216,11 +222,21 @@ impl FamilyState {
                     .clone()
             }
         };
-        let key = item.key.clone();
-        match value {
+        let item = ItemRef {
+            family: self.name.clone(),
+            owner,
+            key: key.clone(),
+        };
+        let op = match value {
             Some(value) => DbOp::Put { family, key, value },
             None => DbOp::Delete { family, key },
-        }
+        };
+        (op, item)
+    }
+
+    /// [`FamilyState::apply`] for an item and value that are not shared yet.
+    fn apply_copy(&mut self, item: &ItemId, value: Option<&str>) -> (DbOp, ItemRef) {
+        self.apply(item.owner, item.key.as_str().into(), value.map(Arc::from))
     }
 
     fn track(&mut self, item: &ItemId, entry: &Entry) {
@@ -259,8 +275,8 @@ pub struct Engine {
     counters: Counters,
     reset_families: Vec<String>,
     peers_dirty: BTreeSet<Eid>,
-    applies_started: Vec<(Arc<str>, ItemId)>,
-    applies_previous: Arc<[(Arc<str>, ItemId)]>,
+    applies_started: Vec<ItemRef>,
+    applies_previous: Arc<[ItemRef]>,
 }
 
 fn own_owner(mode: Mode, local: Eid) -> Option<Eid> {
@@ -515,8 +531,9 @@ impl Engine {
                 .store
                 .get(item.owner, &item.key)
                 .and_then(|e| e.value.clone());
-            out.push(Output::Apply(fs.db_op(&item, value)));
-            self.applies_started.push((fs.name.clone(), item));
+            let (op, applied) = fs.apply_copy(&item, value.as_deref());
+            out.push(Output::Apply(op));
+            self.applies_started.push(applied);
         }
         for (peer, up) in self.eligible(&name) {
             if up {
@@ -668,9 +685,9 @@ impl Engine {
         if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held.is_some())) {
             // AstDB missed an Apply (crash before it ran, or data found when the family
             // was first looked at): the replicated state is the truth, so redo it.
-            let value = held_value.map(str::to_string);
-            out.push(Output::Apply(fs.db_op(&item, value)));
-            self.applies_started.push((fs.name.clone(), item));
+            let (op, applied) = fs.apply_copy(&item, held_value);
+            out.push(Output::Apply(op));
+            self.applies_started.push(applied);
             return;
         }
         if let Err(why) = check_key(key).and_then(|()| value.map_or(Ok(()), check_value)) {
@@ -687,9 +704,9 @@ impl Engine {
                         "family '{family}' is sync_mode=ro here: local change to key '{key}' \
                          is not shared and is replaced by the cluster's value"
                     )));
-                    let value = held_value.map(str::to_string);
-                    out.push(Output::Apply(fs.db_op(&item, value)));
-                    self.applies_started.push((fs.name.clone(), item));
+                    let (op, applied) = fs.apply_copy(&item, held_value);
+                    out.push(Output::Apply(op));
+                    self.applies_started.push(applied);
                 }
                 Mode::Unique => {
                     let v = value.map(str::to_string);
@@ -963,7 +980,6 @@ impl Engine {
         }
 
         let is_value = entry.value.is_some();
-        let apply_value = entry.value.clone();
         let version = entry.version;
         let pos = item.position();
         let (horizon, collected) = (fs.horizon, &fs.collected);
@@ -1001,8 +1017,23 @@ impl Engine {
                 }
                 fs.last_change_ms = Some(now_ms);
                 self.counters.applied += 1;
-                out.push(Output::Apply(fs.db_op(&item, apply_value)));
-                self.applies_started.push((fs.name.clone(), item));
+                // The store has just logged the new state: share its strings.
+                let (op, applied) = match fs.store.last_logged() {
+                    Some(logged) => {
+                        let key = logged.key.clone();
+                        let value = logged.state.as_ref().and_then(|s| s.value.clone());
+                        fs.apply(item.owner, key, value)
+                    }
+                    None => {
+                        let value = fs
+                            .store
+                            .get_at(pos, item.owner, &item.key)
+                            .and_then(|e| e.value.clone());
+                        fs.apply_copy(&item, value.as_deref())
+                    }
+                };
+                out.push(Output::Apply(op));
+                self.applies_started.push(applied);
                 Accepted::Stored
             }
         }
@@ -1355,11 +1386,14 @@ impl Engine {
             }
             let changes = fs.store.take_changes();
             d.items.reserve(changes.len());
-            for (item, entry) in changes {
+            for logged in changes {
                 d.items.push(ItemDelta {
-                    family: fs.name.clone(),
-                    item,
-                    entry,
+                    item: ItemRef {
+                        family: fs.name.clone(),
+                        owner: logged.owner,
+                        key: logged.key,
+                    },
+                    state: logged.state,
                 });
             }
         }
@@ -1375,7 +1409,7 @@ impl Engine {
         let mut started = mem::take(&mut self.applies_started);
         started.sort();
         started.dedup();
-        let started: Arc<[(Arc<str>, ItemId)]> = started.into();
+        let started: Arc<[ItemRef]> = started.into();
         d.applies_confirmed = mem::replace(&mut self.applies_previous, started.clone());
         d.applies_started = started;
         d

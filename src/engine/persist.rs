@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::eid::Eid;
 use super::family::Mode;
 use super::item::{Entry, ItemId};
-use super::version::Hlc;
+use super::version::{Hlc, Version};
 
 /// Replication state of one family (shared or not: unsharing keeps it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,12 +32,69 @@ pub struct PeerMeta {
     pub stale_below: Vec<(String, Hlc)>,
 }
 
-/// One item to write (`entry` is `Some`) or forget (`None`).
+/// An item of a family, with its strings shared (with the `Apply` outputs and the
+/// engine's own bookkeeping) rather than copied.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemRef {
+    pub family: Arc<str>,
+    pub owner: Option<Eid>,
+    pub key: Arc<str>,
+}
+
+impl ItemRef {
+    pub fn new(family: &str, item: &ItemId) -> Self {
+        ItemRef {
+            family: family.into(),
+            owner: item.owner,
+            key: item.key.as_str().into(),
+        }
+    }
+
+    pub fn item_id(&self) -> ItemId {
+        ItemId {
+            owner: self.owner,
+            key: self.key.to_string(),
+        }
+    }
+}
+
+/// An item's state in a delta: an [`Entry`] with a shared value (`None`: a tombstone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemState {
+    pub version: Version,
+    pub value: Option<Arc<str>>,
+}
+
+impl ItemState {
+    pub fn of(entry: &Entry) -> Self {
+        ItemState {
+            version: entry.version,
+            value: entry.value.as_deref().map(Arc::from),
+        }
+    }
+
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            version: self.version,
+            value: self.value.as_deref().map(str::to_string),
+        }
+    }
+}
+
+/// One item to write (`state` is `Some`) or forget (`None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemDelta {
-    pub family: Arc<str>,
-    pub item: ItemId,
-    pub entry: Option<Entry>,
+    pub item: ItemRef,
+    pub state: Option<ItemState>,
+}
+
+impl ItemDelta {
+    pub fn new(family: &str, item: &ItemId, entry: Option<&Entry>) -> Self {
+        ItemDelta {
+            item: ItemRef::new(family, item),
+            state: entry.map(ItemState::of),
+        }
+    }
 }
 
 /// Everything that changed since the last delta, as one batch.
@@ -57,9 +114,9 @@ pub struct PersistDelta {
     /// Items whose Apply output is in this batch: until the next delta confirms them, a
     /// restart cannot tell whether AstDB got the value.
     /// Sorted, each once; shared with the engine, which confirms them in the next delta.
-    pub applies_started: Arc<[(Arc<str>, ItemId)]>,
+    pub applies_started: Arc<[ItemRef]>,
     /// Items whose Apply was in the previous batch, now executed.
-    pub applies_confirmed: Arc<[(Arc<str>, ItemId)]>,
+    pub applies_confirmed: Arc<[ItemRef]>,
 }
 
 impl PersistDelta {

@@ -9,9 +9,11 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use super::eid::Eid;
 use super::item::{position_of, Entry, ItemId};
+use super::persist::ItemState;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
 pub const MAX_DEPTH: u8 = 16;
@@ -118,9 +120,16 @@ pub enum Merged {
     Refused,
 }
 
-/// The items changed since the log was last taken, each once, in its latest state
-/// (`None`: removed from the store).
-pub type ChangeLog = Vec<(ItemId, Option<Entry>)>;
+/// An item changed since the log was last taken, in its latest state (`None`: removed
+/// from the store). The strings are shared with whoever needs them for the same change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Logged {
+    pub owner: Option<Eid>,
+    pub key: Arc<str>,
+    pub state: Option<ItemState>,
+}
+
+pub type ChangeLog = Vec<Logged>;
 
 /// One family's items with their digest tree.
 ///
@@ -142,6 +151,8 @@ pub struct ItemStore {
     /// Starts at 1; an item whose `epoch` differs has not changed since the last take.
     epoch: u32,
     log: ChangeLog,
+    /// Log index of the item last written.
+    last: u32,
     /// Log index of items removed during this epoch, for when they come back.
     removed: HashMap<ItemId, u32>,
 }
@@ -157,6 +168,7 @@ impl Default for ItemStore {
             tracking: false,
             epoch: 1,
             log: Vec::new(),
+            last: 0,
             removed: HashMap::new(),
         }
     }
@@ -329,9 +341,9 @@ impl ItemStore {
             }
         };
         if self.tracking {
-            let state = Some(held.entry.clone());
+            let state = Some(ItemState::of(&held.entry));
             if held.epoch == self.epoch {
-                self.log[held.change as usize].1 = state;
+                self.log[held.change as usize].state = state;
             } else {
                 let back = if self.removed.is_empty() {
                     None
@@ -340,17 +352,22 @@ impl ItemStore {
                 };
                 let at = match back {
                     Some(at) => {
-                        self.log[at as usize].1 = state;
+                        self.log[at as usize].state = state;
                         at
                     }
                     None => {
-                        self.log.push((held.id.clone(), state));
+                        self.log.push(Logged {
+                            owner,
+                            key: Arc::from(key),
+                            state,
+                        });
                         (self.log.len() - 1) as u32
                     }
                 };
                 held.epoch = self.epoch;
                 held.change = at;
             }
+            self.last = held.change;
         }
         match &outcome {
             Merged::Inserted => {
@@ -398,10 +415,14 @@ impl ItemStore {
         } = held;
         if self.tracking {
             let at = if epoch == self.epoch {
-                self.log[change as usize].1 = None;
+                self.log[change as usize].state = None;
                 change
             } else {
-                self.log.push((id.clone(), None));
+                self.log.push(Logged {
+                    owner,
+                    key: Arc::from(key),
+                    state: None,
+                });
                 (self.log.len() - 1) as u32
             };
             self.removed.insert(id, at);
@@ -421,7 +442,11 @@ impl ItemStore {
                 key: key.to_string(),
             };
             if !self.removed.contains_key(&id) {
-                self.log.push((id.clone(), None));
+                self.log.push(Logged {
+                    owner,
+                    key: Arc::from(key),
+                    state: None,
+                });
                 self.removed.insert(id, (self.log.len() - 1) as u32);
             }
         }
@@ -434,6 +459,15 @@ impl ItemStore {
                 b.swap_remove(i);
             }
         }
+    }
+
+    /// The log record of the item last merged or put (when tracking): its strings are
+    /// shared, so whoever acts on the same change need not copy them again.
+    pub fn last_logged(&self) -> Option<&Logged> {
+        if !self.tracking {
+            return None;
+        }
+        self.log.get(self.last as usize)
     }
 
     /// The items changed since the last call, each once, in its latest state.
@@ -620,33 +654,46 @@ mod tests {
         s.merge(None, "a", entry(2, Some("y")));
         s.merge(None, "a", entry(1, Some("older")));
         s.put(None, "b", entry(3, None));
-        let log = s.take_changes();
+        let log = |s: &mut ItemStore| -> Vec<(String, Option<Entry>)> {
+            s.take_changes()
+                .into_iter()
+                .map(|l| {
+                    assert_eq!(l.owner, None);
+                    (l.key.to_string(), l.state.map(|st| st.to_entry()))
+                })
+                .collect()
+        };
         assert_eq!(
-            log,
+            s.last_logged().map(|l| &*l.key),
+            Some("b"),
+            "the record of the last write"
+        );
+        assert_eq!(
+            log(&mut s),
             vec![
-                (ItemId::global("a"), Some(entry(2, Some("y")))),
-                (ItemId::global("b"), Some(entry(3, None))),
+                ("a".into(), Some(entry(2, Some("y")))),
+                ("b".into(), Some(entry(3, None))),
             ]
         );
         assert!(s.take_changes().is_empty());
         // Removed, then back within one epoch: one record, in the latest state.
         s.remove(None, "b");
-        assert_eq!(s.take_changes(), vec![(ItemId::global("b"), None)]);
+        assert_eq!(log(&mut s), vec![("b".into(), None)]);
         s.merge(None, "a", entry(4, None));
         s.remove(None, "a");
         s.merge(None, "a", entry(5, Some("z")));
         s.remove(None, "restored");
         assert_eq!(
-            s.take_changes(),
+            log(&mut s),
             vec![
-                (ItemId::global("a"), Some(entry(5, Some("z")))),
-                (ItemId::global("restored"), None),
+                ("a".into(), Some(entry(5, Some("z")))),
+                ("restored".into(), None),
             ]
         );
         // Forgetting an item not held still records it as removed, once.
         s.forget(None, "never");
         s.forget(None, "never");
-        assert_eq!(s.take_changes(), vec![(ItemId::global("never"), None)]);
+        assert_eq!(log(&mut s), vec![("never".into(), None)]);
         let mut plain = ItemStore::new();
         plain.merge(None, "a", entry(1, Some("x")));
         assert!(plain.take_changes().is_empty());

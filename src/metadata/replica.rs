@@ -181,34 +181,35 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
             "DELETE FROM replica_item WHERE family = ?1 AND owner = ?2 AND key = ?3",
         )?;
         for d in &delta.items {
-            let id = family_id(&tx, &d.family)?;
+            let id = family_id(&tx, &d.item.family)?;
             let owner = owner_blob(&d.item.owner);
-            match &d.entry {
-                Some(e) => put.execute(params![
+            let key: &str = &d.item.key;
+            match &d.state {
+                Some(s) => put.execute(params![
                     id,
                     owner,
-                    d.item.key,
-                    e.version.hlc.0 as i64,
-                    &e.version.origin.0[..],
-                    e.value
+                    key,
+                    s.version.hlc.0 as i64,
+                    &s.version.origin.0[..],
+                    s.value.as_deref()
                 ])?,
-                None => del.execute(params![id, owner, d.item.key])?,
+                None => del.execute(params![id, owner, key])?,
             };
         }
         let mut unpend = tx.prepare_cached(
             "DELETE FROM replica_pending_apply WHERE family = ?1 AND owner = ?2 AND key = ?3",
         )?;
-        for (family, item) in delta.applies_confirmed.iter() {
-            if let Ok(id) = family_id(&tx, family) {
-                unpend.execute(params![id, owner_blob(&item.owner), item.key])?;
+        for item in delta.applies_confirmed.iter() {
+            if let Ok(id) = family_id(&tx, &item.family) {
+                unpend.execute(params![id, owner_blob(&item.owner), &*item.key])?;
             }
         }
         let mut pend = tx.prepare_cached(
             "INSERT OR IGNORE INTO replica_pending_apply (family, owner, key) VALUES (?1, ?2, ?3)",
         )?;
-        for (family, item) in delta.applies_started.iter() {
-            if let Ok(id) = family_id(&tx, family) {
-                pend.execute(params![id, owner_blob(&item.owner), item.key])?;
+        for item in delta.applies_started.iter() {
+            if let Ok(id) = family_id(&tx, &item.family) {
+                pend.execute(params![id, owner_blob(&item.owner), &*item.key])?;
             }
         }
     }
@@ -333,7 +334,7 @@ pub fn load(conn: &Connection) -> rusqlite::Result<RestoredState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ItemDelta;
+    use crate::engine::{ItemDelta, ItemRef};
 
     fn entry(ms: u64, value: Option<&str>) -> Entry {
         Entry {
@@ -364,23 +365,15 @@ mod tests {
                 },
             ],
             items: vec![
-                ItemDelta {
-                    family: "blacklist".into(),
-                    item: g.clone(),
-                    entry: Some(entry(10, Some("x"))),
-                },
-                ItemDelta {
-                    family: "registrar".into(),
-                    item: u.clone(),
-                    entry: Some(entry(11, None)),
-                },
+                ItemDelta::new("blacklist", &g, Some(&entry(10, Some("x")))),
+                ItemDelta::new("registrar", &u, Some(&entry(11, None))),
             ],
             peers: vec![PeerMeta {
                 eid: Eid([9; 6]),
                 node: 2,
                 stale_below: vec![("blacklist".into(), Hlc::from_parts(3, 0))],
             }],
-            applies_started: vec![("blacklist".into(), g.clone())].into(),
+            applies_started: vec![ItemRef::new("blacklist", &g)].into(),
             ..PersistDelta::default()
         };
         store.write(&delta).unwrap();
@@ -399,12 +392,8 @@ mod tests {
 
         let forget = PersistDelta {
             clock: Hlc::from_parts(1, 0),
-            items: vec![ItemDelta {
-                family: "blacklist".into(),
-                item: g.clone(),
-                entry: None,
-            }],
-            applies_confirmed: vec![("blacklist".into(), g)].into(),
+            items: vec![ItemDelta::new("blacklist", &g, None)],
+            applies_confirmed: vec![ItemRef::new("blacklist", &g)].into(),
             ..PersistDelta::default()
         };
         store.write(&forget).unwrap();
@@ -426,11 +415,11 @@ mod tests {
         store
             .write(&PersistDelta {
                 families: vec![fam(Mode::Global)],
-                items: vec![ItemDelta {
-                    family: "f".into(),
-                    item: ItemId::global("k"),
-                    entry: Some(entry(1, Some("v"))),
-                }],
+                items: vec![ItemDelta::new(
+                    "f",
+                    &ItemId::global("k"),
+                    Some(&entry(1, Some("v"))),
+                )],
                 ..PersistDelta::default()
             })
             .unwrap();
