@@ -28,8 +28,8 @@ pub struct Inbox {
 
 #[derive(Default)]
 pub struct Pending {
-    /// "family/key" paths written by the dialplan, in order.
-    pub paths: VecDeque<String>,
+    /// Dialplan writes in order: "family/key" and the value (None: deleted).
+    pub paths: VecDeque<(String, Option<String>)>,
     /// Paths were dropped: every shared family must be read again.
     pub overflowed: bool,
     /// Something else needs the thread's attention (registry change, stop).
@@ -46,15 +46,20 @@ impl Pending {
 }
 
 impl Inbox {
-    pub fn push_path(&self, path: String) {
+    pub fn push_path(&self, path: String, value: Option<String>) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the first write after a take needs to wake the thread; waking
+        // costs a system call on every push, on the dialplan's own thread.
+        let wake = state.is_empty();
         if state.paths.len() >= MAX_PENDING {
             state.overflowed = true;
         } else {
-            state.paths.push_back(path);
+            state.paths.push_back((path, value));
         }
         drop(state);
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     pub fn push_event(&self, event: crate::transport::Event) {
@@ -89,11 +94,11 @@ pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
     *INBOX.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
 }
 
-/// A dialplan write to `path` ("family/key") succeeded.
-pub fn dialplan_wrote(path: String) {
+/// A dialplan write of `value` to `path` ("family/key") succeeded (None: a delete).
+pub fn dialplan_wrote(path: String, value: Option<String>) {
     let inbox = INBOX.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Some(inbox) = inbox {
-        inbox.push_path(path);
+        inbox.push_path(path, value);
     }
 }
 
@@ -107,12 +112,18 @@ mod tests {
         let inbox = Arc::new(Inbox::default());
         let writer = Arc::clone(&inbox);
         let t = std::thread::spawn(move || {
-            writer.push_path("blacklist/1".into());
-            writer.push_path("blacklist/2".into());
+            writer.push_path("blacklist/1".into(), Some("a".into()));
+            writer.push_path("blacklist/2".into(), None);
         });
         t.join().unwrap();
         let got = inbox.take(Duration::from_secs(5));
-        assert_eq!(got.paths, ["blacklist/1", "blacklist/2"]);
+        assert_eq!(
+            got.paths,
+            [
+                ("blacklist/1".to_string(), Some("a".to_string())),
+                ("blacklist/2".to_string(), None)
+            ]
+        );
         assert!(inbox.take(Duration::from_millis(1)).paths.is_empty());
     }
 }
@@ -142,7 +153,7 @@ mod wake_tests {
     // before the 5 s timeout. Before the fix, a peer's message waited for it.
     #[test]
     fn a_dialplan_write_wakes_the_waiting_thread_at_once() {
-        let (got, waited) = wait_for(|i| i.push_path("blacklist/x".into()));
+        let (got, waited) = wait_for(|i| i.push_path("blacklist/x".into(), Some("1".into())));
         assert_eq!(got.paths.len(), 1);
         assert!(
             waited < Duration::from_secs(4),

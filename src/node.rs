@@ -38,7 +38,23 @@ pub struct Node {
     /// writes, so before a family's first read AstDB is brought back to the
     /// saved replication state. Holds the families still to repair.
     unrepaired: Option<std::collections::BTreeSet<String>>,
+    /// Warnings already logged: the engine repeats one at every read of a
+    /// family that holds, say, a key it cannot share; the log says it once.
+    warned: std::collections::HashSet<String>,
+    /// Per family, a hash of the contents last handed to the engine. A read
+    /// that finds the same contents, with nothing applied or captured since,
+    /// is not handed over again: an idle million-key family would otherwise
+    /// cost the engine a full comparison at every interval.
+    read_hash: HashMap<String, u64>,
+    /// Families whose AstDB contents changed through an apply or a captured
+    /// write since their last read.
+    touched: std::collections::HashSet<String>,
+    /// Persist deltas not yet written (a write failed), oldest first.
+    unsaved: Vec<crate::engine::PersistDelta>,
 }
+
+/// Distinct warnings remembered before the set starts afresh.
+const MAX_WARNED: usize = 10_000;
 
 impl Node {
     pub fn new(engine: Engine) -> Self {
@@ -52,7 +68,22 @@ impl Node {
             dialplan_writes: 0,
             family_reads: 0,
             unrepaired: None,
+            warned: std::collections::HashSet::new(),
+            read_hash: HashMap::new(),
+            touched: std::collections::HashSet::new(),
+            unsaved: Vec::new(),
         }
+    }
+
+    /// Whether `text` is new (and so worth logging).
+    fn first_time(&mut self, text: &str) -> bool {
+        if self.warned.contains(text) {
+            return false;
+        }
+        if self.warned.len() >= MAX_WARNED {
+            self.warned.clear();
+        }
+        self.warned.insert(text.to_string())
     }
 
     /// After a crash: repair each family's AstDB contents before reading it.
@@ -80,13 +111,15 @@ impl Node {
             self.outputs.extend(self.engine.unshare(&name, now));
             self.told.remove(&name);
             self.next_read.remove(&name);
+            self.read_hash.remove(&name);
         }
         for family in registry.iter() {
             if self.told.get(&family.name) != Some(family) {
                 self.outputs.extend(self.engine.share(family.clone(), now));
                 self.told.insert(family.name.clone(), family.clone());
-                // A newly shared family is read at once.
+                // A newly shared family is read at once, and handed over whole.
                 self.next_read.insert(family.name.clone(), Instant::now());
+                self.read_hash.remove(&family.name);
             }
         }
     }
@@ -96,6 +129,7 @@ impl Node {
         let now = Instant::now();
         for name in names {
             self.next_read.insert(name.clone(), now);
+            self.read_hash.remove(name);
             // Telling the engine again makes it pull the family from its peers.
             self.told.remove(name);
         }
@@ -129,23 +163,50 @@ fn flush(mesh: &mut Mesh) {
     let work = with_runtime(|rt| {
         let outputs = std::mem::take(&mut rt.node.outputs);
         let delta = rt.node.engine.take_persist_delta();
-        let saved = if delta.is_empty() {
-            Ok(())
-        } else {
-            rt.metadata.write_replica(&delta)
-        };
+        if !delta.is_empty() {
+            rt.node.unsaved.push(delta);
+        }
+        // Deltas are saved in order; one that fails stays first in line, so
+        // nothing the engine handed over is lost, only saved later.
+        let mut saved = Ok(());
+        while let Some(delta) = rt.node.unsaved.first() {
+            if let Err(why) = rt.metadata.write_replica(delta) {
+                saved = Err(why);
+                break;
+            }
+            rt.node.unsaved.remove(0);
+        }
+        if saved.is_err() {
+            // Executing outputs whose state is not saved could move a version
+            // backwards after a crash: they wait with their deltas.
+            let later = std::mem::replace(&mut rt.node.outputs, outputs);
+            rt.node.outputs.extend(later);
+            return (Vec::new(), saved);
+        }
         (outputs, saved)
     });
     let Ok((outputs, saved)) = work else { return };
     if let Err(why) = saved {
-        // Executing outputs whose state is not saved could move a version backwards
-        // after a crash; the next turn saves again and executes then.
         error!("{why}; changes wait until it can be saved");
-        let _ = with_runtime(|rt| {
-            let later = std::mem::replace(&mut rt.node.outputs, outputs);
-            rt.node.outputs.extend(later);
-        });
         return;
+    }
+    let applied: Vec<&str> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) => {
+                Some(&**family)
+            }
+            _ => None,
+        })
+        .collect();
+    if !applied.is_empty() {
+        let _ = with_runtime(|rt| {
+            for family in applied {
+                if let Some(shared) = rt.registry.covering(family) {
+                    rt.node.touched.insert(shared.name.clone());
+                }
+            }
+        });
     }
     for output in outputs {
         match output {
@@ -158,7 +219,11 @@ fn flush(mesh: &mut Mesh) {
                 db::del(&family, &key);
             }
             Output::Send { to, msg } => mesh.send(to, &msg),
-            Output::Warn(text) => warning!("{text}"),
+            Output::Warn(text) => {
+                if with_runtime(|rt| rt.node.first_time(&text)).unwrap_or(true) {
+                    warning!("{text}");
+                }
+            }
         }
     }
 }
@@ -207,18 +272,25 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             rt.node.capture = capture;
         });
     }
-    for path in &pending.paths {
-        let Some((family, key)) = split_path(path) else {
-            continue;
-        };
-        let value = db::get(family, key);
+    // The wrapper hands over the value it wrote, so AstDB (and its lock, which
+    // the dialplan needs too) is not touched again. Should two channels race on
+    // one key, the family's next read settles it.
+    if !pending.paths.is_empty() {
         let _ = with_runtime(|rt| {
-            rt.node.dialplan_writes += 1;
-            let out = rt
-                .node
-                .engine
-                .local_change(family, key, value.as_deref(), now);
-            rt.node.outputs.extend(out);
+            for (path, value) in &pending.paths {
+                let Some((family, key)) = split_path(path) else {
+                    continue;
+                };
+                rt.node.dialplan_writes += 1;
+                if let Some(shared) = rt.registry.covering(family) {
+                    rt.node.touched.insert(shared.name.clone());
+                }
+                let out = rt
+                    .node
+                    .engine
+                    .local_change(family, key, value.as_deref(), now);
+                rt.node.outputs.extend(out);
+            }
         });
     }
     let _ = with_runtime(|rt| {
@@ -235,10 +307,17 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             repair_family(&name);
         }
         let rows = db::tree(&name);
+        let hash = contents_hash(&rows);
         let _ = with_runtime(|rt| {
             rt.node.family_reads += 1;
-            let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
-            rt.node.outputs.extend(out);
+            let node = &mut rt.node;
+            let touched = node.touched.remove(&name);
+            let unchanged = !touched && node.read_hash.get(&name) == Some(&hash);
+            if !unchanged {
+                let out = node.engine.local_snapshot(&name, rows, now_ms());
+                node.outputs.extend(out);
+                node.read_hash.insert(name.clone(), hash);
+            }
         });
         flush(mesh);
     }
@@ -279,6 +358,18 @@ fn repair_family(family: &str) {
             "family '{family}': after an unclean stop, AstDB had lost recent changes; {restored} key(s) restored and {removed} deleted again from the replication state"
         );
     }
+}
+
+/// A hash of a family's contents as read from AstDB, in the order read.
+fn contents_hash(rows: &[(String, String)]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, v) in rows {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(v.as_bytes());
+        h.update(&[0]);
+    }
+    h.digest()
 }
 
 /// Restores func_db's callbacks; the loop has stopped.

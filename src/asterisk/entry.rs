@@ -171,11 +171,13 @@ pub extern "C" fn astdb_cluster_cli_complete(
 /// Called by the DB()/DB_DELETE() wrappers on a PBX thread: hand the path to
 /// the module's own thread and return. (No thread-locals here: see thread.rs.)
 #[no_mangle]
-pub extern "C" fn astdb_cluster_db_written(path: *const c_char) {
+pub extern "C" fn astdb_cluster_db_written(path: *const c_char, value: *const c_char) {
     guard("dialplan write capture", (), || {
-        // SAFETY: the glue passes a NUL-terminated copy of the function argument.
-        if let Some(path) = unsafe { owned(path) } {
-            crate::capture::dialplan_wrote(path);
+        // SAFETY: the glue passes a NUL-terminated copy of the function argument
+        // and the value written (NULL for a delete).
+        let (path, value) = unsafe { (owned(path), owned(value)) };
+        if let Some(path) = path {
+            crate::capture::dialplan_wrote(path, value);
         }
     })
 }

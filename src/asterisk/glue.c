@@ -259,7 +259,7 @@ static int db_write_wrapper(struct ast_channel *chan, const char *cmd, char *dat
 	path = COPY_PATH(data);
 	res = db_write_original(chan, cmd, data, value);
 	if (!res && path) {
-		astdb_cluster_db_written(path);
+		astdb_cluster_db_written(path, value ? value : "");
 	}
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	return res;
@@ -274,7 +274,7 @@ static int db_delete_read_wrapper(struct ast_channel *chan, const char *cmd, cha
 	path = COPY_PATH(data);
 	res = db_delete_read_original(chan, cmd, data, buf, len);
 	if (!res && path) {
-		astdb_cluster_db_written(path);
+		astdb_cluster_db_written(path, NULL);
 	}
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	return res;
@@ -289,7 +289,7 @@ static int db_delete_write_wrapper(struct ast_channel *chan, const char *cmd, ch
 	path = COPY_PATH(data);
 	res = db_delete_write_original(chan, cmd, data, value);
 	if (!res && path) {
-		astdb_cluster_db_written(path);
+		astdb_cluster_db_written(path, NULL);
 	}
 	__atomic_sub_fetch(&in_flight, 1, __ATOMIC_SEQ_CST);
 	return res;

@@ -50,8 +50,9 @@ const char *astdb_cluster_headers(void);
 
 /* ---- provided by Rust, called from glue.c ---- */
 
-/* A dialplan DB()/DB_DELETE() call changed "family/key". Must not block. */
-void astdb_cluster_db_written(const char *path);
+/* A dialplan DB() call wrote `value` to "family/key" (value NULL: DB_DELETE()
+ * deleted it). Must not block. */
+void astdb_cluster_db_written(const char *path, const char *value);
 
 int astdb_cluster_load(void);
 int astdb_cluster_unload(void);
