@@ -1213,6 +1213,10 @@ impl Engine {
         pull.retain(|i| self.valid_item(family, i));
         self.reply_acks(out, from, now_ms, family, acks);
         if !push.is_empty() {
+            // In key order, the order of the peer's metadata table (and of AstDB's): a
+            // new node's catch-up then appends to its B-trees instead of touching a
+            // random page for each key (the store's own order is the position hash).
+            push.sort_unstable_by(|a, b| a.item.cmp(&b.item));
             self.send_changes(out, from, now_ms, family, push);
         }
         for batch in batches(pull, MAX_ITEMS, BATCH_BYTES, |i| i.key.len() + 8) {
@@ -1231,13 +1235,15 @@ impl Engine {
         let Some(fs) = self.families.get(family) else {
             return;
         };
-        let changes: Vec<Change> = items
+        let mut changes: Vec<Change> = items
             .into_iter()
             .filter_map(|item| {
                 let entry = fs.store.get(item.owner, &item.key)?.clone();
                 Some(Change { item, entry })
             })
             .collect();
+        // In key order, as in on_summary.
+        changes.sort_unstable_by(|a, b| a.item.cmp(&b.item));
         if !changes.is_empty() {
             self.send_changes(out, from, now_ms, family, changes);
         }

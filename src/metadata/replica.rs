@@ -51,13 +51,116 @@ pub fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              below INTEGER NOT NULL,
              PRIMARY KEY (eid, family)
          ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS replica_pending_apply (
-             family INTEGER NOT NULL,
-             owner BLOB NOT NULL,
-             key TEXT NOT NULL,
-             PRIMARY KEY (family, owner, key)
-         ) WITHOUT ROWID;",
-    )
+         CREATE TABLE IF NOT EXISTS replica_pending_batch (
+             id INTEGER PRIMARY KEY,
+             items BLOB NOT NULL       -- see encode_pending
+         );",
+    )?;
+    migrate_pending_rows(conn)
+}
+
+/// Files written before pending applies were kept one row per delta hold them one row
+/// per item in `replica_pending_apply`: move those into one batch row.
+fn migrate_pending_rows(conn: &Connection) -> rusqlite::Result<()> {
+    let old: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master
+                            WHERE type = 'table' AND name = 'replica_pending_apply')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !old {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let mut blob = Vec::new();
+    {
+        let mut q = tx.prepare("SELECT family, owner, key FROM replica_pending_apply")?;
+        let mut rows = q.query([])?;
+        while let Some(r) = rows.next()? {
+            let owner = owner_from(1, &r.get::<_, Vec<u8>>(1)?)?;
+            let key: String = r.get(2)?;
+            encode_pending(&mut blob, r.get(0)?, &owner, &key);
+        }
+    }
+    if !blob.is_empty() {
+        tx.execute(
+            "INSERT INTO replica_pending_batch (items) VALUES (?1)",
+            [&blob],
+        )?;
+    }
+    tx.execute_batch("DROP TABLE replica_pending_apply")?;
+    tx.commit()
+}
+
+/// One pending apply in a batch row: family id (8 bytes LE), owner length (1 byte) and
+/// bytes (0 or 6), key length (4 bytes LE) and UTF-8 bytes.
+fn encode_pending(out: &mut Vec<u8>, family: i64, owner: &Option<Eid>, key: &str) {
+    let owner = owner_blob(owner);
+    out.extend_from_slice(&family.to_le_bytes());
+    out.push(owner.len() as u8);
+    out.extend_from_slice(owner);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(key.as_bytes());
+}
+
+fn take<'a>(blob: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
+    if blob.len() < n {
+        return Err(bad(1, "damaged pending-apply batch"));
+    }
+    let (head, rest) = blob.split_at(n);
+    *blob = rest;
+    Ok(head)
+}
+
+fn take_array<const N: usize>(blob: &mut &[u8]) -> rusqlite::Result<[u8; N]> {
+    let mut a = [0; N];
+    a.copy_from_slice(take(blob, N)?);
+    Ok(a)
+}
+
+/// The entries of a batch row: (family id, owner, key).
+fn decode_pending(mut blob: &[u8]) -> rusqlite::Result<Vec<(i64, Option<Eid>, &str)>> {
+    let mut out = Vec::new();
+    while !blob.is_empty() {
+        let family = i64::from_le_bytes(take_array(&mut blob)?);
+        let owner_len = take(&mut blob, 1)?[0] as usize;
+        let owner = owner_from(1, take(&mut blob, owner_len)?)?;
+        let key_len = u32::from_le_bytes(take_array(&mut blob)?) as usize;
+        let key = std::str::from_utf8(take(&mut blob, key_len)?)
+            .map_err(|_| bad(1, "damaged pending-apply batch"))?;
+        out.push((family, owner, key));
+    }
+    Ok(out)
+}
+
+/// Removes from every pending batch row the entries `gone` says to; rows left empty go.
+fn strip_pending(
+    tx: &rusqlite::Transaction,
+    mut gone: impl FnMut(i64, &Option<Eid>, &str) -> bool,
+) -> rusqlite::Result<()> {
+    let rows: Vec<(i64, Vec<u8>)> = tx
+        .prepare_cached("SELECT id, items FROM replica_pending_batch")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, blob) in rows {
+        let entries = decode_pending(&blob)?;
+        let kept: Vec<_> = entries.iter().filter(|(f, o, k)| !gone(*f, o, k)).collect();
+        if kept.len() == entries.len() {
+            continue;
+        }
+        if kept.is_empty() {
+            tx.prepare_cached("DELETE FROM replica_pending_batch WHERE id = ?1")?
+                .execute([id])?;
+        } else {
+            let mut rest = Vec::new();
+            for (f, o, k) in kept {
+                encode_pending(&mut rest, *f, o, k);
+            }
+            tx.prepare_cached("UPDATE replica_pending_batch SET items = ?2 WHERE id = ?1")?
+                .execute(params![id, rest])?;
+        }
+    }
+    Ok(())
 }
 
 /// The replica tables of an open metadata connection.
@@ -132,7 +235,7 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
             .optional()?;
         if let Some(id) = id {
             tx.execute("DELETE FROM replica_item WHERE family = ?1", [id])?;
-            tx.execute("DELETE FROM replica_pending_apply WHERE family = ?1", [id])?;
+            strip_pending(&tx, |f, _, _| f == id)?;
             tx.execute("DELETE FROM replica_family WHERE id = ?1", [id])?;
         }
     }
@@ -196,20 +299,39 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
                 None => del.execute(params![id, owner, key])?,
             };
         }
-        let mut unpend = tx.prepare_cached(
-            "DELETE FROM replica_pending_apply WHERE family = ?1 AND owner = ?2 AND key = ?3",
-        )?;
-        for item in delta.applies_confirmed.iter() {
-            if let Ok(id) = family_id(&tx, &item.family) {
-                unpend.execute(params![id, owner_blob(&item.owner), &*item.key])?;
+        // Pending applies are kept one row per delta: the next delta confirms exactly
+        // the previous one's (the usual case: its row is deleted whole).
+        if !delta.applies_confirmed.is_empty() {
+            let mut confirmed = Vec::new();
+            let mut set = std::collections::HashSet::new();
+            for item in delta.applies_confirmed.iter() {
+                if let Ok(id) = family_id(&tx, &item.family) {
+                    encode_pending(&mut confirmed, id, &item.owner, &item.key);
+                    set.insert((id, item.owner, &*item.key));
+                }
+            }
+            let whole: Option<i64> = tx
+                .prepare_cached("SELECT id FROM replica_pending_batch WHERE items = ?1")?
+                .query_row([&confirmed], |r| r.get(0))
+                .optional()?;
+            match whole {
+                Some(id) => {
+                    tx.prepare_cached("DELETE FROM replica_pending_batch WHERE id = ?1")?
+                        .execute([id])?;
+                }
+                None => strip_pending(&tx, |f, o, k| set.contains(&(f, *o, k)))?,
             }
         }
-        let mut pend = tx.prepare_cached(
-            "INSERT OR IGNORE INTO replica_pending_apply (family, owner, key) VALUES (?1, ?2, ?3)",
-        )?;
-        for item in delta.applies_started.iter() {
-            if let Ok(id) = family_id(&tx, &item.family) {
-                pend.execute(params![id, owner_blob(&item.owner), &*item.key])?;
+        if !delta.applies_started.is_empty() {
+            let mut started = Vec::new();
+            for item in delta.applies_started.iter() {
+                if let Ok(id) = family_id(&tx, &item.family) {
+                    encode_pending(&mut started, id, &item.owner, &item.key);
+                }
+            }
+            if !started.is_empty() {
+                tx.prepare_cached("INSERT INTO replica_pending_batch (items) VALUES (?1)")?
+                    .execute([&started])?;
             }
         }
     }
@@ -311,21 +433,26 @@ pub fn load(conn: &Connection) -> rusqlite::Result<RestoredState> {
         }
     }
     {
-        let mut q = conn.prepare("SELECT family, owner, key FROM replica_pending_apply")?;
+        let mut q = conn.prepare("SELECT items FROM replica_pending_batch ORDER BY id")?;
         let mut rows = q.query([])?;
+        let mut seen = std::collections::HashSet::new();
         while let Some(r) = rows.next()? {
-            let family: i64 = r.get(0)?;
-            let Some(name) = names.get(&family) else {
-                continue;
-            };
-            let owner = owner_from(1, &r.get::<_, Vec<u8>>(1)?)?;
-            state.applies_unconfirmed.push((
-                name.clone(),
-                ItemId {
-                    owner,
-                    key: r.get(2)?,
-                },
-            ));
+            let blob = r.get_ref(0)?.as_blob()?;
+            for (family, owner, key) in decode_pending(blob)? {
+                let Some(name) = names.get(&family) else {
+                    continue;
+                };
+                if !seen.insert((family, owner, key.to_string())) {
+                    continue;
+                }
+                state.applies_unconfirmed.push((
+                    name.clone(),
+                    ItemId {
+                        owner,
+                        key: key.to_string(),
+                    },
+                ));
+            }
         }
     }
     Ok(state)
@@ -401,6 +528,73 @@ mod tests {
         assert_eq!(loaded.items.len(), 1);
         assert!(loaded.applies_unconfirmed.is_empty());
         assert_eq!(loaded.clock, delta.clock, "the clock never moves back");
+    }
+
+    #[test]
+    fn pending_applies_of_an_older_file_are_kept() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE replica_family (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                 mode TEXT NOT NULL, baseline INTEGER NOT NULL, horizon INTEGER NOT NULL);
+             INSERT INTO replica_family VALUES (1, 'f', 'unique', 1, 0);
+             CREATE TABLE replica_pending_apply (family INTEGER NOT NULL, owner BLOB NOT NULL,
+                 key TEXT NOT NULL, PRIMARY KEY (family, owner, key)) WITHOUT ROWID;
+             INSERT INTO replica_pending_apply VALUES (1, x'090909090909', 'k');",
+        )
+        .unwrap();
+        let mut store = ReplicaStore::open_in(conn).unwrap();
+        let u = ItemId::unique(Eid([9; 6]), "k");
+        assert_eq!(
+            store.load().unwrap().applies_unconfirmed,
+            vec![("f".into(), u.clone())]
+        );
+        // Confirmed by a delta whose batch is not that row: taken out of it all the same.
+        store
+            .write(&PersistDelta {
+                applies_confirmed: vec![
+                    ItemRef::new("f", &u),
+                    ItemRef::new("f", &ItemId::unique(Eid([8; 6]), "x")),
+                ]
+                .into(),
+                ..PersistDelta::default()
+            })
+            .unwrap();
+        assert!(store.load().unwrap().applies_unconfirmed.is_empty());
+    }
+
+    #[test]
+    fn a_partly_confirmed_batch_keeps_the_rest() {
+        let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
+        let (a, b) = (ItemId::global("a"), ItemId::global("b"));
+        store
+            .write(&PersistDelta {
+                families: vec![FamilyMeta {
+                    name: "f".into(),
+                    mode: Mode::Global,
+                    baseline: true,
+                    horizon: Hlc::ZERO,
+                }],
+                applies_started: vec![ItemRef::new("f", &a), ItemRef::new("f", &b)].into(),
+                ..PersistDelta::default()
+            })
+            .unwrap();
+        store
+            .write(&PersistDelta {
+                applies_confirmed: vec![ItemRef::new("f", &a)].into(),
+                ..PersistDelta::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.load().unwrap().applies_unconfirmed,
+            vec![("f".into(), b.clone())]
+        );
+        store
+            .write(&PersistDelta {
+                applies_confirmed: vec![ItemRef::new("f", &b)].into(),
+                ..PersistDelta::default()
+            })
+            .unwrap();
+        assert!(store.load().unwrap().applies_unconfirmed.is_empty());
     }
 
     #[test]
