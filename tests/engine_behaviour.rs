@@ -301,3 +301,55 @@ fn a_stale_copy_from_a_peer_that_missed_a_collected_tombstone_is_retired() {
     assert!(retire, "{out:?}");
     assert_eq!(a.counters().retired, 1);
 }
+
+#[test]
+fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() {
+    use res_astdb_cluster::engine::SummaryRange;
+    let family = "big";
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan(family, Mode::Global), NOW);
+    let rows: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("k{i:05}"), "v".to_string()))
+        .collect();
+    a.local_snapshot(family, rows, NOW);
+    a.peer_up(B, 2, NOW);
+    // B (new, empty) answers a digest with an empty summary of the root, twice.
+    let summary = |ms: u64| Message {
+        sent: Hlc::from_parts(ms, 0),
+        family: family.into(),
+        mode: Mode::Global,
+        body: Body::Summary(vec![SummaryRange {
+            depth: 0,
+            prefix: 0,
+            items: Vec::new(),
+        }]),
+    };
+    let pushed = |out: &[Output]| -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => match &msg.body {
+                    Body::Changes(c) => Some(c.iter().map(|c| c.item.key.clone())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let first = pushed(&a.receive(B, summary(NOW + 10), NOW + 10));
+    assert_eq!(first.len(), 3000);
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(first, sorted, "a catch-up goes out in key order");
+    assert!(pushed(&a.receive(B, summary(NOW + 20), NOW + 20)).is_empty());
+    // A key written since is sent all the same.
+    a.local_change(family, "k00001", Some("new"), NOW + 30);
+    a.tick(NOW + 30);
+    assert_eq!(pushed(&a.receive(B, summary(NOW + 40), NOW + 40)).len(), 1);
+    // Once such a push cannot be in flight any more, or on a new connection, it is resent.
+    let late = NOW + 40 + a.config().max_message_age_ms + 1;
+    assert_eq!(pushed(&a.receive(B, summary(late), late)).len(), 3000);
+    a.peer_down(B, late);
+    a.peer_up(B, 2, late);
+    assert_eq!(pushed(&a.receive(B, summary(late), late)).len(), 3000);
+}

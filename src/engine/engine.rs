@@ -32,13 +32,28 @@ use super::family::{Mode, SharedFamily, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 use super::persist::{FamilyMeta, ItemDelta, ItemRef, PeerMeta, PersistDelta, RestoredState};
-use super::store::{valid_node, ItemStore, Merged, MAX_DEPTH};
+use super::store::{node_range, valid_node, ItemStore, Merged, MAX_DEPTH};
 use super::version::{Clock, Hlc, Version};
 
 /// A digest-tree node with at most this many items is answered with a summary.
 const LEAF_ITEMS: usize = 16;
 /// Bytes at which a batch is cut, well below the codec's message limit.
 const BATCH_BYTES: usize = 256 * 1024;
+/// A push of at least this many changes is remembered (see [`RecentPush`]).
+const BIG_PUSH: usize = 1024;
+
+/// A large anti-entropy push to a peer: every item of the digest-tree node
+/// (`depth`, `prefix`) with a version up to `high` was sent at `at_ms`. Until that push
+/// can have arrived (the connection stays up and messages are delivered in order), a
+/// summary or pull from the peer that still lacks such an item was made before the push
+/// reached it; sending the item again would only double a new node's catch-up.
+#[derive(Clone, Copy, Debug)]
+struct RecentPush {
+    depth: u8,
+    prefix: u64,
+    high: Hlc,
+    at_ms: u64,
+}
 
 /// How this node runs the engine.
 #[derive(Clone, Debug)]
@@ -277,6 +292,7 @@ pub struct Engine {
     peers_dirty: BTreeSet<Eid>,
     applies_started: Vec<ItemRef>,
     applies_previous: Arc<[ItemRef]>,
+    recent_pushes: BTreeMap<(Eid, String), Vec<RecentPush>>,
 }
 
 fn own_owner(mode: Mode, local: Eid) -> Option<Eid> {
@@ -336,6 +352,7 @@ impl Engine {
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
             applies_previous: Arc::new([]),
+            recent_pushes: BTreeMap::new(),
         };
         if let Some(r) = restored {
             engine.restore(r);
@@ -603,23 +620,60 @@ impl Engine {
         let owner = own_owner(fs.mode, self.cfg.local);
         let nested = self.nested_prefixes(family);
         let in_scope = |key: &str| !nested.iter().any(|n| key.starts_with(n.as_str()));
-        let mut seen = HashSet::with_capacity(entries.len());
+        // Keys read, and how many of them the store holds live afterwards. AstDB gives
+        // them in ascending order, so they are distinct; then if the store holds no more
+        // live keys than that, none is missing and no set of the keys is needed.
+        let mut seen: Vec<String> = Vec::with_capacity(entries.len());
+        let mut ascending = true;
+        let mut present = 0usize;
+        let live_value = |engine: &Engine, key: &str| -> Option<bool> {
+            let held = engine.families.get(family)?.store.get(owner, key)?;
+            Some(held.value.is_some())
+        };
         for (key, value) in entries {
             if !in_scope(&key) {
                 continue;
             }
-            self.local_write(family, &key, Some(&value), now_ms, true, &mut out);
-            seen.insert(key);
+            if seen
+                .last()
+                .is_some_and(|last| last.as_str() >= key.as_str())
+            {
+                ascending = false;
+            }
+            // Unchanged (the usual case): nothing to do, and nothing to allocate.
+            let unchanged = self
+                .families
+                .get(family)
+                .and_then(|fs| fs.store.get(owner, &key))
+                .is_some_and(|h| h.value.as_deref() == Some(value.as_str()));
+            if unchanged {
+                present += 1;
+            } else {
+                self.local_write(family, &key, Some(&value), now_ms, true, &mut out);
+                if live_value(self, &key) == Some(true) {
+                    present += 1;
+                }
+            }
+            seen.push(key);
         }
         let missing: Vec<String> = self.families.get(family).map_or_else(Vec::new, |fs| {
+            let live_own = |id: &ItemId, e: &Entry| {
+                id.owner == owner && !e.is_tombstone() && in_scope(&id.key)
+            };
+            if ascending
+                && fs
+                    .store
+                    .iter_unordered()
+                    .filter(|(id, e)| live_own(id, e))
+                    .count()
+                    == present
+            {
+                return Vec::new();
+            }
+            let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
             fs.store
                 .iter()
-                .filter(|(id, e)| {
-                    id.owner == owner
-                        && !e.is_tombstone()
-                        && !seen.contains(&id.key)
-                        && in_scope(&id.key)
-                })
+                .filter(|(id, e)| live_own(id, e) && !seen.contains(id.key.as_str()))
                 .map(|(id, _)| id.key.clone())
                 .collect()
         });
@@ -784,6 +838,7 @@ impl Engine {
             self.peers_dirty.insert(peer);
         }
         p.up = true;
+        self.recent_pushes.retain(|(to, _), _| *to != peer);
         let names: Vec<String> = self.families.keys().cloned().collect();
         for name in names {
             if self.eligible(&name).iter().any(|(e, _)| *e == peer) {
@@ -799,6 +854,27 @@ impl Engine {
             p.up = false;
         }
         self.outbox.retain(|(to, _), _| *to != peer);
+        self.recent_pushes.retain(|(to, _), _| *to != peer);
+    }
+
+    /// Drops from `changes` those a recent large push to `peer` already carries.
+    fn drop_in_flight(&mut self, peer: Eid, family: &str, now_ms: u64, changes: &mut Vec<Change>) {
+        let max_age = self.cfg.max_message_age_ms;
+        let key = (peer, family.to_string());
+        let Some(pushes) = self.recent_pushes.get_mut(&key) else {
+            return;
+        };
+        pushes.retain(|p| p.at_ms.saturating_add(max_age) >= now_ms && p.at_ms <= now_ms);
+        if pushes.is_empty() {
+            self.recent_pushes.remove(&key);
+            return;
+        }
+        changes.retain(|c| {
+            let pos = c.item.position();
+            !pushes.iter().any(|p| {
+                c.entry.version.hlc <= p.high && node_range(p.depth, p.prefix).contains(&pos)
+            })
+        });
     }
 
     /// A message from `from`.
@@ -1131,6 +1207,7 @@ impl Engine {
         let mut pull = Vec::new();
         let mut take_tombstones = Vec::new();
         let mut acks = Vec::new();
+        let mut nodes = Vec::new();
         {
             let Some(fs) = self.families.get_mut(family) else {
                 return;
@@ -1140,6 +1217,7 @@ impl Engine {
                     self.counters.dropped_invalid += 1;
                     continue;
                 }
+                nodes.push((r.depth, r.prefix));
                 let theirs: HashMap<&ItemId, &SummaryItem> =
                     r.items.iter().map(|i| (&i.item, i)).collect();
                 let mut equal_tombstones = Vec::new();
@@ -1212,6 +1290,22 @@ impl Engine {
         }
         pull.retain(|i| self.valid_item(family, i));
         self.reply_acks(out, from, now_ms, family, acks);
+        self.drop_in_flight(from, family, now_ms, &mut push);
+        if push.len() >= BIG_PUSH {
+            let high = push.iter().map(|c| c.entry.version.hlc).max();
+            let remembered = self
+                .recent_pushes
+                .entry((from, family.to_string()))
+                .or_default();
+            for (depth, prefix) in nodes {
+                remembered.push(RecentPush {
+                    depth,
+                    prefix,
+                    high: high.unwrap_or(Hlc::ZERO),
+                    at_ms: now_ms,
+                });
+            }
+        }
         if !push.is_empty() {
             // In key order, the order of the peer's metadata table (and of AstDB's): a
             // new node's catch-up then appends to its B-trees instead of touching a
@@ -1242,6 +1336,7 @@ impl Engine {
                 Some(Change { item, entry })
             })
             .collect();
+        self.drop_in_flight(from, family, now_ms, &mut changes);
         // In key order, as in on_summary.
         changes.sort_unstable_by(|a, b| a.item.cmp(&b.item));
         if !changes.is_empty() {
