@@ -49,8 +49,9 @@ pub struct Node {
     /// Families whose AstDB contents changed through an apply or a captured
     /// write since their last read.
     touched: std::collections::HashSet<String>,
-    /// Persist deltas not yet written (a write failed), oldest first.
-    unsaved: Vec<crate::engine::PersistDelta>,
+    /// A persist delta whose write failed, and the outputs waiting for it.
+    unsaved: Option<crate::engine::PersistDelta>,
+    held: Vec<Output>,
 }
 
 /// Distinct warnings remembered before the set starts afresh.
@@ -71,7 +72,8 @@ impl Node {
             warned: std::collections::HashSet::new(),
             read_hash: HashMap::new(),
             touched: std::collections::HashSet::new(),
-            unsaved: Vec::new(),
+            unsaved: None,
+            held: Vec::new(),
         }
     }
 
@@ -160,36 +162,53 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 /// Takes the engine's delta and outputs; saves the delta, then executes the
 /// outputs in order (AstDB writes and log lines here; sends by `send`).
 fn flush(mesh: &mut Mesh) {
+    // A delta whose save failed earlier goes first, and its outputs run as soon
+    // as it is saved, before a newer delta is taken: the newer one confirms
+    // their applies, so it must not reach the disk ahead of them.
+    let held = with_runtime(|rt| match rt.node.unsaved.take() {
+        None => Ok(None),
+        Some(delta) => match rt.metadata.write_replica(&delta) {
+            Ok(()) => Ok(Some(std::mem::take(&mut rt.node.held))),
+            Err(why) => {
+                rt.node.unsaved = Some(delta);
+                Err(why)
+            }
+        },
+    });
+    match held {
+        Ok(Ok(Some(outputs))) => execute(outputs, mesh),
+        Ok(Err(why)) => {
+            error!("{why}; changes wait until it can be saved");
+            return;
+        }
+        _ => {}
+    }
     let work = with_runtime(|rt| {
         let outputs = std::mem::take(&mut rt.node.outputs);
         let delta = rt.node.engine.take_persist_delta();
-        if !delta.is_empty() {
-            rt.node.unsaved.push(delta);
+        if delta.is_empty() {
+            return Ok(outputs);
         }
-        // Deltas are saved in order; one that fails stays first in line, so
-        // nothing the engine handed over is lost, only saved later.
-        let mut saved = Ok(());
-        while let Some(delta) = rt.node.unsaved.first() {
-            if let Err(why) = rt.metadata.write_replica(delta) {
-                saved = Err(why);
-                break;
+        match rt.metadata.write_replica(&delta) {
+            Ok(()) => Ok(outputs),
+            Err(why) => {
+                // Outputs whose state is not saved could move a version backwards
+                // after a crash: they wait with their delta.
+                rt.node.unsaved = Some(delta);
+                rt.node.held = outputs;
+                Err(why)
             }
-            rt.node.unsaved.remove(0);
         }
-        if saved.is_err() {
-            // Executing outputs whose state is not saved could move a version
-            // backwards after a crash: they wait with their deltas.
-            let later = std::mem::replace(&mut rt.node.outputs, outputs);
-            rt.node.outputs.extend(later);
-            return (Vec::new(), saved);
-        }
-        (outputs, saved)
     });
-    let Ok((outputs, saved)) = work else { return };
-    if let Err(why) = saved {
-        error!("{why}; changes wait until it can be saved");
-        return;
+    match work {
+        Ok(Ok(outputs)) => execute(outputs, mesh),
+        Ok(Err(why)) => error!("{why}; changes wait until it can be saved"),
+        Err(_) => {}
     }
+}
+
+/// Executes the outputs of a saved delta, in order.
+fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
     let applied: Vec<&str> = outputs
         .iter()
         .filter_map(|o| match o {

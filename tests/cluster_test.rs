@@ -413,3 +413,36 @@ fn a_node_with_the_wrong_secret_and_garbage_on_the_port_change_nothing() {
         .contains("not found"));
     assert!(good[0].cli("core show version").contains("stand-in"));
 }
+
+#[test]
+fn while_the_metadata_file_cannot_be_written_changes_wait_and_none_is_lost() {
+    let nodes = cluster(9, 2);
+    wait_all_up(&nodes);
+    nodes[0].cli("dialplan set DB(blacklist/before)=1");
+    wait_value(&nodes[1], "blacklist", "before", Some("1"));
+
+    // Another program holds node 2's metadata file locked.
+    let lock = rusqlite::Connection::open(nodes[1].db_dir().join("astdb_cluster.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    nodes[0].cli("dialplan set DB(blacklist/during)=2");
+    assert!(
+        nodes[1].wait_for_log(
+            "changes wait until it can be saved",
+            Duration::from_secs(20)
+        ),
+        "{}",
+        nodes[1].log()
+    );
+    assert!(
+        nodes[1]
+            .cli("database get blacklist during")
+            .contains("not found"),
+        "nothing is applied before its state is saved"
+    );
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    wait_value_long(&nodes[1], "blacklist", "during", Some("2"));
+    nodes[0].cli("dialplan set DB(blacklist/after)=3");
+    wait_value(&nodes[1], "blacklist", "after", Some("3"));
+}
