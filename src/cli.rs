@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::engine::family::Mode;
 use crate::mesh::{unix_ms, PeerState};
-use crate::module::{now_ms, origin_text, with_runtime};
+use crate::module::{now_ms, with_runtime};
 
 /// One registered command.
 pub struct Command {
@@ -213,7 +213,7 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
                 vec![
                     f.name.clone(),
                     f.mode.to_string(),
-                    origin_text(f).to_string(),
+                    f.origin.to_string(),
                     f.policy.to_string(),
                     f.sync_mode.to_string(),
                     format!("{}ms", f.sync_interval_ms),

@@ -9,7 +9,7 @@ use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded};
 use crate::capture::{self, Inbox};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
-use crate::engine::family::{validate_family_name, Mode, Origin, Registry, SharedFamily};
+use crate::engine::family::{validate_family_name, Mode, Registry, SharedFamily};
 use crate::engine::{Eid, Engine, EngineConfig};
 use crate::mesh::{Mesh, MeshStatus};
 use crate::metadata::{self, Metadata};
@@ -365,12 +365,4 @@ pub fn reload() -> i32 {
         warning!("reload ignored: {why}");
     }
     0
-}
-
-/// For messages and CLI output: which origin a family came from.
-pub fn origin_text(family: &SharedFamily) -> &'static str {
-    match family.origin {
-        Origin::Preset => "preset",
-        Origin::Dialplan => "dialplan",
-    }
 }
