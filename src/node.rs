@@ -207,6 +207,14 @@ fn flush(mesh: &mut Mesh) {
     }
 }
 
+/// Notes that the shared family covering AstDB family `family` changed since its
+/// last read (its next read is then handed to the engine whatever its hash).
+fn touch(rt: &mut Runtime, family: &str) {
+    if let Some(shared) = rt.registry.covering(family) {
+        rt.node.touched.insert(shared.name.clone());
+    }
+}
+
 /// Executes the outputs of a saved delta, in order.
 fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
     let applied: Vec<&str> = outputs
@@ -221,9 +229,7 @@ fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
     if !applied.is_empty() {
         let _ = with_runtime(|rt| {
             for family in applied {
-                if let Some(shared) = rt.registry.covering(family) {
-                    rt.node.touched.insert(shared.name.clone());
-                }
+                touch(rt, family);
             }
         });
     }
@@ -301,9 +307,7 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
                     continue;
                 };
                 rt.node.dialplan_writes += 1;
-                if let Some(shared) = rt.registry.covering(family) {
-                    rt.node.touched.insert(shared.name.clone());
-                }
+                touch(rt, family);
                 let out = rt
                     .node
                     .engine
