@@ -14,19 +14,8 @@ fn base_port(slot: u16) -> u16 {
 }
 
 fn conf(node: u32, nodes: u32, base: u16, secret: &str, extra: &str) -> String {
-    let mut c = format!(
-        "[general]\ncluster_name = test.cluster\ncluster_node = {node}\ncluster_secret = {secret}\n\
-         bindaddr = 127.0.0.1\nbindport = {}\n",
-        base + node as u16
-    );
-    for other in (1..=nodes).filter(|o| *o != node) {
-        c.push_str(&format!(
-            "\n[node{other}]\ntype = node\nnode = {other}\nhost = 127.0.0.1:{}\n",
-            base + other as u16
-        ));
-    }
-    c.push_str(extra);
-    c
+    let all: Vec<u32> = (1..=nodes).collect();
+    standin::cluster_conf("test.cluster", secret, node, &all, base, extra)
 }
 
 const PRESETS: &str = "

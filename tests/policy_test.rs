@@ -17,19 +17,7 @@ fn base_port(slot: u16) -> u16 {
 
 /// astdb_cluster.conf for `node` of `nodes`, with `families` appended.
 fn conf(node: u32, nodes: &[u32], base: u16, families: &str) -> String {
-    let mut c = format!(
-        "[general]\ncluster_name = policy.cluster\ncluster_node = {node}\ncluster_secret = {SECRET}\n\
-         bindaddr = 127.0.0.1\nbindport = {}\n",
-        base + node as u16
-    );
-    for other in nodes.iter().filter(|o| **o != node) {
-        c.push_str(&format!(
-            "\n[node{other}]\ntype = node\nnode = {other}\nhost = 127.0.0.1:{}\n",
-            base + *other as u16
-        ));
-    }
-    c.push_str(families);
-    c
+    standin::cluster_conf("policy.cluster", SECRET, node, nodes, base, families)
 }
 
 fn start(slot: u16, node: u32, text: String) -> StandIn {

@@ -126,6 +126,32 @@ pub fn module_so() -> PathBuf {
     );
 }
 
+/// astdb_cluster.conf for `node` of a cluster on 127.0.0.1: node N listens on
+/// `base + N` and every other node in `nodes` is its peer there; `extra`
+/// (family presets) is appended.
+pub fn cluster_conf(
+    cluster: &str,
+    secret: &str,
+    node: u32,
+    nodes: &[u32],
+    base: u16,
+    extra: &str,
+) -> String {
+    let mut c = format!(
+        "[general]\ncluster_name = {cluster}\ncluster_node = {node}\ncluster_secret = {secret}\n\
+         bindaddr = 127.0.0.1\nbindport = {}\n",
+        base + node as u16
+    );
+    for other in nodes.iter().filter(|o| **o != node) {
+        c.push_str(&format!(
+            "\n[node{other}]\ntype = node\nnode = {other}\nhost = 127.0.0.1:{}\n",
+            base + *other as u16
+        ));
+    }
+    c.push_str(extra);
+    c
+}
+
 /// Configures one stand-in before it starts.
 pub struct Builder {
     name: String,
