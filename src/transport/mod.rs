@@ -511,7 +511,10 @@ fn accept_one(shared: &Arc<Shared>, mut stream: TcpStream, from: SocketAddr) {
     }
 }
 
-/// Backoff between dial attempts: doubling from 100 ms to 10 s, with jitter.
+/// Backoff between dial attempts: doubling from 100 ms to 1 s, with jitter. A peer
+/// that comes back is only ever called by the lower-numbered side, so a long cap would
+/// leave a restarted server out of the cluster for that long; a refused connection
+/// costs next to nothing, so once a second is cheap.
 struct Backoff {
     next: Duration,
     seed: u64,
@@ -519,7 +522,7 @@ struct Backoff {
 
 impl Backoff {
     const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
+    const MAX: Duration = Duration::from_secs(1);
 
     fn new(node: u32) -> Backoff {
         let t = SystemTime::now()
@@ -624,4 +627,26 @@ fn dial_problem(shared: &Shared, peer: &Peer, reject: &wire::Reject) {
     shared
         .rejects
         .record(&shared.log, &peer.who(), &ctx, reject);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn a_peer_down_for_long_is_still_called_about_once_a_second() {
+        let mut b = Backoff::new(2);
+        let waits: Vec<Duration> = (0..50).map(|_| b.wait()).collect();
+        assert!(waits[0] <= Duration::from_millis(125), "{waits:?}");
+        assert!(waits[1] > waits[0] / 2, "it backs off: {waits:?}");
+        for w in &waits[10..] {
+            assert!(
+                *w >= Duration::from_millis(750) && *w <= Duration::from_millis(1250),
+                "{waits:?}"
+            );
+        }
+        b.reset();
+        assert!(b.wait() <= Duration::from_millis(125));
+    }
 }
