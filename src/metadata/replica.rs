@@ -303,11 +303,11 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
         // the previous one's (the usual case: its row is deleted whole).
         if !delta.applies_confirmed.is_empty() {
             let mut confirmed = Vec::new();
-            let mut set = std::collections::HashSet::new();
+            let mut listed = Vec::with_capacity(delta.applies_confirmed.len());
             for item in delta.applies_confirmed.iter() {
                 if let Ok(id) = family_id(&tx, &item.family) {
                     encode_pending(&mut confirmed, id, &item.owner, &item.key);
-                    set.insert((id, item.owner, &*item.key));
+                    listed.push((id, item.owner, &*item.key));
                 }
             }
             let whole: Option<i64> = tx
@@ -319,7 +319,12 @@ pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()
                     tx.prepare_cached("DELETE FROM replica_pending_batch WHERE id = ?1")?
                         .execute([id])?;
                 }
-                None => strip_pending(&tx, |f, o, k| set.contains(&(f, *o, k)))?,
+                None => {
+                    // Rare (a delta whose save failed, or a restart in between): look
+                    // each pending item up in the confirmed ones.
+                    let set: std::collections::HashSet<_> = listed.into_iter().collect();
+                    strip_pending(&tx, |f, o, k| set.contains(&(f, *o, k)))?
+                }
             }
         }
         if !delta.applies_started.is_empty() {
