@@ -234,6 +234,70 @@ fn anti_entropy_cost() {
     );
 }
 
+/// A new node's catch-up inside the engines: A holds 1,000,000 keys, B holds none and
+/// has looked at its empty family. Every message goes through the codec (encode on the
+/// sender's side, decode on the receiver's), as over the network. Prints the CPU time
+/// each side spends (the wire, SQLite and AstDB are not in it).
+fn catch_up_cost() {
+    use res_astdb_cluster::engine::codec::decode;
+    const N: usize = 1_000_000;
+    let mut a = engine(A, 1, Some(restored(N)));
+    let mut b = engine(B, 2, None);
+    b.local_snapshot(FAMILY, Vec::new(), NOW);
+    let (mut cpu_a, mut cpu_b) = (0.0f64, 0.0f64);
+    let wire = |out: Vec<Output>, cpu: &mut f64| -> Vec<Vec<u8>> {
+        let t = cpu_secs();
+        let frames = sends(out).iter().map(encode).collect();
+        *cpu += cpu_secs() - t;
+        frames
+    };
+    let start = Instant::now();
+    let t = cpu_secs();
+    let out = a.peer_up(B, 2, NOW);
+    cpu_a += cpu_secs() - t;
+    let mut to_b = wire(out, &mut cpu_a);
+    let t = cpu_secs();
+    let out = b.peer_up(A, 1, NOW);
+    cpu_b += cpu_secs() - t;
+    let mut to_a = wire(out, &mut cpu_b);
+    let (mut bytes, mut legs) = (0usize, 0usize);
+    while !to_b.is_empty() || !to_a.is_empty() || a.has_queued_pushes() {
+        if a.has_queued_pushes() {
+            let t = cpu_secs();
+            let out = a.tick(NOW);
+            cpu_a += cpu_secs() - t;
+            to_b.extend(wire(out, &mut cpu_a));
+        }
+        legs += 1;
+        let (mut next_a, mut next_b) = (Vec::new(), Vec::new());
+        for frame in to_b.drain(..) {
+            bytes += frame.len();
+            let t = cpu_secs();
+            let out = b.receive(A, decode(&frame).expect("decode"), NOW);
+            cpu_b += cpu_secs() - t;
+            next_a.extend(wire(out, &mut cpu_b));
+        }
+        for frame in to_a.drain(..) {
+            bytes += frame.len();
+            let t = cpu_secs();
+            let out = a.receive(B, decode(&frame).expect("decode"), NOW);
+            cpu_a += cpu_secs() - t;
+            next_b.extend(wire(out, &mut cpu_a));
+        }
+        to_a = next_a;
+        to_b = next_b;
+    }
+    let held = b.family_stats(FAMILY).map_or(0, |s| s.keys);
+    println!(
+        "catch-up: a new node gets {held} of {N} keys: sender {:.2} CPU-s ({:.2} us/key), receiver engine {:.2} CPU-s ({:.2} us/key), {bytes} bytes, {legs} one-way legs, {:.2} s wall",
+        cpu_a,
+        cpu_a * 1e6 / N as f64,
+        cpu_b,
+        cpu_b * 1e6 / N as f64,
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn sends(out: Vec<Output>) -> Vec<Message> {
     out.into_iter()
         .filter_map(|o| match o {
@@ -311,11 +375,12 @@ fn main() {
         return;
     }
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let figures: [(&str, fn()); 5] = [
+    let figures: [(&str, fn()); 6] = [
         ("receive", merge_throughput),
         ("store_merge", store_merge_throughput),
         ("end_to_end", end_to_end_throughput),
         ("anti_entropy", anti_entropy_cost),
+        ("catch_up", catch_up_cost),
         ("sqlite_bytes", metadata_bytes_per_key),
     ];
     for (name, run) in figures {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::asterisk::{self, db};
-use crate::engine::{DbOp, Engine, Output, SharedFamily};
+use crate::engine::{Contents, DbOp, Engine, Output, SharedFamily};
 use crate::mesh::Mesh;
 use crate::module::{now_ms, with_runtime, Runtime};
 use crate::transport::Event;
@@ -17,6 +17,12 @@ use crate::{error, warning};
 
 /// The longest the thread sleeps between looks at its work.
 pub const TICK: Duration = Duration::from_millis(100);
+/// Outputs gathered from the peers' messages before they are saved and executed
+/// within a turn. A turn may find a whole catch-up waiting (a million changes): taken
+/// in slices, AstDB starts receiving at once, the runtime lock (which the CLI needs
+/// too) is held for short spells, and the buffers stay small enough to be reused
+/// instead of being mapped afresh, page by page, for each turn.
+const FLUSH_OUTPUTS: usize = 16_384;
 /// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
 const HOOK_CHECK: Duration = Duration::from_secs(1);
 
@@ -41,11 +47,13 @@ pub struct Node {
     /// Warnings already logged: the engine repeats one at every read of a
     /// family that holds, say, a key it cannot share; the log says it once.
     warned: std::collections::HashSet<String>,
-    /// Per family, a hash of the contents last handed to the engine. A read
-    /// that finds the same contents, with nothing applied or captured since,
-    /// is not handed over again: an idle million-key family would otherwise
-    /// cost the engine a full comparison at every interval.
-    read_hash: HashMap<String, u64>,
+    /// Per family, a summary of the contents last read. A read is handed to the
+    /// engine only when it may hold something new: not when it matches what the
+    /// engine holds (after the engine's own applies, or captured writes), nor
+    /// when it matches the previous read with nothing applied or captured since
+    /// (a family holding a key the engine refuses). An idle or busily replicated
+    /// million-key family would otherwise cost a full comparison at each interval.
+    read_hash: HashMap<String, Contents>,
     /// Families whose AstDB contents changed through an apply or a captured
     /// write since their last read.
     touched: std::collections::HashSet<String>,
@@ -265,7 +273,7 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             Event::Received { node, payload, .. } => mesh.decode(*node, payload),
             _ => None,
         };
-        let _ = with_runtime(|rt| {
+        let full = with_runtime(|rt| {
             let out = match event {
                 Event::PeerUp { node, eid } => rt.node.engine.peer_up(eid, node, now),
                 Event::PeerDown { eid, .. } => {
@@ -278,7 +286,11 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
                 },
             };
             rt.node.outputs.extend(out);
+            rt.node.outputs.len() >= FLUSH_OUTPUTS
         });
+        if matches!(full, Ok(true)) {
+            flush(mesh);
+        }
     }
 
     // Registry changes, dialplan writes and the clock first.
@@ -316,10 +328,18 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             }
         });
     }
-    let _ = with_runtime(|rt| {
+    // A large push goes a slice per turn: come straight back for the next one.
+    let again = with_runtime(|rt| {
         let out = rt.node.engine.tick(now);
         rt.node.outputs.extend(out);
+        rt.node
+            .engine
+            .has_queued_pushes()
+            .then(|| std::sync::Arc::clone(&rt.inbox))
     });
+    if let Ok(Some(inbox)) = again {
+        inbox.poke();
+    }
     flush(mesh);
 
     // Then the families due for a read, one at a time: each read follows the
@@ -329,19 +349,29 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
         if with_runtime(|rt| rt.node.take_repair(&name)).unwrap_or(false) {
             repair_family(&name);
         }
-        let rows = db::tree(&name);
-        let hash = contents_hash(&rows);
-        let _ = with_runtime(|rt| {
-            rt.node.family_reads += 1;
+        let tree = db::read_tree(&name);
+        let mut read = Contents::default();
+        for (key, value) in tree.rows() {
+            read.add(&key, &value);
+        }
+        let hand_over = with_runtime(|rt| {
             let node = &mut rt.node;
+            node.family_reads += 1;
             let touched = node.touched.remove(&name);
-            let unchanged = !touched && node.read_hash.get(&name) == Some(&hash);
-            if !unchanged {
-                let out = node.engine.local_snapshot(&name, rows, now_ms());
-                node.outputs.extend(out);
-                node.read_hash.insert(name.clone(), hash);
-            }
-        });
+            let known = node.engine.holds_contents(&name, read)
+                || (!touched && node.read_hash.get(&name) == Some(&read));
+            node.read_hash.insert(name.clone(), read);
+            !known
+        })
+        .unwrap_or(false);
+        if hand_over {
+            let rows = tree.to_vec();
+            drop(tree);
+            let _ = with_runtime(|rt| {
+                let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
+                rt.node.outputs.extend(out);
+            });
+        }
         flush(mesh);
     }
 }
@@ -381,18 +411,6 @@ fn repair_family(family: &str) {
             "family '{family}': after an unclean stop, AstDB had lost recent changes; {restored} key(s) restored and {removed} deleted again from the replication state"
         );
     }
-}
-
-/// A hash of a family's contents as read from AstDB, in the order read.
-fn contents_hash(rows: &[(String, String)]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for (k, v) in rows {
-        h.update(k.as_bytes());
-        h.update(&[0]);
-        h.update(v.as_bytes());
-        h.update(&[0]);
-    }
-    h.digest()
 }
 
 /// Restores func_db's callbacks; the loop has stopped.

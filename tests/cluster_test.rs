@@ -80,6 +80,9 @@ fn every_writer_path_replicates_puts_and_deletes() {
     let nodes = cluster(1, 3);
     wait_all_up(&nodes);
     let [a, b, c] = [&nodes[0], &nodes[1], &nodes[2]];
+    // Families whose names only begin with the shared one's are not part of it.
+    a.cli("database put blacklist2 k local");
+    a.cli("database put blacklist-old k local");
     // Dialplan: seen at once by capture.
     a.cli("dialplan set DB(blacklist/dialplan)=1");
     // CLI and AMI: seen at the family's next read.
@@ -92,6 +95,24 @@ fn every_writer_path_replicates_puts_and_deletes() {
         wait_value(n, "blacklist", "cli", Some("2"));
         wait_value(n, "blacklist", "ami", Some("3"));
         wait_value(n, "blacklist", "sub/two", Some("5"));
+    }
+    // Node a read blacklist after writing blacklist2 and blacklist-old (sub/two came later).
+    for n in [b, c] {
+        for family in ["blacklist2", "blacklist-old"] {
+            let got = n.cli(&format!("database get {family} k"));
+            assert!(
+                got.contains("not found"),
+                "{family} reached {}: {got}",
+                n.name()
+            );
+        }
+        let shown = n.cli("database show blacklist");
+        assert!(!shown.contains("local"), "{}: {shown}", n.name());
+    }
+    for family in ["blacklist2", "blacklist-old"] {
+        assert!(a
+            .cli(&format!("database get {family} k"))
+            .contains("Value: local"));
     }
     a.cli("dialplan eval ${DB_DELETE(blacklist/dialplan)}");
     b.cli("database del blacklist cli");

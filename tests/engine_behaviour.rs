@@ -3,8 +3,8 @@
 use std::collections::BTreeSet;
 
 use res_astdb_cluster::engine::{
-    Body, Change, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode, Output,
-    SharedFamily, SharingPolicy, SyncMode, Version,
+    Body, Change, Contents, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode,
+    Output, SharedFamily, SharingPolicy, SyncMode, Version,
 };
 use res_astdb_cluster::metadata::replica::ReplicaStore;
 use rusqlite::Connection;
@@ -352,4 +352,147 @@ fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() 
     a.peer_down(B, late);
     a.peer_up(B, 2, late);
     assert_eq!(pushed(&a.receive(B, summary(late), late)).len(), 3000);
+}
+
+#[test]
+fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
+    use res_astdb_cluster::engine::SummaryRange;
+    let family = "big";
+    let mut cfg = EngineConfig::new(A, 1);
+    cfg.push_slice = 500;
+    let mut a = Engine::new(cfg, None);
+    a.share(SharedFamily::from_dialplan(family, Mode::Global), NOW);
+    let rows: Vec<(String, String)> = (0..3000)
+        .map(|i| (format!("k{i:05}"), "v".to_string()))
+        .collect();
+    a.local_snapshot(family, rows, NOW);
+    a.peer_up(B, 2, NOW);
+    let summary = |ms: u64| Message {
+        sent: Hlc::from_parts(ms, 0),
+        family: family.into(),
+        mode: Mode::Global,
+        body: Body::Summary(vec![SummaryRange {
+            depth: 0,
+            prefix: 0,
+            items: Vec::new(),
+        }]),
+    };
+    let pushed = |out: &[Output]| -> Vec<(String, Option<String>)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { msg, .. } => match &msg.body {
+                    Body::Changes(c) => Some(
+                        c.iter()
+                            .map(|c| (c.item.key.clone(), c.entry.value.clone())),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    let mut sent = pushed(&a.receive(B, summary(NOW + 10), NOW + 10));
+    assert_eq!(sent.len(), 500, "the first slice goes at once");
+    assert!(a.has_queued_pushes());
+    // The peer asks again before the rest arrived: nothing is added twice.
+    assert!(pushed(&a.receive(B, summary(NOW + 20), NOW + 20)).is_empty());
+    // A key changed (here by a third node) before its slice goes out is sent as it is now.
+    a.peer_up(C, 3, NOW + 25);
+    a.receive(
+        C,
+        changes(
+            family,
+            Mode::Global,
+            None,
+            "k02999",
+            NOW + 25,
+            C,
+            Some("newer"),
+        ),
+        NOW + 25,
+    );
+    let mut t = NOW + 30;
+    while a.has_queued_pushes() {
+        sent.extend(pushed(&a.tick(t)));
+        t += 100;
+    }
+    let keys: Vec<&String> = sent.iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "in key order, each key once"
+    );
+    assert_eq!(keys.len(), 3000);
+    assert!(sent.contains(&("k02999".to_string(), Some("newer".to_string()))));
+
+    // A connection lost mid-way drops the rest: the next connection starts afresh.
+    a.receive(B, summary(t + 100_000), t + 100_000);
+    assert!(a.has_queued_pushes());
+    a.peer_down(B, t + 100_000);
+    assert!(!a.has_queued_pushes());
+}
+
+fn read(rows: &[(&str, &str)]) -> Contents {
+    let mut c = Contents::default();
+    for (k, v) in rows {
+        c.add(k, v);
+    }
+    c
+}
+
+#[test]
+fn a_read_that_matches_what_the_engine_holds_needs_no_handing_over() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    assert!(
+        !a.holds_contents("f", read(&[])),
+        "a family never looked at is always handed over"
+    );
+    a.local_snapshot("f", vec![("a".into(), "1".into())], NOW);
+    assert!(a.holds_contents("f", read(&[("a", "1")])));
+    assert!(!a.holds_contents("f", read(&[("a", "2")])), "a local edit");
+    assert!(!a.holds_contents("f", read(&[])), "a local delete");
+    assert!(
+        !a.holds_contents("f", read(&[("a", "1"), ("b", "1")])),
+        "a local add"
+    );
+
+    // A remote change: once applied, AstDB holds what the engine holds.
+    a.peer_up(B, 2, NOW);
+    a.receive(
+        B,
+        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+        NOW,
+    );
+    assert!(a.holds_contents("f", read(&[("a", "1"), ("k", "v")])));
+    assert!(!a.holds_contents("f", read(&[("a", "1")])));
+    a.receive(
+        B,
+        changes("f", Mode::Global, None, "a", NOW + 1, B, None),
+        NOW,
+    );
+    assert!(a.holds_contents("f", read(&[("k", "v")])));
+
+    // Captured writes count as held too.
+    a.local_change("f", "c", Some("3"), NOW + 2);
+    assert!(a.holds_contents("f", read(&[("c", "3"), ("k", "v")])));
+
+    // A family with a shared family nested in it reads that one's rows too.
+    a.share(SharedFamily::from_dialplan("f/sub", Mode::Global), NOW);
+    assert!(!a.holds_contents("f", read(&[("c", "3"), ("k", "v")])));
+}
+
+#[test]
+fn a_unique_familys_read_is_compared_with_this_nodes_own_keys_only() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("u", Mode::Unique), NOW);
+    a.local_snapshot("u", vec![("x".into(), "1".into())], NOW);
+    a.peer_up(B, 2, NOW);
+    a.receive(
+        B,
+        changes("u", Mode::Unique, Some(B), "y", NOW, B, Some("2")),
+        NOW,
+    );
+    assert!(a.holds_contents("u", read(&[("x", "1")])));
+    assert!(!a.holds_contents("u", read(&[("x", "1"), ("y", "2")])));
 }

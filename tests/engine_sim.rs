@@ -122,6 +122,8 @@ impl Sim {
         cfg.max_clock_skew_ms = 2_000;
         cfg.max_message_age_ms = 3_000;
         cfg.batch_max_changes = rng.random_range(1..=64);
+        // Small enough that catch-ups and healed splits go through queued pushes.
+        cfg.push_slice = rng.random_range(1..=200);
         let nodes = (0..n)
             .map(|i| {
                 let disk = match &dir {

@@ -1,6 +1,7 @@
 //! AstDB through Asterisk's own API: the module never opens astdb.sqlite3 itself.
 
-use std::ffi::c_char;
+use std::borrow::Cow;
+use std::ffi::{c_char, CStr};
 
 use super::{c_string, owned, sys};
 
@@ -36,26 +37,75 @@ pub fn del(family: &str, key: &str) -> bool {
     unsafe { sys::ast_db_del2(f.as_ptr(), k.as_ptr()) == 0 }
 }
 
-/// Every `(key below family, value)` in `family`'s subtree.
-pub fn tree(family: &str) -> Vec<(String, String)> {
-    let f = c_string(family);
-    let prefix = format!("/{family}/");
-    let mut rows = Vec::new();
-    // SAFETY: we walk the list Asterisk returns, copy each row and free the list.
-    unsafe {
-        let head = sys::ast_db_gettree(f.as_ptr(), std::ptr::null());
-        let mut entry = head;
-        while !entry.is_null() {
-            let key = owned((*entry).key).unwrap_or_default();
-            let value = owned((*entry).data.as_ptr()).unwrap_or_default();
-            if let Some(below) = key.strip_prefix(&prefix) {
-                rows.push((below.to_string(), value));
+/// `family`'s subtree as AstDB returned it, freed on drop. Its rows are read in place:
+/// a read that turns out to hold nothing new copies nothing.
+pub struct Tree {
+    head: *mut sys::ast_db_entry,
+    prefix: String,
+}
+
+impl Tree {
+    /// Every `(key below family, value)` row, in AstDB's order (ascending keys).
+    pub fn rows(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> + '_ {
+        let mut entry = self.head;
+        std::iter::from_fn(move || {
+            while !entry.is_null() {
+                // SAFETY: the list stays allocated until `self` is dropped, and each
+                // entry's key and data are NUL-terminated strings Asterisk wrote.
+                let (key, value) = unsafe {
+                    let e = &*entry;
+                    entry = e.next;
+                    (
+                        CStr::from_ptr(e.key).to_string_lossy(),
+                        CStr::from_ptr(e.data.as_ptr()).to_string_lossy(),
+                    )
+                };
+                let below = match key {
+                    Cow::Borrowed(k) => k.strip_prefix(&self.prefix).map(Cow::Borrowed),
+                    Cow::Owned(k) => k.strip_prefix(&self.prefix).map(|b| Cow::Owned(b.into())),
+                };
+                if let Some(below) = below {
+                    return Some((below, value));
+                }
             }
-            entry = (*entry).next;
-        }
-        if !head.is_null() {
-            sys::ast_db_freetree(head);
+            None
+        })
+    }
+
+    /// The rows, copied.
+    pub fn to_vec(&self) -> Vec<(String, String)> {
+        self.rows()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if !self.head.is_null() {
+            // SAFETY: the list came from ast_db_gettree and is freed once.
+            unsafe { sys::ast_db_freetree(self.head) };
         }
     }
-    rows
+}
+
+/// Reads `family`'s subtree.
+///
+/// Through `ast_db_gettree_by_prefix`, a range scan of AstDB's key index, rather than
+/// `ast_db_gettree`, whose `LIKE` makes SQLite look at every key of every family. The
+/// range also holds families whose names merely begin with this one's (`/family2/`):
+/// [`Tree::rows`] leaves them out.
+pub fn read_tree(family: &str) -> Tree {
+    let f = c_string(family);
+    // SAFETY: a plain call; the list returned is owned by the Tree.
+    let head = unsafe { sys::ast_db_gettree_by_prefix(f.as_ptr(), c"".as_ptr()) };
+    Tree {
+        head,
+        prefix: format!("/{family}/"),
+    }
+}
+
+/// Every `(key below family, value)` in `family`'s subtree.
+pub fn tree(family: &str) -> Vec<(String, String)> {
+    read_tree(family).to_vec()
 }

@@ -16,7 +16,7 @@ pub use eid::Eid;
 pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 
 pub use engine::{Counters, DbOp, Engine, EngineConfig, FamilyStats, Output};
-pub use item::{merge, Entry, ItemId};
+pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, RestoredState,

@@ -12,7 +12,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::eid::Eid;
-use super::item::{position_of, Entry, ItemId};
+use super::item::{position_of, Contents, Entry, ItemId};
 use super::persist::ItemState;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
@@ -71,37 +71,41 @@ impl Held {
 }
 
 /// Items that share a position hash (almost always exactly one).
+///
+/// Boxed, so that the map holds 16 bytes per item rather than the whole item: a map of a
+/// million items then grows (allocates afresh and copies everything) through tens of
+/// megabytes instead of hundreds, which is most of what a new node's catch-up costs.
 #[derive(Clone, Debug)]
 enum Slot {
-    One(Held),
-    Many(Vec<Held>),
+    One(Box<Held>),
+    Many(Box<[Held]>),
 }
 
 impl Slot {
     fn find(&self, owner: Option<Eid>, key: &str) -> Option<&Held> {
         match self {
-            Slot::One(h) => h.is(owner, key).then_some(h),
+            Slot::One(h) => h.is(owner, key).then_some(&**h),
             Slot::Many(v) => v.iter().find(|h| h.is(owner, key)),
         }
     }
 
     fn find_mut(&mut self, owner: Option<Eid>, key: &str) -> Option<&mut Held> {
         match self {
-            Slot::One(h) => h.is(owner, key).then_some(h),
+            Slot::One(h) => h.is(owner, key).then_some(&mut **h),
             Slot::Many(v) => v.iter_mut().find(|h| h.is(owner, key)),
         }
     }
 
     fn held(&self) -> &[Held] {
         match self {
-            Slot::One(h) => std::slice::from_ref(h),
+            Slot::One(h) => std::slice::from_ref(&**h),
             Slot::Many(v) => v,
         }
     }
 
     fn held_mut(&mut self) -> &mut [Held] {
         match self {
-            Slot::One(h) => std::slice::from_mut(h),
+            Slot::One(h) => std::slice::from_mut(&mut **h),
             Slot::Many(v) => v,
         }
     }
@@ -155,6 +159,10 @@ pub struct ItemStore {
     last: u32,
     /// Log index of items removed during this epoch, for when they come back.
     removed: HashMap<ItemId, u32>,
+    /// The owner whose live items this node's AstDB family holds (see [`ItemStore::watch`]),
+    /// and their contents summary.
+    watched: Option<Option<Eid>>,
+    contents: Contents,
 }
 
 impl Default for ItemStore {
@@ -170,6 +178,8 @@ impl Default for ItemStore {
             log: Vec::new(),
             last: 0,
             removed: HashMap::new(),
+            watched: None,
+            contents: Contents::default(),
         }
     }
 }
@@ -205,6 +215,26 @@ impl ItemStore {
             tracking: true,
             ..Self::default()
         }
+    }
+
+    /// Keeps a [`Contents`] summary of the live items of `owner` (`None`: a global
+    /// family's items), which are the rows of this node's own AstDB family.
+    pub fn watch(&mut self, owner: Option<Eid>) {
+        self.watched = Some(owner);
+        let mut contents = Contents::default();
+        for slot in self.items.values() {
+            for h in slot.held() {
+                if let (true, Some(value)) = (h.id.owner == owner, &h.entry.value) {
+                    contents.add(&h.id.key, value);
+                }
+            }
+        }
+        self.contents = contents;
+    }
+
+    /// The summary kept since [`ItemStore::watch`].
+    pub fn contents(&self) -> Contents {
+        self.contents
     }
 
     pub fn live_count(&self) -> usize {
@@ -286,7 +316,7 @@ impl ItemStore {
                     self.buckets = vec![Vec::new(); BUCKETS];
                 }
                 self.buckets[(pos >> BUCKET_SHIFT) as usize].push(pos);
-                let Slot::One(h) = v.insert(Slot::One(Held {
+                let Slot::One(h) = v.insert(Slot::One(Box::new(Held {
                     id: ItemId {
                         owner,
                         key: key.to_string(),
@@ -294,10 +324,10 @@ impl ItemStore {
                     entry: incoming,
                     epoch: 0,
                     change: 0,
-                })) else {
+                }))) else {
                     unreachable!("a slot just made holds one item")
                 };
-                (Merged::Inserted, h)
+                (Merged::Inserted, &mut **h)
             }
             std::collections::hash_map::Entry::Occupied(o) => {
                 let slot = o.into_mut();
@@ -323,13 +353,13 @@ impl ItemStore {
                         epoch: 0,
                         change: 0,
                     };
-                    let taken = std::mem::replace(slot, Slot::Many(Vec::new()));
+                    let taken = std::mem::replace(slot, Slot::Many(Box::default()));
                     let mut v = match taken {
-                        Slot::One(h) => vec![h],
-                        Slot::Many(v) => v,
+                        Slot::One(h) => vec![*h],
+                        Slot::Many(v) => v.into_vec(),
                     };
                     v.push(held);
-                    *slot = Slot::Many(v);
+                    *slot = Slot::Many(v.into_boxed_slice());
                     let Slot::Many(v) = slot else {
                         unreachable!("the slot was just made a list")
                     };
@@ -369,6 +399,19 @@ impl ItemStore {
             }
             self.last = held.change;
         }
+        if self.watched == Some(owner) {
+            if let Merged::Replaced(Entry {
+                value: Some(old), ..
+            }) = &outcome
+            {
+                self.contents.remove(key, old);
+            }
+            if let (Merged::Inserted | Merged::Replaced(_), Some(new)) =
+                (&outcome, &held.entry.value)
+            {
+                self.contents.add(key, new);
+            }
+        }
         match &outcome {
             Merged::Inserted => {
                 self.account(pos, new_hash, 1);
@@ -394,15 +437,18 @@ impl ItemStore {
                     unreachable!("the slot holds this one item")
                 };
                 self.unbucket(pos);
-                h
+                *h
             }
             Slot::One(..) => return None,
             Slot::Many(v) => {
                 let i = v.iter().position(|h| h.is(owner, key))?;
-                let h = v.swap_remove(i);
-                if v.is_empty() {
+                let mut list = std::mem::take(v).into_vec();
+                let h = list.swap_remove(i);
+                if list.is_empty() {
                     self.items.remove(&pos);
                     self.unbucket(pos);
+                } else {
+                    *v = list.into_boxed_slice();
                 }
                 h
             }
@@ -426,6 +472,9 @@ impl ItemStore {
                 (self.log.len() - 1) as u32
             };
             self.removed.insert(id, at);
+        }
+        if let (true, Some(value)) = (self.watched == Some(owner), &entry.value) {
+            self.contents.remove(key, value);
         }
         self.account_remove(pos, entry.digest_hash(pos));
         self.count(entry.is_tombstone(), -1);
@@ -584,7 +633,7 @@ impl ItemStore {
             .map(|h| (&h.id, &h.entry))
     }
 
-    fn at(&self, pos: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
+    pub(super) fn at(&self, pos: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
         self.items
             .get(&pos)
             .map_or(&[][..], Slot::held)
@@ -602,6 +651,45 @@ mod tests {
         Entry {
             version: Version::new(Hlc::from_parts(ms, 0), Eid([0, 0, 0, 0, 0, 1])),
             value: value.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_watched_owners_contents_summary_follows_every_change() {
+        let mine = Some(Eid([2, 0, 0, 0, 0, 1]));
+        let theirs = Some(Eid([2, 0, 0, 0, 0, 2]));
+        let mut s = ItemStore::tracked();
+        s.put(mine, "before", entry(1, Some("w")));
+        s.watch(mine);
+        let mut rng: u64 = 7;
+        for i in 0..5000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let owner = if rng.is_multiple_of(3) { theirs } else { mine };
+            let key = format!("k{}", rng % 97);
+            let value = match rng % 5 {
+                0 => None,
+                n => Some(format!("v{n}")),
+            };
+            match (rng >> 8) % 4 {
+                0 => {
+                    s.remove(owner, &key);
+                }
+                1 => {
+                    s.put(owner, &key, entry(i, value.as_deref()));
+                }
+                _ => {
+                    s.merge(owner, &key, entry(rng % 5000, value.as_deref()));
+                }
+            }
+            let mut expected = Contents::default();
+            for (id, e) in s.iter_unordered() {
+                if let (true, Some(v)) = (id.owner == mine, &e.value) {
+                    expected.add(&id.key, v);
+                }
+            }
+            assert_eq!(s.contents(), expected, "after step {i}");
         }
     }
 
