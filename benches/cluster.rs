@@ -81,11 +81,10 @@ fn must_num(text: &str, marker: &str) -> i64 {
     num_after(text, marker).unwrap_or_else(|| panic!("no number after '{marker}' in:\n{text}"))
 }
 
-/// Ports for this process: like tests/cluster_test.rs, spread by pid, but at 50..99
-/// within each hundred, where the tests' low slots do not reach.
+/// Ports for figure `slot` (1..=4): the harness's slots 5..=9, where the tests' low
+/// slots do not reach.
 fn base_port(slot: u16) -> u16 {
-    let pid = std::process::id() as u16;
-    20050 + (pid % 400) * 100 + slot * 10
+    standin::port_base(slot + 5)
 }
 
 fn conf(node: u32, nodes: u32, base: u16, families: &str) -> String {

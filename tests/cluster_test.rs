@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use standin::{module_so, StandIn};
 
-/// A port range for this test process, so parallel test binaries do not collide.
-fn base_port(slot: u16) -> u16 {
-    let pid = std::process::id() as u16;
-    20000 + (pid % 400) * 100 + slot * 10
-}
+use standin::port_base as base_port;
 
 fn conf(node: u32, nodes: u32, base: u16, secret: &str, extra: &str) -> String {
     let all: Vec<u32> = (1..=nodes).collect();

@@ -10,10 +10,7 @@ use standin::{module_so, StandIn};
 
 const SECRET: &str = "policy-test-secret-0123456789";
 
-fn base_port(slot: u16) -> u16 {
-    let pid = std::process::id() as u16;
-    25000 + (pid % 300) * 100 + slot * 10
-}
+use standin::port_base as base_port;
 
 /// astdb_cluster.conf for `node` of `nodes`, with `families` appended.
 fn conf(node: u32, nodes: &[u32], base: u16, families: &str) -> String {

@@ -126,6 +126,17 @@ pub fn module_so() -> PathBuf {
     );
 }
 
+/// The first of ten ports for cluster `slot` (0..=9) of this test process: node N
+/// listens on `port_base(slot) + N`. Spread by pid so that test binaries run side by
+/// side rarely meet, and below 32768, where Linux takes the local ports of outgoing
+/// connections (its ephemeral range): a node's listening port is never one that
+/// some connection in flight already holds.
+#[allow(dead_code)]
+pub fn port_base(slot: u16) -> u16 {
+    let pid = std::process::id() as u16;
+    20000 + (pid % 120) * 100 + slot * 10
+}
+
 /// astdb_cluster.conf for `node` of a cluster on 127.0.0.1: node N listens on
 /// `base + N` and every other node in `nodes` is its peer there; `extra`
 /// (family presets) is appended.
