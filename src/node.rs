@@ -23,6 +23,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// too) is held for short spells, and the buffers stay small enough to be reused
 /// instead of being mapped afresh, page by page, for each turn.
 const FLUSH_OUTPUTS: usize = 16_384;
+/// The soonest a family whose last read found local changes is read again.
+const FOLLOW_UP: Duration = Duration::from_millis(100);
 /// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
 const HOOK_CHECK: Duration = Duration::from_secs(1);
 
@@ -145,6 +147,21 @@ impl Node {
         }
     }
 
+    /// A read of `name` (which took `took`) found local changes: some writer other
+    /// than the dialplan is busy with it (a script loading numbers through AMI, say).
+    /// Read it again soon rather than a whole interval later, so the rest of its
+    /// burst follows quickly; the wait is at least twice the read, so that reading
+    /// never takes more than a third of the thread. Once a read finds nothing new
+    /// the family is back to its interval.
+    fn follow_up(&mut self, name: &str, took: Duration) {
+        let soon = Instant::now() + FOLLOW_UP.max(took * 2);
+        if let Some(next) = self.next_read.get_mut(name) {
+            if soon < *next {
+                *next = soon;
+            }
+        }
+    }
+
     /// The families whose read is due (all of them after an inbox overflow).
     fn due_reads(&mut self, at: Instant, everything: bool) -> Vec<String> {
         let mut due = Vec::new();
@@ -219,21 +236,23 @@ fn flush(mesh: &mut Mesh) {
 /// last read (its next read is then handed to the engine whatever its hash).
 fn touch(rt: &mut Runtime, family: &str) {
     if let Some(shared) = rt.registry.covering(family) {
-        rt.node.touched.insert(shared.name.clone());
+        if !rt.node.touched.contains(&shared.name) {
+            rt.node.touched.insert(shared.name.clone());
+        }
     }
 }
 
 /// Executes the outputs of a saved delta, in order.
 fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
-    let applied: Vec<&str> = outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) => {
-                Some(&**family)
+    // The AstDB families applied to (a batch usually holds one).
+    let mut applied: Vec<&str> = Vec::new();
+    for o in &outputs {
+        if let Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) = o {
+            if !applied.contains(&&**family) {
+                applied.push(family);
             }
-            _ => None,
-        })
-        .collect();
+        }
+    }
     if !applied.is_empty() {
         let _ = with_runtime(|rt| {
             for family in applied {
@@ -241,10 +260,11 @@ fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
             }
         });
     }
+    let mut scratch = Vec::new();
     for output in outputs {
         match output {
             Output::Apply(DbOp::Put { family, key, value }) => {
-                if let Err(why) = db::put(&family, &key, &value) {
+                if let Err(why) = db::put_with(&mut scratch, &family, &key, &value) {
                     error!("{why}");
                 }
             }
@@ -349,11 +369,13 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
         if with_runtime(|rt| rt.node.take_repair(&name)).unwrap_or(false) {
             repair_family(&name);
         }
+        let began = Instant::now();
         let tree = db::read_tree(&name);
         let mut read = Contents::default();
         for (key, value) in tree.rows() {
             read.add(&key, &value);
         }
+        let took = began.elapsed();
         let hand_over = with_runtime(|rt| {
             let node = &mut rt.node;
             node.family_reads += 1;
@@ -368,8 +390,12 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             let rows = tree.to_vec();
             drop(tree);
             let _ = with_runtime(|rt| {
+                let before = rt.node.engine.counters().local_changes;
                 let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
                 rt.node.outputs.extend(out);
+                if rt.node.engine.counters().local_changes > before {
+                    rt.node.follow_up(&name, took);
+                }
             });
         }
         flush(mesh);

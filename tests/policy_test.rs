@@ -161,6 +161,16 @@ sync_interval = 60000
         .cli("database shared refresh slow")
         .contains("Reading 1 family now"));
     wait_value(&nodes[1], "slow", "k", Some("s"));
+
+    // A writer other than the dialplan that keeps writing (a script loading numbers,
+    // here one put every 20 ms for 1.2 s) is followed once a read has found it: each
+    // read that finds changes brings the next one near, instead of a minute away.
+    std::thread::scope(|s| {
+        s.spawn(|| nodes[0].cli("database bulkput slow b 60 x 20000"));
+        std::thread::sleep(Duration::from_millis(150));
+        nodes[0].cli("database shared refresh slow");
+    });
+    wait_value(&nodes[1], "slow", "b59", Some("x"));
 }
 
 #[test]

@@ -655,25 +655,30 @@ static long long count_family(const char *family)
 
 static char *cli_bulkput(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 {
-	long long i, count, start, end, failed = 0;
+	long long i, count, start, end, failed = 0, pause_us = 0;
 	char key[256], value[256];
 
-	CLI_INIT_CASE("database bulkput", "Usage: database bulkput <family> <prefix> <count> [value]\n"
+	CLI_INIT_CASE("database bulkput", "Usage: database bulkput <family> <prefix> <count> [value [pause_us]]\n"
 		"       Test-only (not in Asterisk): ast_db_put of <prefix>0 .. <prefix><count-1>,\n"
-		"       with <value> or v<i>, in a loop inside the process.\n");
-	if (a->argc < 5 || a->argc > 6 || (count = atoll(a->argv[4])) < 0) {
+		"       with <value> or v<i>, in a loop inside the process; with <pause_us>, that\n"
+		"       long between puts (a steady writer rather than a burst).\n");
+	if (a->argc < 5 || a->argc > 7 || (count = atoll(a->argv[4])) < 0
+		|| (a->argc == 7 && (pause_us = atoll(a->argv[6])) < 0)) {
 		return CLI_SHOWUSAGE;
 	}
 	start = realtime_us();
 	for (i = 0; i < count; i++) {
 		snprintf(key, sizeof(key), "%s%lld", a->argv[3], i);
-		if (a->argc == 6) {
+		if (a->argc >= 6) {
 			snprintf(value, sizeof(value), "%s", a->argv[5]);
 		} else {
 			snprintf(value, sizeof(value), "v%lld", i);
 		}
 		if (ast_db_put(a->argv[2], key, value)) {
 			failed++;
+		}
+		if (pause_us > 0) {
+			usleep((useconds_t)pause_us);
 		}
 	}
 	end = realtime_us();

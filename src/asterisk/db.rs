@@ -30,6 +30,27 @@ pub fn put(family: &str, key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// [`put`] for a run of writes: the three C strings are built in `scratch`, one buffer
+/// reused for every write instead of three allocations each.
+pub fn put_with(scratch: &mut Vec<u8>, family: &str, key: &str, value: &str) -> Result<(), String> {
+    scratch.clear();
+    let mut starts = [0usize; 3];
+    for (i, s) in [family, key, value].into_iter().enumerate() {
+        starts[i] = scratch.len();
+        // Like c_string: an interior NUL (never valid in AstDB text) ends the string.
+        let end = s.find('\0').unwrap_or(s.len());
+        scratch.extend_from_slice(&s.as_bytes()[..end]);
+        scratch.push(0);
+    }
+    let at = |i: usize| scratch[starts[i]..].as_ptr().cast::<c_char>();
+    // SAFETY: each pointer is to a NUL-terminated string inside `scratch`, which is not
+    // touched again until the call returns.
+    match unsafe { sys::ast_db_put(at(0), at(1), at(2)) } {
+        0 => Ok(()),
+        _ => Err(format!("AstDB refused to store /{family}/{key}")),
+    }
+}
+
 /// Deletes `/family/key`; false when it did not exist.
 pub fn del(family: &str, key: &str) -> bool {
     let (f, k) = (c_string(family), c_string(key));
