@@ -277,7 +277,7 @@ impl FamilyState {
         if entry.is_tombstone() {
             self.tombstones
                 .insert(item.clone(), TombstoneAcks::new(entry.version));
-        } else {
+        } else if !self.tombstones.is_empty() {
             self.tombstones.remove(item);
         }
     }
@@ -305,7 +305,8 @@ pub struct Engine {
     clock: Clock,
     families: BTreeMap<String, FamilyState>,
     peers: BTreeMap<Eid, Peer>,
-    outbox: BTreeMap<(Eid, String), Vec<Change>>,
+    /// Per peer, per family: changes waiting for the next tick or a full batch.
+    outbox: BTreeMap<Eid, BTreeMap<String, Vec<Change>>>,
     counters: Counters,
     reset_families: Vec<String>,
     peers_dirty: BTreeSet<Eid>,
@@ -352,6 +353,14 @@ fn sort_by_item(changes: &mut Vec<Change>) {
             .iter()
             .filter_map(|&(_, _, i)| taken.get_mut(i as usize).and_then(Option::take)),
     );
+}
+
+/// Drops the changes waiting for family `name`, to every peer.
+fn drop_outbox_family(outbox: &mut BTreeMap<Eid, BTreeMap<String, Vec<Change>>>, name: &str) {
+    for batches in outbox.values_mut() {
+        batches.remove(name);
+    }
+    outbox.retain(|_, batches| !batches.is_empty());
 }
 
 /// The first 16 bytes of `key`, as a number that sorts as the keys do (keys hold no NUL,
@@ -599,7 +608,7 @@ impl Engine {
             // Versions of one mode mean nothing in the other: start the family afresh.
             *fs = FamilyState::new(&name, fam.mode, local);
             self.reset_families.push(name.clone());
-            self.outbox.retain(|(_, f), _| *f != name);
+            drop_outbox_family(&mut self.outbox, &name);
         }
         fs.next_sync_ms = now_ms + fam.sync_interval_ms;
         fs.shared = Some(fam);
@@ -636,7 +645,7 @@ impl Engine {
         if let Some(fs) = self.families.get_mut(name) {
             fs.shared = None;
         }
-        self.outbox.retain(|(_, f), _| f != name);
+        drop_outbox_family(&mut self.outbox, name);
         Vec::new()
     }
 
@@ -812,19 +821,23 @@ impl Engine {
         };
         let sync_mode = shared.sync_mode;
         let owner = own_owner(fs.mode, local);
+        // What is held, looked at in place: a write that changes nothing copies nothing.
+        let held_exists = match fs.store.get(owner, key) {
+            Some(h) if h.value.as_deref() == value => return,
+            Some(_) => true,
+            None if value.is_none() => return,
+            None => false,
+        };
+        let held_value = || fs.store.get(owner, key).and_then(|h| h.value.clone());
         let item = ItemId {
             owner,
             key: key.to_string(),
         };
-        let held = fs.store.get(owner, key).cloned();
-        let held_value = held.as_ref().and_then(|h| h.value.as_deref());
-        if held_value == value {
-            return;
-        }
-        if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held.is_some())) {
+        if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held_exists)) {
             // AstDB missed an Apply (crash before it ran, or data found when the family
             // was first looked at): the replicated state is the truth, so redo it.
-            let (op, applied) = fs.apply_copy(&item, held_value);
+            let held_value = held_value();
+            let (op, applied) = fs.apply_copy(&item, held_value.as_deref());
             out.push(Output::Apply(op));
             self.applies_started.push(applied);
             return;
@@ -843,7 +856,8 @@ impl Engine {
                         "family '{family}' is sync_mode=ro here: local change to key '{key}' \
                          is not shared and is replaced by the cluster's value"
                     )));
-                    let (op, applied) = fs.apply_copy(&item, held_value);
+                    let held_value = held_value();
+                    let (op, applied) = fs.apply_copy(&item, held_value.as_deref());
                     out.push(Output::Apply(op));
                     self.applies_started.push(applied);
                 }
@@ -862,7 +876,7 @@ impl Engine {
         }
         // Data found in AstDB when the family is first looked at sorts below every
         // versioned change: the cluster's state wins over it.
-        let hlc = if from_snapshot && !fs.baseline && held.is_none() {
+        let hlc = if from_snapshot && !fs.baseline && !held_exists {
             Hlc::ZERO
         } else {
             self.clock.tick(now_ms)
@@ -881,19 +895,38 @@ impl Engine {
     /// Queues a change for every peer that is up and takes part in the family.
     fn publish(&mut self, family: &str, change: Change, now_ms: u64, out: &mut Vec<Output>) {
         let max_n = self.cfg.batch_max_changes.clamp(1, MAX_ITEMS);
+        let peers: Vec<Eid> = self
+            .eligible(family)
+            .into_iter()
+            .filter_map(|(peer, up)| up.then_some(peer))
+            .collect();
         let mut full = Vec::new();
-        for (peer, up) in self.eligible(family) {
-            if !up {
-                continue;
+        let mut change = Some(change);
+        for (i, &peer) in peers.iter().enumerate() {
+            let batches = self.outbox.entry(peer).or_default();
+            if !batches.contains_key(family) {
+                batches.insert(family.to_string(), Vec::new());
             }
-            let batch = self.outbox.entry((peer, family.to_string())).or_default();
-            batch.push(change.clone());
+            let Some(batch) = batches.get_mut(family) else {
+                continue;
+            };
+            // The last peer takes the change itself; the others a copy.
+            let c = if i + 1 == peers.len() {
+                change.take()
+            } else {
+                change.clone()
+            };
+            batch.extend(c);
             if batch.len() >= max_n {
                 full.push(peer);
             }
         }
         for peer in full {
-            if let Some(batch) = self.outbox.remove(&(peer, family.to_string())) {
+            let batch = self.outbox.get_mut(&peer).and_then(|b| b.remove(family));
+            if self.outbox.get(&peer).is_some_and(BTreeMap::is_empty) {
+                self.outbox.remove(&peer);
+            }
+            if let Some(batch) = batch {
                 self.send_changes(out, peer, now_ms, family, batch);
             }
         }
@@ -939,7 +972,7 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.up = false;
         }
-        self.outbox.retain(|(to, _), _| *to != peer);
+        self.outbox.remove(&peer);
         self.recent_pushes.retain(|(to, _), _| *to != peer);
         self.queued_pushes.retain(|q| q.peer != peer);
     }
@@ -1551,7 +1584,10 @@ impl Engine {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
         let mut out = Vec::new();
         self.continue_pushes(now_ms, &mut out);
-        for ((peer, family), batch) in mem::take(&mut self.outbox) {
+        for (peer, family, batch) in mem::take(&mut self.outbox)
+            .into_iter()
+            .flat_map(|(peer, batches)| batches.into_iter().map(move |(f, b)| (peer, f, b)))
+        {
             self.send_changes(&mut out, peer, now_ms, &family, batch);
         }
         let names: Vec<String> = self
