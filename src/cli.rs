@@ -384,7 +384,13 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             ("Shared families", rt.registry.len().to_string()),
             ("Capture", capture.to_string()),
             ("Dialplan writes seen", rt.node.dialplan_writes.to_string()),
-            ("Family reads", rt.node.family_reads.to_string()),
+            (
+                "Family reads",
+                format!(
+                    "{} ({} more skipped: AstDB unchanged)",
+                    rt.node.family_reads, rt.node.reads_skipped
+                ),
+            ),
             ("Local changes", c.local_changes.to_string()),
             ("Changes sent / received", format!("{} / {}", c.sent_changes, c.received_changes)),
             ("Remote changes applied", c.applied.to_string()),

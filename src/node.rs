@@ -23,6 +23,10 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// too) is held for short spells, and the buffers stay small enough to be reused
 /// instead of being mapped afresh, page by page, for each turn.
 const FLUSH_OUTPUTS: usize = 16_384;
+/// A family whose read takes this long is not read again while AstDB has
+/// committed nothing (see `Node::read_stamp`); cheaper ones keep their exact
+/// interval.
+const COSTLY_READ: Duration = Duration::from_millis(5);
 /// The soonest a family whose last read found local changes is read again.
 const FOLLOW_UP: Duration = Duration::from_millis(100);
 /// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
@@ -59,6 +63,15 @@ pub struct Node {
     /// Families whose AstDB contents changed through an apply or a captured
     /// write since their last read.
     touched: std::collections::HashSet<String>,
+    /// Per family whose read is costly, AstDB's commit stamp taken just before a
+    /// read that found nothing new. While the stamp stays the same, nothing was
+    /// committed since, and every write made since is at most about a second from
+    /// its commit: the family is not read again (an idle million-key family would
+    /// otherwise cost a read of all its rows at every interval). A write then waits
+    /// at most its interval plus a second, the bound for non-dialplan writers.
+    read_stamp: HashMap<String, (u32, u64)>,
+    /// Reads so saved.
+    pub reads_skipped: u64,
     /// A persist delta whose write failed, and the outputs waiting for it.
     unsaved: Option<crate::engine::PersistDelta>,
     held: Vec<Output>,
@@ -81,6 +94,8 @@ impl Node {
             unrepaired: None,
             warned: std::collections::HashSet::new(),
             read_hash: HashMap::new(),
+            read_stamp: HashMap::new(),
+            reads_skipped: 0,
             touched: std::collections::HashSet::new(),
             unsaved: None,
             held: Vec::new(),
@@ -124,6 +139,7 @@ impl Node {
             self.told.remove(&name);
             self.next_read.remove(&name);
             self.read_hash.remove(&name);
+            self.read_stamp.remove(&name);
         }
         for family in registry.iter() {
             if self.told.get(&family.name) != Some(family) {
@@ -132,6 +148,7 @@ impl Node {
                 // A newly shared family is read at once, and handed over whole.
                 self.next_read.insert(family.name.clone(), Instant::now());
                 self.read_hash.remove(&family.name);
+                self.read_stamp.remove(&family.name);
             }
         }
     }
@@ -142,6 +159,7 @@ impl Node {
         for name in names {
             self.next_read.insert(name.clone(), now);
             self.read_hash.remove(name);
+            self.read_stamp.remove(name);
             // Telling the engine again makes it pull the family from its peers.
             self.told.remove(name);
         }
@@ -364,10 +382,32 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
 
     // Then the families due for a read, one at a time: each read follows the
     // execution of everything the engine returned before it.
-    let due = with_runtime(|rt| rt.node.due_reads(at, pending.overflowed)).unwrap_or_default();
+    let due = with_runtime(|rt| {
+        if pending.overflowed {
+            // Dialplan writes were dropped from the inbox: every family is read.
+            rt.node.read_stamp.clear();
+        }
+        rt.node.due_reads(at, pending.overflowed)
+    })
+    .unwrap_or_default();
+    let stamp = if due.is_empty() {
+        None
+    } else {
+        db::committed_stamp()
+    };
     for name in due {
         if with_runtime(|rt| rt.node.take_repair(&name)).unwrap_or(false) {
             repair_family(&name);
+        }
+        let unchanged = with_runtime(|rt| {
+            let same = stamp.is_some() && rt.node.read_stamp.get(&name) == stamp.as_ref();
+            if same {
+                rt.node.reads_skipped += 1;
+            }
+            same
+        });
+        if unchanged == Ok(true) {
+            continue;
         }
         let began = Instant::now();
         let tree = db::read_tree(&name);
@@ -395,8 +435,13 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
                 rt.node.outputs.extend(out);
                 if rt.node.engine.counters().local_changes > before {
                     rt.node.follow_up(&name, took);
+                    rt.node.read_stamp.remove(&name);
                 }
             });
+        } else if took >= COSTLY_READ {
+            if let Some(stamp) = stamp {
+                let _ = with_runtime(|rt| rt.node.read_stamp.insert(name.clone(), stamp));
+            }
         }
         flush(mesh);
     }

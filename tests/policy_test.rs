@@ -256,3 +256,53 @@ fn reload_adds_and_removes_families_and_nodes_without_losing_data() {
         .cli("database shared show settings")
         .contains("multicast(1,3)"));
 }
+
+/// The figures after "Family reads:" in `astdb cluster show status`: (done, skipped).
+fn reads(n: &StandIn) -> (u64, u64) {
+    let status = n.cli("astdb cluster show status");
+    let line = status
+        .lines()
+        .find(|l| l.contains("Family reads:"))
+        .unwrap_or_else(|| panic!("no family reads in:\n{status}"));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn an_idle_large_family_is_not_read_again_until_astdb_commits_a_change() {
+    let nodes_list = [1, 2];
+    let base = base_port(3);
+    let families = "
+[big]
+type = family
+sync_interval = 200
+";
+    let nodes: Vec<StandIn> = nodes_list
+        .iter()
+        .map(|&i| start(3, i, conf(i, &nodes_list, base, families)))
+        .collect();
+    wait_peers_up(&nodes[0], 1, 1);
+    nodes[0].cli("database bulkput big k 40000");
+    nodes[1].wait_for_cli("database count big", Duration::from_secs(30), |out| {
+        out.contains("40000")
+    });
+    // Settled: AstDB has committed everything; from now on reads are skipped.
+    std::thread::sleep(Duration::from_secs(3));
+    let (done, skipped) = reads(&nodes[0]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (done_later, skipped_later) = reads(&nodes[0]);
+    assert!(
+        skipped_later >= skipped + 5,
+        "idle for 2 s at a 200 ms interval: reads skipped {skipped} -> {skipped_later}"
+    );
+    assert!(
+        done_later <= done + 2,
+        "reads done {done} -> {done_later} while nothing changed"
+    );
+    // A write by the CLI is still found, once AstDB has committed it.
+    nodes[0].cli("database put big late yes");
+    wait_value(&nodes[1], "big", "late", Some("yes"));
+}

@@ -5,6 +5,31 @@ use std::ffi::{c_char, CStr};
 
 use super::{c_string, owned, sys};
 
+/// A stamp of AstDB's committed state: the SQLite file change counter of
+/// `astdb.sqlite3` (bytes 24..28 of its header, which SQLite increments at every
+/// commit in the rollback-journal mode Asterisk uses) and the file's length.
+///
+/// Equal stamps at two moments mean nothing was committed in between. Asterisk
+/// keeps a transaction open and commits about once a second, so a write made after
+/// a read shows in the stamp within about a second. Read without any lock (SQLite's
+/// locks are not taken, so Asterisk is never made to wait): a torn read can only
+/// look like a change. `None` (no file, a WAL file beside it, an error) means
+/// "assume changed".
+pub fn committed_stamp() -> Option<(u32, u64)> {
+    use std::os::unix::fs::FileExt;
+    let path = super::astdb_file()?;
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
+    if std::path::Path::new(&wal).exists() {
+        return None;
+    }
+    let file = std::fs::File::open(&path).ok()?;
+    let mut counter = [0u8; 4];
+    file.read_exact_at(&mut counter, 24).ok()?;
+    let len = file.metadata().ok()?.len();
+    Some((u32::from_be_bytes(counter), len))
+}
+
 /// Reads `/family/key`.
 pub fn get(family: &str, key: &str) -> Option<String> {
     let (family, key) = (c_string(family), c_string(key));

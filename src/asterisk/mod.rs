@@ -59,6 +59,14 @@ pub fn astdb_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// AstDB's SQLite file, `<astdb>.sqlite3` (Asterisk's own naming), if Asterisk
+/// has set its path.
+pub fn astdb_file() -> Option<PathBuf> {
+    // SAFETY: set by Asterisk at start-up, valid for the process's life.
+    let db = unsafe { owned(sys::ast_config_AST_DB) }?;
+    Some(PathBuf::from(format!("{db}.sqlite3")))
+}
+
 /// Which headers this build used: "installed" or "bundled".
 pub fn headers() -> String {
     // SAFETY: returns a static string.
