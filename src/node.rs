@@ -409,11 +409,12 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
         if unchanged == Ok(true) {
             continue;
         }
+        let owner = with_runtime(|rt| rt.node.engine.own_owner(&name)).unwrap_or(None);
         let began = Instant::now();
         let tree = db::read_tree(&name);
         let mut read = Contents::default();
         for (key, value) in tree.rows() {
-            read.add(&key, &value);
+            read.add(owner, &key, &value);
         }
         let took = began.elapsed();
         let hand_over = with_runtime(|rt| {

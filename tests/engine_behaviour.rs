@@ -433,9 +433,13 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
 }
 
 fn read(rows: &[(&str, &str)]) -> Contents {
+    read_as(None, rows)
+}
+
+fn read_as(owner: Option<Eid>, rows: &[(&str, &str)]) -> Contents {
     let mut c = Contents::default();
     for (k, v) in rows {
-        c.add(k, v);
+        c.add(owner, k, v);
     }
     c
 }
@@ -493,6 +497,7 @@ fn a_unique_familys_read_is_compared_with_this_nodes_own_keys_only() {
         changes("u", Mode::Unique, Some(B), "y", NOW, B, Some("2")),
         NOW,
     );
-    assert!(a.holds_contents("u", read(&[("x", "1")])));
-    assert!(!a.holds_contents("u", read(&[("x", "1"), ("y", "2")])));
+    assert_eq!(a.own_owner("u"), Some(A));
+    assert!(a.holds_contents("u", read_as(Some(A), &[("x", "1")])));
+    assert!(!a.holds_contents("u", read_as(Some(A), &[("x", "1"), ("y", "2")])));
 }

@@ -684,6 +684,14 @@ impl Engine {
             .collect()
     }
 
+    /// The owner of the items a read of this node's AstDB family `family` shows: `None`
+    /// for a global family, this node for a unique one.
+    pub fn own_owner(&self, family: &str) -> Option<Eid> {
+        self.families
+            .get(family)
+            .and_then(|f| own_owner(f.mode, self.cfg.local))
+    }
+
     /// Whether AstDB contents summarised by `read` are exactly what the engine holds for
     /// `family` on this node, so that [`Engine::local_snapshot`] would change nothing and
     /// the read need not be handed over. Never for a family not yet looked at, with

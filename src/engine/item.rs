@@ -2,7 +2,7 @@
 
 use std::cmp::Ordering;
 
-use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::eid::Eid;
 use super::version::Version;
@@ -64,32 +64,35 @@ pub fn position_of(owner: Option<Eid>, key: &str) -> u64 {
 }
 
 /// An order-independent summary of a family's contents as AstDB shows them: the
-/// wrapping sum of one 128-bit hash per `(key, value)` row, and the row count. The
+/// wrapping sum of one 64-bit hash per `(key, value)` row, and the row count. The
 /// engine keeps one for what it believes AstDB holds; the node computes one from each
 /// read. Equal summaries mean the read has nothing new for the engine.
+///
+/// A row's hash is the value's, seeded with the item's position (itself a hash of
+/// owner and key), so the store, which knows positions, hashes only the value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Contents {
-    pub sum: u128,
+    pub sum: u64,
     pub rows: usize,
 }
 
 impl Contents {
-    /// The hash of one row; keys hold no NUL, so `(key, value)` pairs do not collide
-    /// by moving bytes between them.
-    pub fn row_hash(key: &str, value: &str) -> u128 {
-        xxh3_128_with_seed(
-            value.as_bytes(),
-            xxh3_64_with_seed(key.as_bytes(), 0x6173_7464_625f_636c),
-        )
+    fn row_hash(position: u64, value: &str) -> u64 {
+        xxh3_64_with_seed(value.as_bytes(), position)
     }
 
-    pub fn add(&mut self, key: &str, value: &str) {
-        self.sum = self.sum.wrapping_add(Self::row_hash(key, value));
+    /// Adds the row `key` = `value` of an item owned by `owner` (`None` in a global family).
+    pub fn add(&mut self, owner: Option<Eid>, key: &str, value: &str) {
+        self.add_at(position_of(owner, key), value);
+    }
+
+    pub fn add_at(&mut self, position: u64, value: &str) {
+        self.sum = self.sum.wrapping_add(Self::row_hash(position, value));
         self.rows += 1;
     }
 
-    pub fn remove(&mut self, key: &str, value: &str) {
-        self.sum = self.sum.wrapping_sub(Self::row_hash(key, value));
+    pub fn remove_at(&mut self, position: u64, value: &str) {
+        self.sum = self.sum.wrapping_sub(Self::row_hash(position, value));
         self.rows = self.rows.saturating_sub(1);
     }
 }

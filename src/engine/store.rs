@@ -225,7 +225,7 @@ impl ItemStore {
         for slot in self.items.values() {
             for h in slot.held() {
                 if let (true, Some(value)) = (h.id.owner == owner, &h.entry.value) {
-                    contents.add(&h.id.key, value);
+                    contents.add(owner, &h.id.key, value);
                 }
             }
         }
@@ -404,12 +404,12 @@ impl ItemStore {
                 value: Some(old), ..
             }) = &outcome
             {
-                self.contents.remove(key, old);
+                self.contents.remove_at(pos, old);
             }
             if let (Merged::Inserted | Merged::Replaced(_), Some(new)) =
                 (&outcome, &held.entry.value)
             {
-                self.contents.add(key, new);
+                self.contents.add_at(pos, new);
             }
         }
         match &outcome {
@@ -474,7 +474,7 @@ impl ItemStore {
             self.removed.insert(id, at);
         }
         if let (true, Some(value)) = (self.watched == Some(owner), &entry.value) {
-            self.contents.remove(key, value);
+            self.contents.remove_at(pos, value);
         }
         self.account_remove(pos, entry.digest_hash(pos));
         self.count(entry.is_tombstone(), -1);
@@ -686,7 +686,7 @@ mod tests {
             let mut expected = Contents::default();
             for (id, e) in s.iter_unordered() {
                 if let (true, Some(v)) = (id.owner == mine, &e.value) {
-                    expected.add(&id.key, v);
+                    expected.add(mine, &id.key, v);
                 }
             }
             assert_eq!(s.contents(), expected, "after step {i}");
