@@ -302,28 +302,38 @@ fn a_stale_copy_from_a_peer_that_missed_a_collected_tombstone_is_retired() {
     assert_eq!(a.counters().retired, 1);
 }
 
-#[test]
-fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() {
-    use res_astdb_cluster::engine::SummaryRange;
-    let family = "big";
-    let mut a = node(A, 1);
+/// Node A holding keys k00000..k02999 of global family `family`, with B up.
+fn holding_3000_keys(cfg: EngineConfig, family: &str) -> Engine {
+    let mut a = Engine::new(cfg, None);
     a.share(SharedFamily::from_dialplan(family, Mode::Global), NOW);
     let rows: Vec<(String, String)> = (0..3000)
         .map(|i| (format!("k{i:05}"), "v".to_string()))
         .collect();
     a.local_snapshot(family, rows, NOW);
     a.peer_up(B, 2, NOW);
-    // B (new, empty) answers a digest with an empty summary of the root, twice.
-    let summary = |ms: u64| Message {
+    a
+}
+
+/// What a new, empty node answers to a digest: an empty summary of the root.
+fn empty_root_summary(family: &str, ms: u64) -> Message {
+    Message {
         sent: Hlc::from_parts(ms, 0),
         family: family.into(),
         mode: Mode::Global,
-        body: Body::Summary(vec![SummaryRange {
+        body: Body::Summary(vec![res_astdb_cluster::engine::SummaryRange {
             depth: 0,
             prefix: 0,
             items: Vec::new(),
         }]),
-    };
+    }
+}
+
+#[test]
+fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() {
+    let family = "big";
+    let mut a = holding_3000_keys(EngineConfig::new(A, 1), family);
+    // B (new, empty) answers a digest with an empty summary of the root, twice.
+    let summary = |ms: u64| empty_root_summary(family, ms);
     let pushed = |out: &[Output]| -> Vec<String> {
         out.iter()
             .filter_map(|o| match o {
@@ -356,27 +366,11 @@ fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() 
 
 #[test]
 fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
-    use res_astdb_cluster::engine::SummaryRange;
     let family = "big";
     let mut cfg = EngineConfig::new(A, 1);
     cfg.push_slice = 500;
-    let mut a = Engine::new(cfg, None);
-    a.share(SharedFamily::from_dialplan(family, Mode::Global), NOW);
-    let rows: Vec<(String, String)> = (0..3000)
-        .map(|i| (format!("k{i:05}"), "v".to_string()))
-        .collect();
-    a.local_snapshot(family, rows, NOW);
-    a.peer_up(B, 2, NOW);
-    let summary = |ms: u64| Message {
-        sent: Hlc::from_parts(ms, 0),
-        family: family.into(),
-        mode: Mode::Global,
-        body: Body::Summary(vec![SummaryRange {
-            depth: 0,
-            prefix: 0,
-            items: Vec::new(),
-        }]),
-    };
+    let mut a = holding_3000_keys(cfg, family);
+    let summary = |ms: u64| empty_root_summary(family, ms);
     let pushed = |out: &[Output]| -> Vec<(String, Option<String>)> {
         out.iter()
             .filter_map(|o| match o {
