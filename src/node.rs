@@ -27,6 +27,8 @@ const FLUSH_OUTPUTS: usize = 16_384;
 /// committed nothing (see `Node::read_stamp`); cheaper ones keep their exact
 /// interval.
 const COSTLY_READ: Duration = Duration::from_millis(5);
+/// The largest output buffer kept from one turn to the next.
+const KEEP_OUTPUTS: usize = 4 * FLUSH_OUTPUTS;
 /// The soonest a family whose last read found local changes is read again.
 const FOLLOW_UP: Duration = Duration::from_millis(100);
 /// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
@@ -219,7 +221,7 @@ fn flush(mesh: &mut Mesh) {
         },
     });
     match held {
-        Ok(Ok(Some(outputs))) => execute(outputs, mesh),
+        Ok(Ok(Some(mut outputs))) => execute(&mut outputs, mesh),
         Ok(Err(why)) => {
             error!("{why}; changes wait until it can be saved");
             return;
@@ -244,7 +246,16 @@ fn flush(mesh: &mut Mesh) {
         }
     });
     match work {
-        Ok(Ok(outputs)) => execute(outputs, mesh),
+        Ok(Ok(mut outputs)) => {
+            execute(&mut outputs, mesh);
+            // The emptied buffer serves the next turn: a fresh one of a catch-up's size
+            // would be mapped and faulted in page by page each time.
+            let _ = with_runtime(|rt| {
+                if rt.node.outputs.is_empty() && outputs.capacity() <= KEEP_OUTPUTS {
+                    rt.node.outputs = outputs;
+                }
+            });
+        }
         Ok(Err(why)) => error!("{why}; changes wait until it can be saved"),
         Err(_) => {}
     }
@@ -261,10 +272,10 @@ fn touch(rt: &mut Runtime, family: &str) {
 }
 
 /// Executes the outputs of a saved delta, in order.
-fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
+fn execute(outputs: &mut Vec<Output>, mesh: &mut Mesh) {
     // The AstDB families applied to (a batch usually holds one).
     let mut applied: Vec<&str> = Vec::new();
-    for o in &outputs {
+    for o in outputs.iter() {
         if let Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) = o {
             if !applied.contains(&&**family) {
                 applied.push(family);
@@ -279,7 +290,7 @@ fn execute(outputs: Vec<Output>, mesh: &mut Mesh) {
         });
     }
     let mut scratch = Vec::new();
-    for output in outputs {
+    for output in outputs.drain(..) {
         match output {
             Output::Apply(DbOp::Put { family, key, value }) => {
                 if let Err(why) = db::put_with(&mut scratch, &family, &key, &value) {
