@@ -441,8 +441,21 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
         if hand_over {
             let rows = tree.to_vec();
             drop(tree);
+            let before = with_runtime(|rt| rt.node.engine.counters().local_changes).unwrap_or(0);
+            // A large read goes to the engine a slice at a time first, each slice's
+            // changes saved and sent before the next is compared (a bulk import then
+            // starts reaching the peers at once); the whole read follows, for the keys
+            // that are gone.
+            if rows.len() > FLUSH_OUTPUTS {
+                for slice in rows.chunks(FLUSH_OUTPUTS) {
+                    let _ = with_runtime(|rt| {
+                        let out = rt.node.engine.local_rows(&name, slice, now_ms());
+                        rt.node.outputs.extend(out);
+                    });
+                    flush(mesh);
+                }
+            }
             let _ = with_runtime(|rt| {
-                let before = rt.node.engine.counters().local_changes;
                 let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
                 rt.node.outputs.extend(out);
                 if rt.node.engine.counters().local_changes > before {

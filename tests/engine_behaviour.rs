@@ -495,3 +495,39 @@ fn a_unique_familys_read_is_compared_with_this_nodes_own_keys_only() {
     assert!(a.holds_contents("u", read_as(Some(A), &[("x", "1")])));
     assert!(!a.holds_contents("u", read_as(Some(A), &[("x", "1"), ("y", "2")])));
 }
+
+#[test]
+fn a_large_read_handed_over_in_slices_changes_the_same_as_in_one_piece() {
+    let start: Vec<(String, String)> = (0..100).map(|i| (format!("k{i:03}"), "a".into())).collect();
+    // Later: k000..k049 changed, k050..k089 as they were, k090..k099 gone, n000..n009 new.
+    let mut later: Vec<(String, String)> = (0..90)
+        .map(|i| (format!("k{i:03}"), if i < 50 { "b" } else { "a" }.into()))
+        .collect();
+    later.extend((0..10).map(|i| (format!("n{i:03}"), "c".into())));
+    later.sort();
+    let run = |sliced: bool| {
+        let mut e = node(A, 1);
+        e.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+        e.local_snapshot("f", start.clone(), NOW);
+        if sliced {
+            for slice in later.chunks(7) {
+                e.local_rows("f", slice, NOW + 10);
+            }
+        }
+        e.local_snapshot("f", later.clone(), NOW + 10);
+        let held: Vec<(String, Option<String>)> = (0..100)
+            .map(|i| format!("k{i:03}"))
+            .chain((0..10).map(|i| format!("n{i:03}")))
+            .map(|k| {
+                let v = e.entry("f", None, &k).and_then(|x| x.value.clone());
+                (k, v)
+            })
+            .collect();
+        (held, e.counters().local_changes)
+    };
+    let (whole, whole_changes) = run(false);
+    let (sliced, sliced_changes) = run(true);
+    assert_eq!(sliced, whole);
+    assert_eq!(sliced_changes, whole_changes);
+    assert_eq!(whole_changes, 100 + 50 + 10 + 10, "first read, edits, deletes, adds");
+}

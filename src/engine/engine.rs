@@ -707,6 +707,39 @@ impl Engine {
             && self.nested_prefixes(family).is_empty()
     }
 
+    /// A slice of a read handed over ahead of the whole read (a large one, so that its
+    /// changes can be saved and sent while the rest is compared): the changes of these
+    /// rows, without looking for keys that are gone. [`Engine::local_snapshot`] with the
+    /// whole read must follow; the rows already taken are then unchanged.
+    pub fn local_rows(
+        &mut self,
+        family: &str,
+        rows: &[(String, String)],
+        now_ms: u64,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let Some(fs) = self.families.get(family).filter(|f| f.shared.is_some()) else {
+            return out;
+        };
+        let owner = own_owner(fs.mode, self.cfg.local);
+        let nested = self.nested_prefixes(family);
+        for (key, value) in rows {
+            if nested.iter().any(|n| key.starts_with(n.as_str())) {
+                continue;
+            }
+            let unchanged = self
+                .families
+                .get(family)
+                .and_then(|fs| fs.store.get(owner, key))
+                .is_some_and(|h| h.value.as_deref() == Some(value.as_str()));
+            if !unchanged {
+                self.local_write(family, key, Some(value), now_ms, true, &mut out);
+            }
+        }
+        self.refresh_gauges();
+        out
+    }
+
     /// The current local contents of a shared family (keys below it, with values). Works
     /// out what changed since the engine last looked and versions it.
     pub fn local_snapshot(
