@@ -529,5 +529,9 @@ fn a_large_read_handed_over_in_slices_changes_the_same_as_in_one_piece() {
     let (sliced, sliced_changes) = run(true);
     assert_eq!(sliced, whole);
     assert_eq!(sliced_changes, whole_changes);
-    assert_eq!(whole_changes, 100 + 50 + 10 + 10, "first read, edits, deletes, adds");
+    assert_eq!(
+        whole_changes,
+        100 + 50 + 10 + 10,
+        "first read, edits, deletes, adds"
+    );
 }
