@@ -65,6 +65,19 @@ struct Held {
 }
 
 impl Held {
+    /// A new item, not yet in the change log.
+    fn new(owner: Option<Eid>, key: &str, entry: Entry) -> Self {
+        Held {
+            id: ItemId {
+                owner,
+                key: key.to_string(),
+            },
+            entry,
+            epoch: 0,
+            change: 0,
+        }
+    }
+
     fn is(&self, owner: Option<Eid>, key: &str) -> bool {
         self.id.owner == owner && self.id.key == key
     }
@@ -316,15 +329,8 @@ impl ItemStore {
                     self.buckets = vec![Vec::new(); BUCKETS];
                 }
                 self.buckets[(pos >> BUCKET_SHIFT) as usize].push(pos);
-                let Slot::One(h) = v.insert(Slot::One(Box::new(Held {
-                    id: ItemId {
-                        owner,
-                        key: key.to_string(),
-                    },
-                    entry: incoming,
-                    epoch: 0,
-                    change: 0,
-                }))) else {
+                let Slot::One(h) = v.insert(Slot::One(Box::new(Held::new(owner, key, incoming))))
+                else {
                     unreachable!("a slot just made holds one item")
                 };
                 (Merged::Inserted, &mut **h)
@@ -344,15 +350,7 @@ impl ItemStore {
                     if refuse_new() {
                         return Merged::Refused;
                     }
-                    let held = Held {
-                        id: ItemId {
-                            owner,
-                            key: key.to_string(),
-                        },
-                        entry: incoming,
-                        epoch: 0,
-                        change: 0,
-                    };
+                    let held = Held::new(owner, key, incoming);
                     let taken = std::mem::replace(slot, Slot::Many(Box::default()));
                     let mut v = match taken {
                         Slot::One(h) => vec![*h],
