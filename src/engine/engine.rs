@@ -323,35 +323,42 @@ fn own_owner(mode: Mode, local: Eid) -> Option<Eid> {
     }
 }
 
-/// Sorts changes by item (owner, then key), as `ItemId`'s order does, for a large push.
+/// The order of `n` items by owner then key, as `ItemId`'s order, for a large push;
+/// `id(i)` gives item `i`'s owner and key.
 ///
 /// The keys lie scattered over the heap, and a plain sort reads two of them at each of
-/// its ~20 comparisons per change; most of a million-key push went into those cache
+/// its ~20 comparisons per item; most of a million-key push went into those cache
 /// misses. Here each key is read once, into a 16-byte prefix sorted with its index, and
-/// only changes whose prefixes tie are compared in full.
+/// only items whose prefixes tie are compared in full.
+fn item_order<'k>(n: usize, id: impl Fn(usize) -> (Option<Eid>, &'k str)) -> Vec<u32> {
+    let mut order: Vec<(Option<Eid>, u128, u32)> = (0..n)
+        .map(|i| {
+            let (owner, key) = id(i);
+            (owner, key_prefix(key), i as u32)
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then_with(|| id(a.2 as usize).1.cmp(id(b.2 as usize).1))
+    });
+    order.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// Sorts changes by item (see [`item_order`]).
 fn sort_by_item(changes: &mut Vec<Change>) {
     if changes.len() < 64 {
         changes.sort_unstable_by(|a, b| a.item.cmp(&b.item));
         return;
     }
-    let mut order: Vec<(Option<Eid>, u128, u32)> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.item.owner, key_prefix(&c.item.key), i as u32))
-        .collect();
-    order.sort_unstable_by(|a, b| {
-        (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-            changes[a.2 as usize]
-                .item
-                .key
-                .cmp(&changes[b.2 as usize].item.key)
-        })
+    let order = item_order(changes.len(), |i| {
+        (changes[i].item.owner, changes[i].item.key.as_str())
     });
     let mut taken: Vec<Option<Change>> = mem::take(changes).into_iter().map(Some).collect();
     changes.extend(
         order
             .iter()
-            .filter_map(|&(_, _, i)| taken.get_mut(i as usize).and_then(Option::take)),
+            .filter_map(|&i| taken.get_mut(i as usize).and_then(Option::take)),
     );
 }
 
@@ -724,20 +731,35 @@ impl Engine {
         let owner = own_owner(fs.mode, self.cfg.local);
         let nested = self.nested_prefixes(family);
         for (key, value) in rows {
-            if nested.iter().any(|n| key.starts_with(n.as_str())) {
-                continue;
-            }
-            let unchanged = self
-                .families
-                .get(family)
-                .and_then(|fs| fs.store.get(owner, key))
-                .is_some_and(|h| h.value.as_deref() == Some(value.as_str()));
-            if !unchanged {
-                self.local_write(family, key, Some(value), now_ms, true, &mut out);
+            if !nested.iter().any(|n| key.starts_with(n.as_str())) {
+                self.local_row(family, owner, key, value, now_ms, &mut out);
             }
         }
         self.refresh_gauges();
         out
+    }
+
+    /// One row of a read of `family`: versioned if it differs from what is held
+    /// (the usual case, unchanged, costs a lookup and no allocation). Whether the store
+    /// then holds the key live.
+    fn local_row(
+        &mut self,
+        family: &str,
+        owner: Option<Eid>,
+        key: &str,
+        value: &str,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> bool {
+        let unchanged = self
+            .entry(family, owner, key)
+            .is_some_and(|h| h.value.as_deref() == Some(value));
+        if unchanged {
+            return true;
+        }
+        self.local_write(family, key, Some(value), now_ms, true, out);
+        self.entry(family, owner, key)
+            .is_some_and(|h| h.value.is_some())
     }
 
     /// The current local contents of a shared family (keys below it, with values). Works
@@ -761,10 +783,6 @@ impl Engine {
         let mut seen: Vec<String> = Vec::with_capacity(entries.len());
         let mut ascending = true;
         let mut present = 0usize;
-        let live_value = |engine: &Engine, key: &str| -> Option<bool> {
-            let held = engine.families.get(family)?.store.get(owner, key)?;
-            Some(held.value.is_some())
-        };
         for (key, value) in entries {
             if !in_scope(&key) {
                 continue;
@@ -775,19 +793,8 @@ impl Engine {
             {
                 ascending = false;
             }
-            // Unchanged (the usual case): nothing to do, and nothing to allocate.
-            let unchanged = self
-                .families
-                .get(family)
-                .and_then(|fs| fs.store.get(owner, &key))
-                .is_some_and(|h| h.value.as_deref() == Some(value.as_str()));
-            if unchanged {
+            if self.local_row(family, owner, &key, &value, now_ms, &mut out) {
                 present += 1;
-            } else {
-                self.local_write(family, &key, Some(&value), now_ms, true, &mut out);
-                if live_value(self, &key) == Some(true) {
-                    present += 1;
-                }
             }
             seen.push(key);
         }
@@ -1426,8 +1433,8 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         let mut push = Vec::new();
-        // A push too large to send at once: (owner, key prefix, position, version).
-        let mut queued: Vec<(Option<Eid>, u128, u64, Hlc)> = Vec::new();
+        // A push too large to send at once: (position, version) of its items, in key order.
+        let mut queued: Vec<(u64, Hlc)> = Vec::new();
         let mut pull = Vec::new();
         let mut take_tombstones = Vec::new();
         let mut acks = Vec::new();
@@ -1489,9 +1496,12 @@ impl Engine {
                 }
             }
             if wanted.len() > push_slice {
-                queued = wanted
-                    .iter()
-                    .map(|&(pos, id, e)| (id.owner, key_prefix(&id.key), pos, e.version.hlc))
+                let order = item_order(wanted.len(), |i| {
+                    (wanted[i].1.owner, wanted[i].1.key.as_str())
+                });
+                queued = order
+                    .into_iter()
+                    .map(|i| (wanted[i as usize].0, wanted[i as usize].2.version.hlc))
                     .collect();
             } else {
                 push = wanted
@@ -1556,40 +1566,31 @@ impl Engine {
         }
     }
 
-    /// Queues a push too large to build at once (a new node's catch-up): its items in
-    /// key order, as for any push, and sends the first slice now. The push is remembered
+    /// Queues a push too large to build at once (a new node's catch-up): `items`, already
+    /// in key order as for any push, and sends the first slice now. The push is remembered
     /// as in flight from the start, so that the peer's summaries and pulls made before
     /// the queue reaches it do not add the same items again.
     fn queue_push(
         &mut self,
         to: Eid,
         family: &str,
-        mut items: Vec<(Option<Eid>, u128, u64, Hlc)>,
+        mut items: Vec<(u64, Hlc)>,
         nodes: &[(u8, u64)],
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
         let pushes = self.pushes_in_flight(to, family, now_ms);
         if !pushes.is_empty() {
-            items.retain(|&(_, _, pos, hlc)| !carried(&pushes, pos, hlc));
+            items.retain(|&(pos, hlc)| !carried(&pushes, pos, hlc));
         }
-        let Some(high) = items.iter().map(|i| i.3).max() else {
+        let Some(high) = items.iter().map(|i| i.1).max() else {
             return;
         };
         self.remember_push(to, family, nodes, high, now_ms);
-        let Some(fs) = self.families.get(family) else {
-            return;
-        };
-        let key_at = |pos: u64| fs.store.at(pos).next().map(|(_, id, _)| id.key.as_str());
-        items.sort_unstable_by(|a, b| {
-            (a.0, a.1)
-                .cmp(&(b.0, b.1))
-                .then_with(|| key_at(a.2).cmp(&key_at(b.2)))
-        });
         self.queued_pushes.push_back(QueuedPush {
             peer: to,
             family: family.to_string(),
-            positions: items.into_iter().map(|i| i.2).collect(),
+            positions: items.into_iter().map(|(pos, _)| pos).collect(),
             next: 0,
         });
         self.continue_pushes(now_ms, out);
