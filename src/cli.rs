@@ -192,7 +192,7 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
     let counts: Vec<(String, usize)> = family_names(filter)?
         .into_iter()
         .map(|name| {
-            let n = crate::asterisk::db::tree(&name).len();
+            let n = crate::asterisk::db::read_tree(&name).rows().count();
             (name, n)
         })
         .collect();

@@ -140,8 +140,7 @@ impl Node {
             self.outputs.extend(self.engine.unshare(&name, now));
             self.told.remove(&name);
             self.next_read.remove(&name);
-            self.read_hash.remove(&name);
-            self.read_stamp.remove(&name);
+            self.forget_reads(&name);
         }
         for family in registry.iter() {
             if self.told.get(&family.name) != Some(family) {
@@ -149,8 +148,7 @@ impl Node {
                 self.told.insert(family.name.clone(), family.clone());
                 // A newly shared family is read at once, and handed over whole.
                 self.next_read.insert(family.name.clone(), Instant::now());
-                self.read_hash.remove(&family.name);
-                self.read_stamp.remove(&family.name);
+                self.forget_reads(&family.name);
             }
         }
     }
@@ -160,11 +158,17 @@ impl Node {
         let now = Instant::now();
         for name in names {
             self.next_read.insert(name.clone(), now);
-            self.read_hash.remove(name);
-            self.read_stamp.remove(name);
+            self.forget_reads(name);
             // Telling the engine again makes it pull the family from its peers.
             self.told.remove(name);
         }
+    }
+
+    /// Forgets what earlier reads of `name` found, so that its next read is done
+    /// and handed to the engine whole.
+    fn forget_reads(&mut self, name: &str) {
+        self.read_hash.remove(name);
+        self.read_stamp.remove(name);
     }
 
     /// A read of `name` (which took `took`) found local changes: some writer other
@@ -410,17 +414,17 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
         if with_runtime(|rt| rt.node.take_repair(&name)).unwrap_or(false) {
             repair_family(&name);
         }
-        let unchanged = with_runtime(|rt| {
-            let same = stamp.is_some() && rt.node.read_stamp.get(&name) == stamp.as_ref();
-            if same {
+        // The owner of the rows read, unless AstDB has committed nothing since.
+        let to_read = with_runtime(|rt| {
+            if stamp.is_some() && rt.node.read_stamp.get(&name) == stamp.as_ref() {
                 rt.node.reads_skipped += 1;
+                return None;
             }
-            same
+            Some(rt.node.engine.own_owner(&name))
         });
-        if unchanged == Ok(true) {
+        let Ok(Some(owner)) = to_read else {
             continue;
-        }
-        let owner = with_runtime(|rt| rt.node.engine.own_owner(&name)).unwrap_or(None);
+        };
         let began = Instant::now();
         let tree = db::read_tree(&name);
         let mut read = Contents::default();
@@ -428,6 +432,7 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             read.add(owner, &key, &value);
         }
         let took = began.elapsed();
+        // Handed over: with the local changes counted so far, to see if it finds any.
         let hand_over = with_runtime(|rt| {
             let node = &mut rt.node;
             node.family_reads += 1;
@@ -435,13 +440,12 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             let known = node.engine.holds_contents(&name, read)
                 || (!touched && node.read_hash.get(&name) == Some(&read));
             node.read_hash.insert(name.clone(), read);
-            !known
+            (!known).then(|| node.engine.counters().local_changes)
         })
-        .unwrap_or(false);
-        if hand_over {
+        .unwrap_or(None);
+        if let Some(before) = hand_over {
             let rows = tree.to_vec();
             drop(tree);
-            let before = with_runtime(|rt| rt.node.engine.counters().local_changes).unwrap_or(0);
             // A large read goes to the engine a slice at a time first, each slice's
             // changes saved and sent before the next is compared (a bulk import then
             // starts reaching the peers at once); the whole read follows, for the keys

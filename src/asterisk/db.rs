@@ -47,12 +47,7 @@ pub fn get(family: &str, key: &str) -> Option<String> {
 
 /// Writes `/family/key` = `value`.
 pub fn put(family: &str, key: &str, value: &str) -> Result<(), String> {
-    let (f, k, v) = (c_string(family), c_string(key), c_string(value));
-    // SAFETY: the strings outlive the call.
-    match unsafe { sys::ast_db_put(f.as_ptr(), k.as_ptr(), v.as_ptr()) } {
-        0 => Ok(()),
-        _ => Err(format!("AstDB refused to store /{family}/{key}")),
-    }
+    put_with(&mut Vec::new(), family, key, value)
 }
 
 /// [`put`] for a run of writes: the three C strings are built in `scratch`, one buffer
