@@ -725,11 +725,9 @@ impl Engine {
         now_ms: u64,
     ) -> Vec<Output> {
         let mut out = Vec::new();
-        let Some(fs) = self.families.get(family).filter(|f| f.shared.is_some()) else {
+        let Some((owner, nested)) = self.read_scope(family) else {
             return out;
         };
-        let owner = own_owner(fs.mode, self.cfg.local);
-        let nested = self.nested_prefixes(family);
         for (key, value) in rows {
             if !nested.iter().any(|n| key.starts_with(n.as_str())) {
                 self.local_row(family, owner, key, value, now_ms, &mut out);
@@ -737,6 +735,16 @@ impl Engine {
         }
         self.refresh_gauges();
         out
+    }
+
+    /// For a read of shared family `family`: the owner of its rows, and the key
+    /// prefixes of the shared families nested in it (their rows are theirs).
+    fn read_scope(&self, family: &str) -> Option<(Option<Eid>, Vec<String>)> {
+        let fs = self.families.get(family).filter(|f| f.shared.is_some())?;
+        Some((
+            own_owner(fs.mode, self.cfg.local),
+            self.nested_prefixes(family),
+        ))
     }
 
     /// One row of a read of `family`: versioned if it differs from what is held
@@ -771,11 +779,9 @@ impl Engine {
         now_ms: u64,
     ) -> Vec<Output> {
         let mut out = Vec::new();
-        let Some(fs) = self.families.get(family).filter(|f| f.shared.is_some()) else {
+        let Some((owner, nested)) = self.read_scope(family) else {
             return out;
         };
-        let owner = own_owner(fs.mode, self.cfg.local);
-        let nested = self.nested_prefixes(family);
         let in_scope = |key: &str| !nested.iter().any(|n| key.starts_with(n.as_str()));
         // Keys read, and how many of them the store holds live afterwards. AstDB gives
         // them in ascending order, so they are distinct; then if the store holds no more
