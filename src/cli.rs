@@ -407,6 +407,14 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             ("Undecodable messages", rt.mesh.undecodable.to_string()),
             ("Metadata file", rt.metadata.path().display().to_string()),
             (
+                "Replica log",
+                format!(
+                    "{} ({} bytes)",
+                    rt.metadata.replica_path().display(),
+                    rt.metadata.replica_bytes()
+                ),
+            ),
+            (
                 "Loaded",
                 format!("{} ({})", local_time(rt.loaded_at_ms), ago(rt.loaded_at_ms)),
             ),

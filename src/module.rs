@@ -223,7 +223,7 @@ pub fn load() -> i32 {
         return LOAD_DECLINE;
     };
     let path = asterisk::astdb_dir().join(metadata::FILE_NAME);
-    let (metadata, report) = match Metadata::open(&path) {
+    let (mut metadata, report) = match Metadata::open(&path) {
         Ok(opened) => opened,
         Err(why) => {
             error!("cannot open {}: {why}; declining to load", path.display());
@@ -243,16 +243,10 @@ pub fn load() -> i32 {
     for why in bad {
         warning!("{}: ignoring {why}", path.display());
     }
-    let restored = match metadata.load_replica() {
-        Ok(state) => Some(state),
-        Err(why) => {
-            error!(
-                "{}: {why}; starting from AstDB and the peers",
-                path.display()
-            );
-            None
-        }
-    };
+    for note in &report.replica_notes {
+        warning!("{note}");
+    }
+    let restored = Some(metadata.take_restored());
     let crashed = match metadata.mark_running(true) {
         Ok(crashed) => crashed,
         Err(why) => {

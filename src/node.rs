@@ -239,7 +239,16 @@ fn flush(mesh: &mut Mesh) {
             return Ok(outputs);
         }
         match rt.metadata.write_replica(&delta) {
-            Ok(()) => Ok(outputs),
+            Ok(()) => {
+                // Here the engine holds exactly what the log adds up to.
+                if rt.metadata.replica_wants_compaction() {
+                    let state = rt.node.engine.persisted_state();
+                    if let Err(why) = rt.metadata.compact_replica(state) {
+                        warning!("{why}");
+                    }
+                }
+                Ok(outputs)
+            }
             Err(why) => {
                 // Outputs whose state is not saved could move a version backwards
                 // after a crash: they wait with their delta.

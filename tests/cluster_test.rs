@@ -421,15 +421,36 @@ fn a_node_with_the_wrong_secret_and_garbage_on_the_port_change_nothing() {
 }
 
 #[test]
-fn while_the_metadata_file_cannot_be_written_changes_wait_and_none_is_lost() {
-    let nodes = cluster(9, 2);
+fn while_the_replica_log_cannot_be_written_changes_wait_and_none_is_lost() {
+    // Node 2 runs with a preload library that makes writes to its replica log fail
+    // with ENOSPC (a full disk) while a flag file exists.
+    let flag = std::env::temp_dir().join(format!("astdb-cluster-disk-full-{}", std::process::id()));
+    let _ = std::fs::remove_file(&flag);
+    let base = base_port(9);
+    let nodes: Vec<StandIn> = (1..=2)
+        .map(|i| {
+            let b = StandIn::builder(&format!("c9n{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file("astdb_cluster.conf", &conf(i, 2, base, SECRET, PRESETS))
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"]);
+            let b = if i == 2 {
+                b.env(
+                    "LD_PRELOAD",
+                    &standin::testlib_so("fail_replica_writes").to_string_lossy(),
+                )
+                .env("FAIL_REPLICA_WRITES_WHILE", &flag.to_string_lossy())
+            } else {
+                b
+            };
+            b.start()
+        })
+        .collect();
     wait_all_up(&nodes);
     nodes[0].cli("dialplan set DB(blacklist/before)=1");
     wait_value(&nodes[1], "blacklist", "before", Some("1"));
 
-    // Another program holds node 2's metadata file locked.
-    let lock = rusqlite::Connection::open(nodes[1].db_dir().join("astdb_cluster.sqlite3")).unwrap();
-    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::write(&flag, b"").unwrap();
     nodes[0].cli("dialplan set DB(blacklist/during)=2");
     assert!(
         nodes[1].wait_for_log(
@@ -440,13 +461,16 @@ fn while_the_metadata_file_cannot_be_written_changes_wait_and_none_is_lost() {
         nodes[1].log()
     );
     assert!(
+        nodes[1].log().contains("No space left on device"),
+        "the log names the cause"
+    );
+    assert!(
         nodes[1]
             .cli("database get blacklist during")
             .contains("not found"),
         "nothing is applied before its state is saved"
     );
-    lock.execute_batch("ROLLBACK").unwrap();
-    drop(lock);
+    std::fs::remove_file(&flag).unwrap();
 
     wait_value_long(&nodes[1], "blacklist", "during", Some("2"));
     nodes[0].cli("dialplan set DB(blacklist/after)=3");

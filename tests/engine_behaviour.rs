@@ -6,8 +6,7 @@ use res_astdb_cluster::engine::{
     Body, Change, Contents, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode,
     Output, SharedFamily, SharingPolicy, SyncMode, Version,
 };
-use res_astdb_cluster::metadata::replica::ReplicaStore;
-use rusqlite::Connection;
+use res_astdb_cluster::metadata::replica::{self, ReplicaLog};
 
 const NOW: u64 = 1_700_000_000_000;
 const A: Eid = Eid([2, 0, 0, 0, 0, 1]);
@@ -234,7 +233,8 @@ fn writes_below_a_shared_family_are_keys_of_it() {
 
 #[test]
 fn a_restarted_node_never_reissues_a_version_even_if_its_clock_went_back() {
-    let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _, _) = ReplicaLog::open(&dir.path().join(replica::FILE_NAME)).unwrap();
     let mut a = node(A, 1);
     a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
     a.local_snapshot("f", vec![], NOW);

@@ -25,41 +25,36 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use res_astdb_cluster::engine::codec::{decode, encode};
 use res_astdb_cluster::engine::{
-    merge, DbOp, Eid, Engine, EngineConfig, Entry, Message, Mode, Output, SharedFamily,
+    merge, DbOp, Eid, Engine, EngineConfig, Entry, Message, Mode, Output, RestoredState,
+    SharedFamily,
 };
-use res_astdb_cluster::metadata::replica::{self, ReplicaStore};
-use rusqlite::Connection;
+use res_astdb_cluster::metadata::replica::ReplicaLog;
 
 const BASE_MS: u64 = 1_700_000_000_000;
 const GLOBAL: &str = "blacklist";
 const UNIQUE: &str = "registrar";
 
 enum Disk {
-    Memory(Option<ReplicaStore>),
-    File(PathBuf, Option<ReplicaStore>),
+    /// A disk that survives restarts untouched: the log stays open.
+    Kept(PathBuf, Option<ReplicaLog>),
+    /// A crash closes the log; the restart opens and reads the file again.
+    Reopened(PathBuf, Option<ReplicaLog>),
 }
 
 impl Disk {
-    fn store(&mut self) -> &mut ReplicaStore {
-        match self {
-            Disk::Memory(s) => s.get_or_insert_with(|| {
-                ReplicaStore::open_in(Connection::open_in_memory().expect("sqlite"))
-                    .expect("schema")
-            }),
-            Disk::File(path, s) => s.get_or_insert_with(|| {
-                let conn = Connection::open(&*path).expect("open file");
-                conn.pragma_update(None, "journal_mode", "WAL")
-                    .expect("wal");
-                conn.pragma_update(None, "synchronous", "OFF")
-                    .expect("sync");
-                ReplicaStore::open_in(conn).expect("schema")
-            }),
-        }
+    /// The node's replica log; `floor`: compact once this many bytes follow the snapshot.
+    fn store(&mut self, floor: u64) -> &mut ReplicaLog {
+        let (Disk::Kept(path, s) | Disk::Reopened(path, s)) = self;
+        s.get_or_insert_with(|| {
+            let (mut log, _, notes) = ReplicaLog::open(path).expect("open log");
+            assert_eq!(notes.dropped_tail, 0, "every record was written whole");
+            log.set_compaction_floor(floor);
+            log
+        })
     }
 
-    /// A crash: a file is closed and reopened; memory stands for a disk that survives.
     fn crash(&mut self) {
-        if let Disk::File(_, s) = self {
+        if let Disk::Reopened(_, s) = self {
             *s = None;
         }
     }
@@ -102,7 +97,9 @@ struct Sim {
     /// Every global write a node committed (persisted with its version).
     oracle: BTreeMap<String, Entry>,
     cfg_template: EngineConfig,
-    _dir: Option<tempfile::TempDir>,
+    /// Replica logs compact past this many bytes: small, so that runs compact often.
+    compact_floor: u64,
+    _dir: tempfile::TempDir,
 }
 
 fn family(name: &str, mode: Mode) -> SharedFamily {
@@ -115,8 +112,8 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n = rng.random_range(3..=7);
-        let use_file = seed.is_multiple_of(4);
-        let dir = use_file.then(|| tempfile::tempdir().expect("tempdir"));
+        let reopen = seed.is_multiple_of(4);
+        let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = EngineConfig::new(Eid::default(), 0);
         // Clocks stay within 1.8 s of each other (offsets below), under the tolerance.
         cfg.max_clock_skew_ms = 2_000;
@@ -126,9 +123,11 @@ impl Sim {
         cfg.push_slice = rng.random_range(1..=200);
         let nodes = (0..n)
             .map(|i| {
-                let disk = match &dir {
-                    Some(d) => Disk::File(d.path().join(format!("node{i}.sqlite3")), None),
-                    None => Disk::Memory(None),
+                let path = dir.path().join(format!("node{i}.replica"));
+                let disk = if reopen {
+                    Disk::Reopened(path, None)
+                } else {
+                    Disk::Kept(path, None)
                 };
                 Node {
                     // EIDs in a random order so that ties are not won by node index.
@@ -145,6 +144,7 @@ impl Sim {
                 }
             })
             .collect();
+        let compact_floor = [512, 4096, 65536][rng.random_range(0..3)];
         let mut sim = Sim {
             loss: [0.0, 0.05, 0.2][rng.random_range(0..3)],
             dup: [0.0, 0.05, 0.2][rng.random_range(0..3)],
@@ -158,6 +158,7 @@ impl Sim {
             t: 0,
             oracle: BTreeMap::new(),
             cfg_template: cfg,
+            compact_floor,
             _dir: dir,
         };
         for i in 0..n {
@@ -174,9 +175,10 @@ impl Sim {
         let mut cfg = self.cfg_template.clone();
         cfg.local = self.nodes[i].eid;
         cfg.local_node = self.nodes[i].number;
+        let floor = self.compact_floor;
         let restored = self.nodes[i]
             .disk
-            .store()
+            .store(floor)
             .load()
             .expect("persisted state loads");
         let restored = (!restored.families.is_empty()).then_some(restored);
@@ -207,7 +209,9 @@ impl Sim {
         } else {
             3
         };
-        let Some(engine) = self.nodes[i].engine.as_mut() else {
+        let floor = self.compact_floor;
+        let node = &mut self.nodes[i];
+        let Some(engine) = node.engine.as_mut() else {
             return;
         };
         if point == 0 {
@@ -215,11 +219,15 @@ impl Sim {
         }
         let delta = engine.take_persist_delta();
         if !delta.is_empty() {
-            self.nodes[i]
-                .disk
-                .store()
-                .write(&delta)
-                .expect("delta is written");
+            let log = node.disk.store(floor);
+            log.write(&delta).expect("delta is written");
+            if log.wants_compaction() {
+                let before = log.load().expect("log reads");
+                log.compact(engine.persisted_state())
+                    .expect("log is compacted");
+                let after = log.load().expect("compacted log reads");
+                check_compaction(before, after);
+            }
         }
         let me = self.nodes[i].eid;
         for d in &delta.items {
@@ -580,9 +588,28 @@ fn every_node_converges_to_last_writer_wins_through_faults() {
     }
 }
 
-#[test]
-fn replica_schema_can_be_created_twice() {
-    let conn = Connection::open_in_memory().expect("sqlite");
-    replica::create_schema(&conn).expect("first");
-    replica::create_schema(&conn).expect("second");
+/// A compaction keeps the state the records added up to: the same clock, families and
+/// items; peers and pending applies may only be what the engine still holds of them.
+fn check_compaction(mut before: RestoredState, mut after: RestoredState) {
+    for s in [&mut before, &mut after] {
+        s.items.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        s.families.sort_by(|a, b| a.name.cmp(&b.name));
+        s.peers.sort_by_key(|p| p.eid);
+        s.applies_unconfirmed.sort();
+    }
+    assert_eq!(after.clock, before.clock, "compaction keeps the clock");
+    assert_eq!(
+        after.families, before.families,
+        "compaction keeps the families"
+    );
+    assert_eq!(after.items, before.items, "compaction keeps every item");
+    for p in &before.peers {
+        assert!(after.peers.contains(p), "compaction keeps peer {:?}", p.eid);
+    }
+    for a in &after.applies_unconfirmed {
+        assert!(
+            before.applies_unconfirmed.contains(a),
+            "compaction invents no pending apply"
+        );
+    }
 }

@@ -31,7 +31,9 @@ use super::eid::Eid;
 use super::family::{Mode, SharedFamily, SyncMode};
 use super::item::{Contents, Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
-use super::persist::{FamilyMeta, ItemDelta, ItemRef, PeerMeta, PersistDelta, RestoredState};
+use super::persist::{
+    FamilyMeta, ItemDelta, ItemRef, PeerMeta, PersistDelta, PersistedState, RestoredState,
+};
 use super::store::{node_range, valid_node, ItemStore, Merged, MAX_DEPTH};
 use super::version::{Clock, Hlc, Version};
 
@@ -1802,6 +1804,53 @@ impl Engine {
         d.applies_confirmed = mem::replace(&mut self.applies_previous, started.clone());
         d.applies_started = started;
         d
+    }
+
+    /// The state the deltas taken so far add up to, for writing a fresh file that replaces
+    /// them (a compaction). Call it right after [`Engine::take_persist_delta`], before
+    /// anything else changes the engine: changes not yet taken would be saved without
+    /// their outputs having been ordered after the save.
+    pub fn persisted_state(&self) -> PersistedState<'_> {
+        let mut unconfirmed: Vec<(&str, Option<Eid>, &str)> = self
+            .applies_previous
+            .iter()
+            .map(|r| (&*r.family, r.owner, &*r.key))
+            .collect();
+        let mut families = Vec::with_capacity(self.families.len());
+        for (name, fs) in &self.families {
+            families.push(FamilyMeta {
+                name: name.clone(),
+                mode: fs.mode,
+                baseline: fs.baseline,
+                horizon: fs.horizon,
+            });
+            unconfirmed.extend(
+                fs.unconfirmed
+                    .iter()
+                    .map(|i| (name.as_str(), i.owner, i.key.as_str())),
+            );
+        }
+        unconfirmed.sort_unstable();
+        unconfirmed.dedup();
+        PersistedState {
+            clock: self.clock.high_water(),
+            families,
+            peers: self
+                .peers
+                .iter()
+                .map(|(eid, p)| PeerMeta {
+                    eid: *eid,
+                    node: p.node,
+                    stale_below: p.stale_below.iter().map(|(f, h)| (f.clone(), *h)).collect(),
+                })
+                .collect(),
+            unconfirmed,
+            items: Box::new(self.families.iter().flat_map(|(name, fs)| {
+                fs.store
+                    .iter_unordered()
+                    .map(move |(id, entry)| (name.as_str(), id, entry))
+            })),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub use engine::{Counters, DbOp, Engine, EngineConfig, FamilyStats, Output};
 pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use persist::{
-    FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, RestoredState,
+    FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
+    RestoredState,
 };
 pub use version::{Clock, Hlc, Version};

@@ -142,3 +142,15 @@ pub struct RestoredState {
     pub peers: Vec<PeerMeta>,
     pub applies_unconfirmed: Vec<(String, ItemId)>,
 }
+
+/// Everything the engine has handed out in deltas, borrowed: what a fresh file must hold
+/// to stand for all the deltas written so far (see `Engine::persisted_state`).
+pub struct PersistedState<'a> {
+    pub clock: Hlc,
+    pub families: Vec<FamilyMeta>,
+    pub peers: Vec<PeerMeta>,
+    /// Items whose Apply is not known to have reached AstDB: (family, owner, key).
+    pub unconfirmed: Vec<(&'a str, Option<Eid>, &'a str)>,
+    /// Every item held, tombstones included, family by family.
+    pub items: Box<dyn Iterator<Item = (&'a str, &'a ItemId, &'a Entry)> + 'a>,
+}

@@ -1,10 +1,12 @@
-//! The module's own SQLite file, `astdb_cluster.sqlite3` beside astdb: which
-//! families are shared, and (in `replica`) the replicated state. AstDB itself is
-//! only ever touched through Asterisk's API.
+//! The module's own files beside astdb: `astdb_cluster.sqlite3` (SQLite: which
+//! families are shared, the module's run state) and `astdb_cluster.replica` (the
+//! replicated state, an append-only log: see `replica`). AstDB itself is only ever
+//! touched through Asterisk's API.
 //!
 //! rusqlite links the system libsqlite3, the same library Asterisk uses, so the
 //! process has a single SQLite and its file locks stay coherent.
 
+pub mod legacy;
 pub mod replica;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags};
 
 use crate::engine::family::{Mode, Origin, SharedFamily, SharingPolicy, SyncMode};
-use crate::engine::{PersistDelta, RestoredState};
+use crate::engine::{PersistDelta, PersistedState, RestoredState};
+use replica::ReplicaLog;
 
 pub const FILE_NAME: &str = "astdb_cluster.sqlite3";
 const SCHEMA_VERSION: i64 = 1;
@@ -21,6 +24,9 @@ const SCHEMA_VERSION: i64 = 1;
 pub struct Metadata {
     conn: Connection,
     path: PathBuf,
+    replica: ReplicaLog,
+    /// What the replica log held when opened, until the engine takes it.
+    restored: Option<RestoredState>,
 }
 
 /// What opening found, for the caller to log.
@@ -28,6 +34,9 @@ pub struct Metadata {
 pub struct OpenReport {
     /// A damaged file that was renamed out of the way, and why it was judged damaged.
     pub set_aside: Option<(PathBuf, String)>,
+    /// What opening the replica log found (cut-off writes, a file set aside, state
+    /// moved from an earlier build's tables), one warning each.
+    pub replica_notes: Vec<String>,
 }
 
 fn open_checked(path: &Path) -> Result<Connection, String> {
@@ -71,7 +80,6 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              value TEXT NOT NULL
          );",
     )?;
-    replica::create_schema(conn)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
@@ -109,10 +117,64 @@ impl Metadata {
                 conn
             }
         };
+        let log_path = path.with_file_name(replica::FILE_NAME);
+        let (mut log, mut restored, notes) = ReplicaLog::open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        if notes.dropped_tail > 0 {
+            report.replica_notes.push(format!(
+                "{}: the last {} bytes were an interrupted write and were cut off (the state before it is intact)",
+                log_path.display(),
+                notes.dropped_tail
+            ));
+        }
+        if let Some((aside, why)) = notes.set_aside {
+            report.replica_notes.push(format!(
+                "{} was {why}; it was moved to {} and replication state starts afresh (AstDB is untouched; peers fill it in)",
+                log_path.display(),
+                aside.display()
+            ));
+        }
+        match legacy::present(&conn) {
+            Ok(false) => {}
+            Ok(true) if !log.is_empty() => {
+                // Moved by an earlier start that stopped before dropping the tables.
+                let _ = legacy::drop_tables(&conn);
+            }
+            Ok(true) => match legacy::load(&conn) {
+                Ok(state) => match log.replace_with(&state) {
+                    Ok(()) => {
+                        report.replica_notes.push(format!(
+                            "replication state ({} items) moved from {} to {}",
+                            state.items.len(),
+                            path.display(),
+                            log_path.display()
+                        ));
+                        let _ = legacy::drop_tables(&conn);
+                        restored = state;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "could not move replication state to {}: {e}",
+                            log_path.display()
+                        ))
+                    }
+                },
+                Err(e) => report.replica_notes.push(format!(
+                    "{}: the replication state of an earlier build could not be read ({e}); it is left in place and replication starts from AstDB and the peers",
+                    path.display()
+                )),
+            },
+            Err(e) => report.replica_notes.push(format!(
+                "{}: could not look for an earlier build's replication state: {e}",
+                path.display()
+            )),
+        }
         Ok((
             Metadata {
                 conn,
                 path: path.to_path_buf(),
+                replica: log,
+                restored: Some(restored),
             },
             report,
         ))
@@ -126,15 +188,45 @@ impl Metadata {
         &self.conn
     }
 
-    /// Writes what the engine changed, in one transaction.
+    /// Appends what the engine changed to the replica log.
     pub fn write_replica(&mut self, delta: &PersistDelta) -> Result<(), String> {
-        replica::write(&mut self.conn, delta)
-            .map_err(|e| format!("could not save replication state: {e}"))
+        self.replica.write(delta).map_err(|e| {
+            format!(
+                "could not save replication state to {}: {e}",
+                self.replica_path().display()
+            )
+        })
     }
 
-    /// The replication state saved before the last stop.
-    pub fn load_replica(&self) -> Result<RestoredState, String> {
-        replica::load(&self.conn).map_err(|e| format!("could not read replication state: {e}"))
+    /// The replication state saved before the last stop (once; later calls get none).
+    pub fn take_restored(&mut self) -> RestoredState {
+        self.restored.take().unwrap_or_default()
+    }
+
+    /// Whether the replica log is due to be rewritten from the engine's state.
+    pub fn replica_wants_compaction(&self) -> bool {
+        self.replica.wants_compaction()
+    }
+
+    /// Rewrites the replica log as `state` (the engine's, right after its delta was
+    /// written).
+    pub fn compact_replica(&mut self, state: PersistedState<'_>) -> Result<(), String> {
+        self.replica.compact(state).map_err(|e| {
+            format!(
+                "could not compact {} (it keeps growing; retried later): {e}",
+                self.replica_path().display()
+            )
+        })
+    }
+
+    /// The replica log's file.
+    pub fn replica_path(&self) -> PathBuf {
+        self.path.with_file_name(replica::FILE_NAME)
+    }
+
+    /// Bytes in the replica log.
+    pub fn replica_bytes(&self) -> u64 {
+        self.replica.len()
     }
 
     /// Marks the module running (at load) or cleanly stopped (at unload); returns
@@ -314,6 +406,60 @@ mod tests {
             !meta.mark_running(true).unwrap(),
             "a clean stop is not a crash"
         );
+    }
+
+    #[test]
+    fn replication_state_of_an_earlier_build_moves_into_the_log() {
+        use crate::engine::{Eid, ItemId};
+        let path = temp_path("legacy");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE replica_meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO replica_meta VALUES ('clock', 123456);
+                 CREATE TABLE replica_family (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                     mode TEXT NOT NULL, baseline INTEGER NOT NULL, horizon INTEGER NOT NULL);
+                 INSERT INTO replica_family VALUES (1, 'blacklist', 'global', 1, 0),
+                                                   (2, 'registrar', 'unique', 1, 0);
+                 CREATE TABLE replica_item (family INTEGER NOT NULL, owner BLOB NOT NULL,
+                     key TEXT NOT NULL, hlc INTEGER NOT NULL, origin BLOB NOT NULL, value TEXT,
+                     PRIMARY KEY (family, owner, key)) WITHOUT ROWID;
+                 INSERT INTO replica_item VALUES (1, x'', '5551234', 99, x'010203040506', 'spam'),
+                                                 (2, x'090909090909', 'alice', 98, x'090909090909', NULL);
+                 CREATE TABLE replica_peer (eid BLOB PRIMARY KEY, node INTEGER NOT NULL) WITHOUT ROWID;
+                 INSERT INTO replica_peer VALUES (x'090909090909', 2);
+                 CREATE TABLE replica_pending_apply (family INTEGER NOT NULL, owner BLOB NOT NULL,
+                     key TEXT NOT NULL, PRIMARY KEY (family, owner, key)) WITHOUT ROWID;
+                 INSERT INTO replica_pending_apply VALUES (2, x'090909090909', 'alice');",
+            )
+            .unwrap();
+        }
+        let (mut meta, report) = Metadata::open(&path).unwrap();
+        assert!(
+            report.replica_notes.iter().any(|n| n.contains("2 items")),
+            "{:?}",
+            report.replica_notes
+        );
+        let state = meta.take_restored();
+        assert_eq!(state.clock.0, 123456);
+        assert_eq!(state.families.len(), 2);
+        assert_eq!(state.items.len(), 2);
+        assert_eq!(state.peers.len(), 1);
+        assert_eq!(
+            state.applies_unconfirmed,
+            vec![("registrar".into(), ItemId::unique(Eid([9; 6]), "alice"))]
+        );
+        assert!(!legacy::present(meta.connection()).unwrap());
+        drop(meta);
+        let (mut meta, report) = Metadata::open(&path).unwrap();
+        assert!(report.replica_notes.is_empty());
+        let mut again = meta.take_restored();
+        again.items.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut state = state;
+        state.items.sort_by(|a, b| a.0.cmp(&b.0));
+        again.families.sort_by(|a, b| a.name.cmp(&b.name));
+        state.families.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(again, state, "the log holds what the tables held");
     }
 
     #[test]

@@ -1,457 +1,822 @@
-//! Persistence of the engine's replicated state (versions, tombstones, peer progress).
+//! The engine's replicated state on disk: an append-only log of its deltas.
 //!
-//! The engine hands out [`PersistDelta`]s; each is written here in one transaction, so
-//! the file always holds a state the engine was in. [`load`] gives back the
-//! [`RestoredState`] for `Engine::new`. Values are kept with their versions so that
-//! changes made in AstDB while the module was not running can be told apart.
+//! Each [`PersistDelta`] becomes one record appended to `astdb_cluster.replica`, written
+//! before the delta's outputs run (as the engine asks). A record is its length, a
+//! checksum and the delta in a compact binary form; loading folds the records in order.
+//! When the log has grown to twice what the state needs (and at least
+//! [`COMPACT_FLOOR`]), the node writes the engine's whole state as the first records of
+//! a new file and renames it over the old one ([`ReplicaLog::compact`]).
 //!
-//! Layout: items live in a `WITHOUT ROWID` table keyed by (family id, owner, key), so a
-//! key is stored once and the metadata per key is the family id, the clock (8 bytes) and
-//! the origin EID (6 bytes) plus SQLite's record header.
+//! Why not SQLite tables (what earlier builds used, see `legacy`): a row per changed key,
+//! with its B-tree search, record encoding and statement round trip, cost about half of
+//! the module's CPU per replicated update; an appended record costs a few hundred
+//! nanoseconds. Durability is the same as SQLite's WAL with `synchronous = NORMAL`: a
+//! write is in the kernel when `write` returns, so a crash of Asterisk loses nothing; a
+//! power cut may lose the last records but never leaves a log that loads wrong, since
+//! a record whose checksum fails ends the log (and is cut off at the next open).
+//!
+//! Layout: an 16-byte header (`ADBCRLOG`, format version, zero), then records:
+//! payload length (u32 LE), xxh3-64 of the payload seeded with its length (u64 LE),
+//! payload. Payload: kind (1 = delta, 2 = part of a compaction's snapshot), clock (u64),
+//! reset families, family metadata, item runs (family name, then items), peers, started
+//! and confirmed applies. Strings and counts are LEB128-prefixed; clocks are u64 LE.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rusqlite::types::Type;
-use rusqlite::{params, Connection, OptionalExtension};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::engine::{
-    Eid, Entry, FamilyMeta, Hlc, ItemId, Mode, PeerMeta, PersistDelta, RestoredState, Version,
+    Eid, Entry, FamilyMeta, Hlc, ItemDelta, ItemId, ItemRef, ItemState, Mode, PeerMeta,
+    PersistDelta, PersistedState, RestoredState, Version,
 };
 
-/// Creates the replica tables if they are missing.
-pub fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS replica_meta (
-             name TEXT PRIMARY KEY,
-             value INTEGER NOT NULL
-         ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS replica_family (
-             id INTEGER PRIMARY KEY,
-             name TEXT NOT NULL UNIQUE,
-             mode TEXT NOT NULL,
-             baseline INTEGER NOT NULL,
-             horizon INTEGER NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS replica_item (
-             family INTEGER NOT NULL,
-             owner BLOB NOT NULL,      -- empty for global families
-             key TEXT NOT NULL,
-             hlc INTEGER NOT NULL,
-             origin BLOB NOT NULL,
-             value TEXT,               -- NULL is a tombstone
-             PRIMARY KEY (family, owner, key)
-         ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS replica_peer (
-             eid BLOB PRIMARY KEY,
-             node INTEGER NOT NULL
-         ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS replica_peer_stale (
-             eid BLOB NOT NULL,
-             family TEXT NOT NULL,
-             below INTEGER NOT NULL,
-             PRIMARY KEY (eid, family)
-         ) WITHOUT ROWID;
-         CREATE TABLE IF NOT EXISTS replica_pending_batch (
-             id INTEGER PRIMARY KEY,
-             items BLOB NOT NULL       -- see encode_pending
-         );",
-    )?;
-    migrate_pending_rows(conn)
+/// The log's file name, beside astdb.
+pub const FILE_NAME: &str = "astdb_cluster.replica";
+const MAGIC: &[u8; 8] = b"ADBCRLOG";
+const FORMAT: u32 = 1;
+const HEADER_LEN: u64 = 16;
+const RECORD_HEAD: usize = 12;
+/// A record longer than this is damage, not data (a delta of every key of a large
+/// family is a few hundred MB at most).
+const MAX_RECORD: usize = 1 << 30;
+const KIND_DELTA: u8 = 1;
+const KIND_SNAPSHOT: u8 = 2;
+/// The log is compacted once the records after the last snapshot exceed both this and
+/// the snapshot's own size.
+pub const COMPACT_FLOOR: u64 = 64 << 20;
+/// Items per snapshot record (bounds the memory a load needs per record).
+const SNAPSHOT_ITEMS: usize = 65_536;
+/// The write buffer is given back when a large delta has grown it beyond this.
+const KEEP_BUFFER: usize = 4 << 20;
+
+/// What opening the log found that an administrator should hear about.
+#[derive(Debug, Default)]
+pub struct LogNotes {
+    /// Bytes at the end that did not form whole, intact records (an interrupted
+    /// write), cut off.
+    pub dropped_tail: u64,
+    /// A file that was not a replica log, renamed aside, and why.
+    pub set_aside: Option<(PathBuf, String)>,
 }
 
-/// Files written before pending applies were kept one row per delta hold them one row
-/// per item in `replica_pending_apply`: move those into one batch row.
-fn migrate_pending_rows(conn: &Connection) -> rusqlite::Result<()> {
-    let old: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master
-                            WHERE type = 'table' AND name = 'replica_pending_apply')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !old {
-        return Ok(());
-    }
-    let tx = conn.unchecked_transaction()?;
-    let mut blob = Vec::new();
-    {
-        let mut q = tx.prepare("SELECT family, owner, key FROM replica_pending_apply")?;
-        let mut rows = q.query([])?;
-        while let Some(r) = rows.next()? {
-            let owner = owner_from(1, &r.get::<_, Vec<u8>>(1)?)?;
-            let key: String = r.get(2)?;
-            encode_pending(&mut blob, r.get(0)?, &owner, &key);
-        }
-    }
-    if !blob.is_empty() {
-        tx.execute(
-            "INSERT INTO replica_pending_batch (items) VALUES (?1)",
-            [&blob],
-        )?;
-    }
-    tx.execute_batch("DROP TABLE replica_pending_apply")?;
-    tx.commit()
+pub struct ReplicaLog {
+    path: PathBuf,
+    file: File,
+    /// Where the next record goes.
+    len: u64,
+    /// End of the snapshot records at the start of the file.
+    base: u64,
+    /// A failed write may have left part of a record at `len`: cut it before the next.
+    torn: bool,
+    floor: u64,
+    /// After a failed compaction, the next waits until the log reaches this length.
+    retry_at: u64,
+    buf: Vec<u8>,
 }
 
-/// One pending apply in a batch row: family id (8 bytes LE), owner length (1 byte) and
-/// bytes (0 or 6), key length (4 bytes LE) and UTF-8 bytes.
-fn encode_pending(out: &mut Vec<u8>, family: i64, owner: &Option<Eid>, key: &str) {
-    let owner = owner_blob(owner);
-    out.extend_from_slice(&family.to_le_bytes());
-    out.push(owner.len() as u8);
-    out.extend_from_slice(owner);
-    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    out.extend_from_slice(key.as_bytes());
+fn header() -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+    h
 }
 
-fn take<'a>(blob: &mut &'a [u8], n: usize) -> rusqlite::Result<&'a [u8]> {
-    if blob.len() < n {
-        return Err(bad(1, "damaged pending-apply batch"));
-    }
-    let (head, rest) = blob.split_at(n);
-    *blob = rest;
-    Ok(head)
+fn side_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
-fn take_array<const N: usize>(blob: &mut &[u8]) -> rusqlite::Result<[u8; N]> {
-    let mut a = [0; N];
-    a.copy_from_slice(take(blob, N)?);
-    Ok(a)
-}
-
-/// The entries of a batch row: (family id, owner, key).
-fn decode_pending(mut blob: &[u8]) -> rusqlite::Result<Vec<(i64, Option<Eid>, &str)>> {
-    let mut out = Vec::new();
-    while !blob.is_empty() {
-        let family = i64::from_le_bytes(take_array(&mut blob)?);
-        let owner_len = take(&mut blob, 1)?[0] as usize;
-        let owner = owner_from(1, take(&mut blob, owner_len)?)?;
-        let key_len = u32::from_le_bytes(take_array(&mut blob)?) as usize;
-        let key = std::str::from_utf8(take(&mut blob, key_len)?)
-            .map_err(|_| bad(1, "damaged pending-apply batch"))?;
-        out.push((family, owner, key));
-    }
-    Ok(out)
-}
-
-/// Removes from every pending batch row the entries `gone` says to; rows left empty go.
-fn strip_pending(
-    tx: &rusqlite::Transaction,
-    mut gone: impl FnMut(i64, &Option<Eid>, &str) -> bool,
-) -> rusqlite::Result<()> {
-    let rows: Vec<(i64, Vec<u8>)> = tx
-        .prepare_cached("SELECT id, items FROM replica_pending_batch")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (id, blob) in rows {
-        let entries = decode_pending(&blob)?;
-        let kept: Vec<_> = entries.iter().filter(|(f, o, k)| !gone(*f, o, k)).collect();
-        if kept.len() == entries.len() {
-            continue;
-        }
-        if kept.is_empty() {
-            tx.prepare_cached("DELETE FROM replica_pending_batch WHERE id = ?1")?
-                .execute([id])?;
-        } else {
-            let mut rest = Vec::new();
-            for (f, o, k) in kept {
-                encode_pending(&mut rest, *f, o, k);
-            }
-            tx.prepare_cached("UPDATE replica_pending_batch SET items = ?2 WHERE id = ?1")?
-                .execute(params![id, rest])?;
-        }
-    }
-    Ok(())
-}
-
-/// The replica tables of an open metadata connection.
-pub struct ReplicaStore {
-    conn: Connection,
-}
-
-impl ReplicaStore {
-    /// Uses `conn` (already opened, WAL) and creates the tables if needed.
-    pub fn open_in(conn: Connection) -> rusqlite::Result<Self> {
-        create_schema(&conn)?;
-        Ok(ReplicaStore { conn })
-    }
-
-    pub fn write(&mut self, delta: &PersistDelta) -> rusqlite::Result<()> {
-        write(&mut self.conn, delta)
-    }
-
-    pub fn load(&self) -> rusqlite::Result<RestoredState> {
-        load(&self.conn)
-    }
-
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
-    pub fn into_connection(self) -> Connection {
-        self.conn
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
     }
 }
 
-fn owner_blob(owner: &Option<Eid>) -> &[u8] {
-    owner.as_ref().map_or(&[][..], |e| &e.0[..])
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
-fn bad(col: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(col, Type::Blob, what.to_string().into())
-}
-
-fn eid_from(col: usize, blob: &[u8]) -> rusqlite::Result<Eid> {
-    let a: [u8; 6] = blob
-        .try_into()
-        .map_err(|_| bad(col, "EID is not 6 bytes"))?;
-    Ok(Eid(a))
-}
-
-fn owner_from(col: usize, blob: &[u8]) -> rusqlite::Result<Option<Eid>> {
-    if blob.is_empty() {
-        Ok(None)
-    } else {
-        eid_from(col, blob).map(Some)
-    }
-}
-
-fn mode_text(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Global => "global",
-        Mode::Unique => "unique",
-    }
-}
-
-/// Writes one delta in one transaction.
-pub fn write(conn: &mut Connection, delta: &PersistDelta) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    for name in &delta.reset_families {
-        let id: Option<i64> = tx
-            .query_row(
-                "SELECT id FROM replica_family WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = id {
-            tx.execute("DELETE FROM replica_item WHERE family = ?1", [id])?;
-            strip_pending(&tx, |f, _, _| f == id)?;
-            tx.execute("DELETE FROM replica_family WHERE id = ?1", [id])?;
-        }
-    }
-    {
-        let mut up = tx.prepare_cached(
-            "INSERT INTO replica_family (name, mode, baseline, horizon) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET mode = ?2, baseline = ?3, horizon = ?4",
-        )?;
-        for f in &delta.families {
-            up.execute(params![
-                f.name,
-                mode_text(f.mode),
-                f.baseline,
-                f.horizon.0 as i64
-            ])?;
-        }
-    }
-    let mut ids: HashMap<String, i64> = HashMap::new();
-    // Items come family by family: the last one looked up is the usual answer.
-    let mut last: Option<(String, i64)> = None;
-    let mut family_id = |tx: &rusqlite::Transaction, name: &str| -> rusqlite::Result<i64> {
-        if let Some((n, id)) = &last {
-            if n == name {
-                return Ok(*id);
-            }
-        }
-        let id = match ids.get(name) {
-            Some(id) => *id,
-            None => {
-                let id = tx
-                    .prepare_cached("SELECT id FROM replica_family WHERE name = ?1")?
-                    .query_row([name], |r| r.get(0))?;
-                ids.insert(name.to_string(), id);
-                id
-            }
+impl ReplicaLog {
+    /// Opens (or creates) the log at `path` and folds it into the state it holds.
+    pub fn open(path: &Path) -> io::Result<(ReplicaLog, RestoredState, LogNotes)> {
+        let mut notes = LogNotes::default();
+        // A compaction that did not finish: the old file is still the whole truth.
+        let _ = std::fs::remove_file(side_path(path, ".new"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        let mut head = [0u8; HEADER_LEN as usize];
+        let readable = size >= HEADER_LEN && {
+            file.read_exact_at(&mut head, 0)?;
+            head == header()
         };
-        last = Some((name.to_string(), id));
-        Ok(id)
-    };
-    {
-        let mut put = tx.prepare_cached(
-            "INSERT OR REPLACE INTO replica_item (family, owner, key, hlc, origin, value)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        let mut del = tx.prepare_cached(
-            "DELETE FROM replica_item WHERE family = ?1 AND owner = ?2 AND key = ?3",
-        )?;
-        for d in &delta.items {
-            let id = family_id(&tx, &d.item.family)?;
-            let owner = owner_blob(&d.item.owner);
-            let key: &str = &d.item.key;
-            match &d.state {
-                Some(s) => put.execute(params![
-                    id,
-                    owner,
-                    key,
-                    s.version.hlc.0 as i64,
-                    &s.version.origin.0[..],
-                    s.value.as_deref()
-                ])?,
-                None => del.execute(params![id, owner, key])?,
+        if !readable && size > 0 {
+            let why = if size < HEADER_LEN || &head[..8] != MAGIC {
+                "not a replica log".to_string()
+            } else {
+                format!(
+                    "written by a newer res_astdb_cluster (format {})",
+                    u32::from_le_bytes(head[8..12].try_into().unwrap_or_default())
+                )
             };
+            let aside = side_path(path, &format!(".damaged-{}", unix_secs()));
+            drop(file);
+            std::fs::rename(path, &aside)?;
+            notes.set_aside = Some((aside, why));
+            file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
         }
-        // Pending applies are kept one row per delta: the next delta confirms exactly
-        // the previous one's (the usual case: its row is deleted whole).
-        if !delta.applies_confirmed.is_empty() {
-            let mut confirmed = Vec::new();
-            let mut listed = Vec::with_capacity(delta.applies_confirmed.len());
-            for item in delta.applies_confirmed.iter() {
-                if let Ok(id) = family_id(&tx, &item.family) {
-                    encode_pending(&mut confirmed, id, &item.owner, &item.key);
-                    listed.push((id, item.owner, &*item.key));
-                }
+        let mut log = ReplicaLog {
+            path: path.to_path_buf(),
+            file,
+            len: HEADER_LEN,
+            base: HEADER_LEN,
+            torn: false,
+            floor: COMPACT_FLOOR,
+            retry_at: 0,
+            buf: Vec::new(),
+        };
+        if !readable {
+            log.file.set_len(0)?;
+            log.file.write_all_at(&header(), 0)?;
+            log.file.sync_all()?;
+            sync_dir(path)?;
+            return Ok((log, RestoredState::default(), notes));
+        }
+        let state = log.fold()?;
+        let size = log.file.metadata()?.len();
+        if size > log.len {
+            notes.dropped_tail = size - log.len;
+            log.file.set_len(log.len)?;
+        }
+        Ok((log, state, notes))
+    }
+
+    /// Reads the file again from the start: the state it holds now.
+    pub fn load(&mut self) -> io::Result<RestoredState> {
+        self.fold()
+    }
+
+    /// Folds every intact record; sets `len` to the end of the last one and `base` to
+    /// the end of the leading snapshot records.
+    fn fold(&mut self) -> io::Result<RestoredState> {
+        let mut reader = io::BufReader::with_capacity(1 << 20, &self.file);
+        io::Seek::seek(&mut reader, io::SeekFrom::Start(HEADER_LEN))?;
+        let mut fold = Fold::default();
+        let mut at = HEADER_LEN;
+        let mut base = HEADER_LEN;
+        let mut in_snapshot = true;
+        let mut payload = Vec::new();
+        loop {
+            let mut head = [0u8; RECORD_HEAD];
+            if read_full(&mut reader, &mut head)? < RECORD_HEAD {
+                break;
             }
-            let whole: Option<i64> = tx
-                .prepare_cached("SELECT id FROM replica_pending_batch WHERE items = ?1")?
-                .query_row([&confirmed], |r| r.get(0))
-                .optional()?;
-            match whole {
-                Some(id) => {
-                    tx.prepare_cached("DELETE FROM replica_pending_batch WHERE id = ?1")?
-                        .execute([id])?;
+            let n = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
+            let check = u64::from_le_bytes(head[4..].try_into().unwrap_or_default());
+            if n == 0 || n > MAX_RECORD {
+                break;
+            }
+            payload.resize(n, 0);
+            if read_full(&mut reader, &mut payload)? < n
+                || xxh3_64_with_seed(&payload, n as u64) != check
+            {
+                break;
+            }
+            let Ok((kind, delta)) = decode(&payload) else {
+                break;
+            };
+            fold.apply(&delta);
+            at += (RECORD_HEAD + n) as u64;
+            if kind == KIND_SNAPSHOT && in_snapshot {
+                base = at;
+            } else {
+                in_snapshot = false;
+            }
+        }
+        self.len = at;
+        self.base = base;
+        Ok(fold.finish())
+    }
+
+    /// The log compacts when `bytes` past the last snapshot are exceeded (tests use a
+    /// small one to make it happen often).
+    pub fn set_compaction_floor(&mut self, bytes: u64) {
+        self.floor = bytes;
+    }
+
+    /// Bytes in the file (header included).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == HEADER_LEN
+    }
+
+    /// Appends one delta.
+    pub fn write(&mut self, delta: &PersistDelta) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        encode_record(&mut buf, KIND_DELTA, |out| encode_delta(out, delta));
+        let done = self.append(&buf);
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
+        }
+        done
+    }
+
+    fn append(&mut self, record: &[u8]) -> io::Result<()> {
+        if record.len() - RECORD_HEAD > MAX_RECORD {
+            return Err(io::Error::other("a delta too large for one record"));
+        }
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        match self.file.write_all_at(record, self.len) {
+            Ok(()) => {
+                self.len += record.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the log holds enough superseded records to be worth rewriting.
+    pub fn wants_compaction(&self) -> bool {
+        let tail = self.len - self.base;
+        tail > self.floor.max(self.base) && self.len >= self.retry_at
+    }
+
+    /// Replaces the log by a new file holding just `state` (which must be what the
+    /// records written so far add up to). On failure the old log stays in use and the
+    /// next attempt waits for the log to grow by the floor again.
+    pub fn compact(&mut self, state: PersistedState<'_>) -> io::Result<()> {
+        let result = self.write_snapshot(state);
+        if result.is_err() {
+            let _ = std::fs::remove_file(side_path(&self.path, ".new"));
+            self.retry_at = self.len + self.floor;
+        }
+        result
+    }
+
+    fn write_snapshot(&mut self, state: PersistedState<'_>) -> io::Result<()> {
+        let new_path = side_path(&self.path, ".new");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&new_path)?;
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        out.write_all(&header())?;
+        let mut len = HEADER_LEN;
+        let mut buf = Vec::new();
+        encode_record(&mut buf, KIND_SNAPSHOT, |b| {
+            put_u64(b, state.clock.0);
+            put_len(b, 0);
+            encode_families(b, &state.families);
+            put_len(b, 0);
+            encode_peers(b, &state.peers);
+            encode_refs(b, state.unconfirmed.iter().copied());
+            put_len(b, 0);
+        });
+        out.write_all(&buf)?;
+        len += buf.len() as u64;
+        let mut items = state.items.peekable();
+        while items.peek().is_some() {
+            buf.clear();
+            encode_record(&mut buf, KIND_SNAPSHOT, |b| {
+                put_u64(b, state.clock.0);
+                put_len(b, 0);
+                put_len(b, 0);
+                let mut runs = Runs::new(b);
+                for (family, id, entry) in items.by_ref().take(SNAPSHOT_ITEMS) {
+                    let b = runs.item(family);
+                    put_item(
+                        b,
+                        id.owner,
+                        &id.key,
+                        Some((entry.version, entry.value.as_deref())),
+                    );
+                }
+                runs.finish();
+                put_len(b, 0);
+                put_len(b, 0);
+                put_len(b, 0);
+            });
+            out.write_all(&buf)?;
+            len += buf.len() as u64;
+        }
+        out.flush()?;
+        drop(out);
+        file.sync_all()?;
+        std::fs::rename(&new_path, &self.path)?;
+        // The rename is the switch: from here on the new file is the log.
+        self.file = file;
+        self.len = len;
+        self.base = len;
+        self.torn = false;
+        self.retry_at = 0;
+        sync_dir(&self.path)
+    }
+
+    /// Writes `state` (as loaded from elsewhere) as the log's snapshot.
+    pub fn replace_with(&mut self, state: &RestoredState) -> io::Result<()> {
+        let view = PersistedState {
+            clock: state.clock,
+            families: state.families.clone(),
+            peers: state.peers.clone(),
+            unconfirmed: state
+                .applies_unconfirmed
+                .iter()
+                .map(|(f, i)| (f.as_str(), i.owner, i.key.as_str()))
+                .collect(),
+            items: Box::new(state.items.iter().map(|(f, i, e)| (f.as_str(), i, e))),
+        };
+        self.compact(view)
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+// ---- encoding ----
+
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_len(b: &mut Vec<u8>, mut v: usize) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            b.push(byte);
+            return;
+        }
+        b.push(byte | 0x80);
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    put_len(b, s.len());
+    b.extend_from_slice(s.as_bytes());
+}
+
+fn put_owner(b: &mut Vec<u8>, owner: Option<Eid>) {
+    match owner {
+        None => b.push(0),
+        Some(e) => {
+            b.push(1);
+            b.extend_from_slice(&e.0);
+        }
+    }
+}
+
+/// One item: owner, key, then 0 (forget), or 1 (value) / 2 (tombstone) with its version.
+fn put_item(
+    b: &mut Vec<u8>,
+    owner: Option<Eid>,
+    key: &str,
+    state: Option<(Version, Option<&str>)>,
+) {
+    put_owner(b, owner);
+    put_str(b, key);
+    match state {
+        None => b.push(0),
+        Some((version, value)) => {
+            b.push(if value.is_some() { 1 } else { 2 });
+            put_u64(b, version.hlc.0);
+            b.extend_from_slice(&version.origin.0);
+            if let Some(v) = value {
+                put_str(b, v);
+            }
+        }
+    }
+}
+
+/// Writes a record (head and payload) to `b`; `body` writes the payload after the kind.
+fn encode_record(b: &mut Vec<u8>, kind: u8, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = b.len();
+    b.extend_from_slice(&[0; RECORD_HEAD]);
+    b.push(kind);
+    body(b);
+    let n = b.len() - start - RECORD_HEAD;
+    let check = xxh3_64_with_seed(&b[start + RECORD_HEAD..], n as u64);
+    b[start..start + 4].copy_from_slice(&(n.min(u32::MAX as usize) as u32).to_le_bytes());
+    b[start + 4..start + RECORD_HEAD].copy_from_slice(&check.to_le_bytes());
+}
+
+/// Items grouped in runs of one family: count of runs, then per run the family name,
+/// the item count and the items. The counts are patched in when known.
+struct Runs<'b> {
+    b: &'b mut Vec<u8>,
+    runs_at: usize,
+    runs: usize,
+    count_at: usize,
+    count: usize,
+    family: Option<String>,
+}
+
+/// Counts are written as fixed 5-byte LEB128 so they can be patched in place.
+fn put_len_fixed(b: &mut [u8], v: usize) {
+    for (i, slot) in b.iter_mut().enumerate().take(5) {
+        let byte = ((v >> (7 * i)) & 0x7f) as u8;
+        *slot = if i < 4 { byte | 0x80 } else { byte };
+    }
+}
+
+impl<'b> Runs<'b> {
+    fn new(b: &'b mut Vec<u8>) -> Self {
+        let runs_at = b.len();
+        b.extend_from_slice(&[0; 5]);
+        Runs {
+            b,
+            runs_at,
+            runs: 0,
+            count_at: 0,
+            count: 0,
+            family: None,
+        }
+    }
+
+    /// The buffer to write the next item of `family` into.
+    fn item(&mut self, family: &str) -> &mut Vec<u8> {
+        if self.family.as_deref() != Some(family) {
+            self.close_run();
+            self.runs += 1;
+            put_str(self.b, family);
+            self.count_at = self.b.len();
+            self.b.extend_from_slice(&[0; 5]);
+            self.count = 0;
+            self.family = Some(family.to_string());
+        }
+        self.count += 1;
+        self.b
+    }
+
+    fn close_run(&mut self) {
+        if self.family.is_some() {
+            put_len_fixed(&mut self.b[self.count_at..self.count_at + 5], self.count);
+        }
+    }
+
+    fn finish(mut self) {
+        self.close_run();
+        put_len_fixed(&mut self.b[self.runs_at..self.runs_at + 5], self.runs);
+    }
+}
+
+fn encode_families(b: &mut Vec<u8>, families: &[FamilyMeta]) {
+    put_len(b, families.len());
+    for f in families {
+        put_str(b, &f.name);
+        b.push(match f.mode {
+            Mode::Global => 0,
+            Mode::Unique => 1,
+        });
+        b.push(f.baseline as u8);
+        put_u64(b, f.horizon.0);
+    }
+}
+
+fn encode_peers(b: &mut Vec<u8>, peers: &[PeerMeta]) {
+    put_len(b, peers.len());
+    for p in peers {
+        b.extend_from_slice(&p.eid.0);
+        put_len(b, p.node as usize);
+        put_len(b, p.stale_below.len());
+        for (family, below) in &p.stale_below {
+            put_str(b, family);
+            put_u64(b, below.0);
+        }
+    }
+}
+
+fn encode_refs<'a>(b: &mut Vec<u8>, refs: impl Iterator<Item = (&'a str, Option<Eid>, &'a str)>) {
+    let mut runs = Runs::new(b);
+    for (family, owner, key) in refs {
+        let b = runs.item(family);
+        put_owner(b, owner);
+        put_str(b, key);
+    }
+    runs.finish();
+}
+
+fn encode_delta(b: &mut Vec<u8>, d: &PersistDelta) {
+    put_u64(b, d.clock.0);
+    put_len(b, d.reset_families.len());
+    for name in &d.reset_families {
+        put_str(b, name);
+    }
+    encode_families(b, &d.families);
+    let mut runs = Runs::new(b);
+    for item in &d.items {
+        let b = runs.item(&item.item.family);
+        let state = item.state.as_ref().map(|s| (s.version, s.value.as_deref()));
+        put_item(b, item.item.owner, &item.item.key, state);
+    }
+    runs.finish();
+    encode_peers(b, &d.peers);
+    encode_refs(
+        b,
+        d.applies_started
+            .iter()
+            .map(|r| (&*r.family, r.owner, &*r.key)),
+    );
+    encode_refs(
+        b,
+        d.applies_confirmed
+            .iter()
+            .map(|r| (&*r.family, r.owner, &*r.key)),
+    );
+}
+
+// ---- decoding ----
+
+struct Damaged;
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Damaged> {
+        if self.b.len() < n {
+            return Err(Damaged);
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, Damaged> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, Damaged> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().map_err(|_| Damaged)?,
+        ))
+    }
+
+    fn len(&mut self) -> Result<usize, Damaged> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let byte = self.u8()?;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return usize::try_from(v).map_err(|_| Damaged);
+            }
+        }
+        Err(Damaged)
+    }
+
+    /// A count of things each at least `min` bytes long: more than the rest could hold
+    /// is damage (and must not size an allocation).
+    fn count(&mut self, min: usize) -> Result<usize, Damaged> {
+        let n = self.len()?;
+        if n.saturating_mul(min) > self.b.len() {
+            return Err(Damaged);
+        }
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<&'a str, Damaged> {
+        let n = self.len()?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| Damaged)
+    }
+
+    fn eid(&mut self) -> Result<Eid, Damaged> {
+        Ok(Eid(self.take(6)?.try_into().map_err(|_| Damaged)?))
+    }
+
+    fn owner(&mut self) -> Result<Option<Eid>, Damaged> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.eid()?)),
+            _ => Err(Damaged),
+        }
+    }
+
+    /// Runs of items: calls `each(family, reader)` per item.
+    fn runs(
+        &mut self,
+        mut each: impl FnMut(&Arc<str>, &mut Self) -> Result<(), Damaged>,
+    ) -> Result<(), Damaged> {
+        let runs = self.count(2)?;
+        for _ in 0..runs {
+            let family: Arc<str> = self.str()?.into();
+            let n = self.count(2)?;
+            for _ in 0..n {
+                each(&family, self)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn refs(&mut self) -> Result<Arc<[ItemRef]>, Damaged> {
+        let mut out = Vec::new();
+        self.runs(|family, r| {
+            out.push(ItemRef {
+                family: family.clone(),
+                owner: r.owner()?,
+                key: r.str()?.into(),
+            });
+            Ok(())
+        })?;
+        Ok(out.into())
+    }
+}
+
+fn decode(payload: &[u8]) -> Result<(u8, PersistDelta), Damaged> {
+    let mut r = Reader { b: payload };
+    let kind = r.u8()?;
+    if kind != KIND_DELTA && kind != KIND_SNAPSHOT {
+        return Err(Damaged);
+    }
+    let mut d = PersistDelta {
+        clock: Hlc(r.u64()?),
+        ..PersistDelta::default()
+    };
+    for _ in 0..r.count(1)? {
+        d.reset_families.push(r.str()?.to_string());
+    }
+    for _ in 0..r.count(11)? {
+        d.families.push(FamilyMeta {
+            name: r.str()?.to_string(),
+            mode: match r.u8()? {
+                0 => Mode::Global,
+                1 => Mode::Unique,
+                _ => return Err(Damaged),
+            },
+            baseline: r.u8()? != 0,
+            horizon: Hlc(r.u64()?),
+        });
+    }
+    let mut items = Vec::new();
+    r.runs(|family, r| {
+        let owner = r.owner()?;
+        let key: Arc<str> = r.str()?.into();
+        let state = match r.u8()? {
+            0 => None,
+            tag @ (1 | 2) => {
+                let version = Version::new(Hlc(r.u64()?), r.eid()?);
+                let value = if tag == 1 {
+                    Some(r.str()?.into())
+                } else {
+                    None
+                };
+                Some(ItemState { version, value })
+            }
+            _ => return Err(Damaged),
+        };
+        items.push(ItemDelta {
+            item: ItemRef {
+                family: family.clone(),
+                owner,
+                key,
+            },
+            state,
+        });
+        Ok(())
+    })?;
+    d.items = items;
+    for _ in 0..r.count(8)? {
+        let eid = r.eid()?;
+        let node = u32::try_from(r.len()?).map_err(|_| Damaged)?;
+        let mut stale_below = Vec::new();
+        for _ in 0..r.count(9)? {
+            stale_below.push((r.str()?.to_string(), Hlc(r.u64()?)));
+        }
+        d.peers.push(PeerMeta {
+            eid,
+            node,
+            stale_below,
+        });
+    }
+    d.applies_started = r.refs()?;
+    d.applies_confirmed = r.refs()?;
+    if !r.b.is_empty() {
+        return Err(Damaged);
+    }
+    Ok((kind, d))
+}
+
+// ---- folding ----
+
+/// One family's items while folding, by (owner, key).
+type FamilyItems = HashMap<(Option<Eid>, Arc<str>), Entry>;
+
+/// The state the records read so far add up to.
+#[derive(Default)]
+struct Fold {
+    clock: Hlc,
+    families: BTreeMap<String, FamilyMeta>,
+    items: HashMap<Arc<str>, FamilyItems>,
+    pending: BTreeSet<(Arc<str>, Option<Eid>, Arc<str>)>,
+    peers: BTreeMap<Eid, PeerMeta>,
+}
+
+impl Fold {
+    fn apply(&mut self, d: &PersistDelta) {
+        // The clock only moves forward, even if deltas were ever written out of order.
+        self.clock = self.clock.max(d.clock);
+        for name in &d.reset_families {
+            self.families.remove(name);
+            self.items.remove(name.as_str());
+            self.pending.retain(|(f, _, _)| &**f != name);
+        }
+        for f in &d.families {
+            self.families.insert(f.name.clone(), f.clone());
+        }
+        for item in &d.items {
+            let key = (item.item.owner, item.item.key.clone());
+            match &item.state {
+                Some(s) => {
+                    self.items
+                        .entry(item.item.family.clone())
+                        .or_default()
+                        .insert(key, s.to_entry());
                 }
                 None => {
-                    // Rare (a delta whose save failed, or a restart in between): look
-                    // each pending item up in the confirmed ones.
-                    let set: std::collections::HashSet<_> = listed.into_iter().collect();
-                    strip_pending(&tx, |f, o, k| set.contains(&(f, *o, k)))?
+                    if let Some(family) = self.items.get_mut(&item.item.family) {
+                        family.remove(&key);
+                    }
                 }
             }
         }
-        if !delta.applies_started.is_empty() {
-            let mut started = Vec::new();
-            for item in delta.applies_started.iter() {
-                if let Ok(id) = family_id(&tx, &item.family) {
-                    encode_pending(&mut started, id, &item.owner, &item.key);
-                }
-            }
-            if !started.is_empty() {
-                tx.prepare_cached("INSERT INTO replica_pending_batch (items) VALUES (?1)")?
-                    .execute([&started])?;
-            }
+        for p in &d.peers {
+            self.peers.insert(p.eid, p.clone());
+        }
+        for r in d.applies_confirmed.iter() {
+            self.pending
+                .remove(&(r.family.clone(), r.owner, r.key.clone()));
+        }
+        for r in d.applies_started.iter() {
+            self.pending
+                .insert((r.family.clone(), r.owner, r.key.clone()));
         }
     }
-    for p in &delta.peers {
-        tx.prepare_cached("INSERT OR REPLACE INTO replica_peer (eid, node) VALUES (?1, ?2)")?
-            .execute(params![&p.eid.0[..], p.node])?;
-        tx.prepare_cached("DELETE FROM replica_peer_stale WHERE eid = ?1")?
-            .execute([&p.eid.0[..]])?;
-        let mut ins = tx.prepare_cached(
-            "INSERT INTO replica_peer_stale (eid, family, below) VALUES (?1, ?2, ?3)",
-        )?;
-        for (family, below) in &p.stale_below {
-            ins.execute(params![&p.eid.0[..], family, below.0 as i64])?;
-        }
-    }
-    // The clock only moves forward, even if deltas were ever written out of order.
-    tx.prepare_cached(
-        "INSERT INTO replica_meta (name, value) VALUES ('clock', ?1)
-         ON CONFLICT(name) DO UPDATE SET value = max(value, ?1)",
-    )?
-    .execute([delta.clock.0 as i64])?;
-    tx.commit()
-}
 
-/// Reads back everything written.
-pub fn load(conn: &Connection) -> rusqlite::Result<RestoredState> {
-    let clock: i64 = conn
-        .query_row(
-            "SELECT value FROM replica_meta WHERE name = 'clock'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
-    let mut state = RestoredState {
-        clock: Hlc(clock as u64),
-        ..RestoredState::default()
-    };
-    let mut names = HashMap::new();
-    {
-        let mut q = conn.prepare("SELECT id, name, mode, baseline, horizon FROM replica_family")?;
-        let mut rows = q.query([])?;
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let name: String = r.get(1)?;
-            let mode: String = r.get(2)?;
-            let mode = mode.parse::<Mode>().map_err(|_| bad(2, "unknown mode"))?;
-            state.families.push(FamilyMeta {
-                name: name.clone(),
-                mode,
-                baseline: r.get(3)?,
-                horizon: Hlc(r.get::<_, i64>(4)? as u64),
-            });
-            names.insert(id, name);
-        }
-    }
-    {
-        let mut q =
-            conn.prepare("SELECT family, owner, key, hlc, origin, value FROM replica_item")?;
-        let mut rows = q.query([])?;
-        while let Some(r) = rows.next()? {
-            let family: i64 = r.get(0)?;
-            let Some(name) = names.get(&family) else {
-                return Err(bad(0, "item of an unknown family"));
-            };
-            let owner = owner_from(1, &r.get::<_, Vec<u8>>(1)?)?;
-            let origin = eid_from(4, &r.get::<_, Vec<u8>>(4)?)?;
-            state.items.push((
-                name.clone(),
-                ItemId {
-                    owner,
-                    key: r.get(2)?,
-                },
-                Entry {
-                    version: Version::new(Hlc(r.get::<_, i64>(3)? as u64), origin),
-                    value: r.get(5)?,
-                },
-            ));
-        }
-    }
-    {
-        let mut q = conn.prepare("SELECT eid, node FROM replica_peer")?;
-        let mut rows = q.query([])?;
-        let mut stale_q =
-            conn.prepare("SELECT family, below FROM replica_peer_stale WHERE eid = ?1")?;
-        while let Some(r) = rows.next()? {
-            let blob: Vec<u8> = r.get(0)?;
-            let eid = eid_from(0, &blob)?;
-            let stale_below = stale_q
-                .query_map([&blob], |s| {
-                    Ok((s.get::<_, String>(0)?, Hlc(s.get::<_, i64>(1)? as u64)))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            state.peers.push(PeerMeta {
-                eid,
-                node: r.get(1)?,
-                stale_below,
-            });
-        }
-    }
-    {
-        let mut q = conn.prepare("SELECT items FROM replica_pending_batch ORDER BY id")?;
-        let mut rows = q.query([])?;
-        let mut seen = std::collections::HashSet::new();
-        while let Some(r) = rows.next()? {
-            let blob = r.get_ref(0)?.as_blob()?;
-            for (family, owner, key) in decode_pending(blob)? {
-                let Some(name) = names.get(&family) else {
-                    continue;
-                };
-                if !seen.insert((family, owner, key.to_string())) {
-                    continue;
-                }
-                state.applies_unconfirmed.push((
+    fn finish(self) -> RestoredState {
+        let mut state = RestoredState {
+            clock: self.clock,
+            ..RestoredState::default()
+        };
+        for (family, items) in self.items {
+            if !self.families.contains_key(&*family) {
+                continue;
+            }
+            let name = family.to_string();
+            state.items.reserve(items.len());
+            for ((owner, key), entry) in items {
+                state.items.push((
                     name.clone(),
+                    ItemId {
+                        owner,
+                        key: key.to_string(),
+                    },
+                    entry,
+                ));
+            }
+        }
+        for (family, owner, key) in self.pending {
+            if self.families.contains_key(&*family) {
+                state.applies_unconfirmed.push((
+                    family.to_string(),
                     ItemId {
                         owner,
                         key: key.to_string(),
@@ -459,14 +824,15 @@ pub fn load(conn: &Connection) -> rusqlite::Result<RestoredState> {
                 ));
             }
         }
+        state.families = self.families.into_values().collect();
+        state.peers = self.peers.into_values().collect();
+        state
     }
-    Ok(state)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{ItemDelta, ItemRef};
 
     fn entry(ms: u64, value: Option<&str>) -> Entry {
         Entry {
@@ -475,29 +841,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_written_delta_loads_back_as_the_same_state() {
-        let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
+    fn family(name: &str, mode: Mode) -> FamilyMeta {
+        FamilyMeta {
+            name: name.into(),
+            mode,
+            baseline: true,
+            horizon: Hlc::ZERO,
+        }
+    }
+
+    /// The state with its lists in one order, to compare.
+    fn sorted(mut s: RestoredState) -> RestoredState {
+        s.items.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        s.families.sort_by(|a, b| a.name.cmp(&b.name));
+        s.peers.sort_by_key(|p| p.eid);
+        s.applies_unconfirmed.sort();
+        s
+    }
+
+    fn temp_log() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        (dir, path)
+    }
+
+    fn reopen(path: &Path) -> (ReplicaLog, RestoredState, LogNotes) {
+        ReplicaLog::open(path).unwrap()
+    }
+
+    fn sample_delta() -> PersistDelta {
         let g = ItemId::global("a/b");
         let u = ItemId::unique(Eid([9; 6]), "k");
-        let delta = PersistDelta {
+        PersistDelta {
             clock: Hlc::from_parts(500, 2),
             families: vec![
                 FamilyMeta {
-                    name: "blacklist".into(),
-                    mode: Mode::Global,
-                    baseline: true,
                     horizon: Hlc::from_parts(7, 0),
+                    ..family("blacklist", Mode::Global)
                 },
                 FamilyMeta {
-                    name: "registrar".into(),
-                    mode: Mode::Unique,
                     baseline: false,
-                    horizon: Hlc::ZERO,
+                    ..family("registrar", Mode::Unique)
                 },
             ],
             items: vec![
                 ItemDelta::new("blacklist", &g, Some(&entry(10, Some("x")))),
+                ItemDelta::new(
+                    "blacklist",
+                    &ItemId::global("c"),
+                    Some(&entry(12, Some(""))),
+                ),
                 ItemDelta::new("registrar", &u, Some(&entry(11, None))),
             ],
             peers: vec![PeerMeta {
@@ -507,130 +900,242 @@ mod tests {
             }],
             applies_started: vec![ItemRef::new("blacklist", &g)].into(),
             ..PersistDelta::default()
-        };
-        store.write(&delta).unwrap();
-        let loaded = store.load().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_written_delta_loads_back_as_the_same_state_after_reopening() {
+        let (_dir, path) = temp_log();
+        let (mut log, empty, _) = reopen(&path);
+        assert_eq!(empty, RestoredState::default());
+        let delta = sample_delta();
+        log.write(&delta).unwrap();
+        drop(log);
+        let (mut log, loaded, notes) = reopen(&path);
+        assert_eq!(notes.dropped_tail, 0);
         assert_eq!(loaded.clock, delta.clock);
         assert_eq!(loaded.families.len(), 2);
-        assert_eq!(loaded.items.len(), 2);
-        assert!(loaded
-            .items
-            .contains(&("registrar".into(), u, entry(11, None))));
+        assert_eq!(loaded.items.len(), 3);
+        assert!(loaded.items.contains(&(
+            "registrar".into(),
+            ItemId::unique(Eid([9; 6]), "k"),
+            entry(11, None)
+        )));
+        assert!(loaded.items.contains(&(
+            "blacklist".into(),
+            ItemId::global("c"),
+            entry(12, Some(""))
+        )));
         assert_eq!(loaded.peers, delta.peers);
         assert_eq!(
             loaded.applies_unconfirmed,
-            vec![("blacklist".into(), g.clone())]
+            vec![("blacklist".into(), ItemId::global("a/b"))]
         );
 
-        let forget = PersistDelta {
+        let g = ItemId::global("a/b");
+        log.write(&PersistDelta {
             clock: Hlc::from_parts(1, 0),
             items: vec![ItemDelta::new("blacklist", &g, None)],
             applies_confirmed: vec![ItemRef::new("blacklist", &g)].into(),
             ..PersistDelta::default()
-        };
-        store.write(&forget).unwrap();
-        let loaded = store.load().unwrap();
-        assert_eq!(loaded.items.len(), 1);
+        })
+        .unwrap();
+        let loaded = log.load().unwrap();
+        assert_eq!(loaded.items.len(), 2, "a forgotten item is gone");
         assert!(loaded.applies_unconfirmed.is_empty());
         assert_eq!(loaded.clock, delta.clock, "the clock never moves back");
     }
 
     #[test]
-    fn pending_applies_of_an_older_file_are_kept() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE replica_family (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
-                 mode TEXT NOT NULL, baseline INTEGER NOT NULL, horizon INTEGER NOT NULL);
-             INSERT INTO replica_family VALUES (1, 'f', 'unique', 1, 0);
-             CREATE TABLE replica_pending_apply (family INTEGER NOT NULL, owner BLOB NOT NULL,
-                 key TEXT NOT NULL, PRIMARY KEY (family, owner, key)) WITHOUT ROWID;
-             INSERT INTO replica_pending_apply VALUES (1, x'090909090909', 'k');",
-        )
-        .unwrap();
-        let mut store = ReplicaStore::open_in(conn).unwrap();
-        let u = ItemId::unique(Eid([9; 6]), "k");
-        assert_eq!(
-            store.load().unwrap().applies_unconfirmed,
-            vec![("f".into(), u.clone())]
-        );
-        // Confirmed by a delta whose batch is not that row: taken out of it all the same.
-        store
-            .write(&PersistDelta {
-                applies_confirmed: vec![
-                    ItemRef::new("f", &u),
-                    ItemRef::new("f", &ItemId::unique(Eid([8; 6]), "x")),
-                ]
-                .into(),
-                ..PersistDelta::default()
-            })
-            .unwrap();
-        assert!(store.load().unwrap().applies_unconfirmed.is_empty());
-    }
-
-    #[test]
-    fn a_partly_confirmed_batch_keeps_the_rest() {
-        let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
+    fn a_partly_confirmed_batch_keeps_the_rest_pending() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
         let (a, b) = (ItemId::global("a"), ItemId::global("b"));
-        store
-            .write(&PersistDelta {
-                families: vec![FamilyMeta {
-                    name: "f".into(),
-                    mode: Mode::Global,
-                    baseline: true,
-                    horizon: Hlc::ZERO,
-                }],
-                applies_started: vec![ItemRef::new("f", &a), ItemRef::new("f", &b)].into(),
-                ..PersistDelta::default()
-            })
-            .unwrap();
-        store
-            .write(&PersistDelta {
-                applies_confirmed: vec![ItemRef::new("f", &a)].into(),
-                ..PersistDelta::default()
-            })
-            .unwrap();
+        log.write(&PersistDelta {
+            families: vec![family("f", Mode::Global)],
+            applies_started: vec![ItemRef::new("f", &a), ItemRef::new("f", &b)].into(),
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        log.write(&PersistDelta {
+            applies_confirmed: vec![ItemRef::new("f", &a)].into(),
+            ..PersistDelta::default()
+        })
+        .unwrap();
         assert_eq!(
-            store.load().unwrap().applies_unconfirmed,
+            log.load().unwrap().applies_unconfirmed,
             vec![("f".into(), b.clone())]
         );
-        store
-            .write(&PersistDelta {
-                applies_confirmed: vec![ItemRef::new("f", &b)].into(),
-                ..PersistDelta::default()
-            })
-            .unwrap();
-        assert!(store.load().unwrap().applies_unconfirmed.is_empty());
+        log.write(&PersistDelta {
+            applies_confirmed: vec![ItemRef::new("f", &b)].into(),
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        assert!(log.load().unwrap().applies_unconfirmed.is_empty());
     }
 
     #[test]
     fn a_mode_change_forgets_the_family_items() {
-        let mut store = ReplicaStore::open_in(Connection::open_in_memory().unwrap()).unwrap();
-        let fam = |mode| FamilyMeta {
-            name: "f".into(),
-            mode,
-            baseline: true,
-            horizon: Hlc::ZERO,
-        };
-        store
-            .write(&PersistDelta {
-                families: vec![fam(Mode::Global)],
-                items: vec![ItemDelta::new(
-                    "f",
-                    &ItemId::global("k"),
-                    Some(&entry(1, Some("v"))),
-                )],
-                ..PersistDelta::default()
-            })
-            .unwrap();
-        store
-            .write(&PersistDelta {
-                reset_families: vec!["f".into()],
-                families: vec![fam(Mode::Unique)],
-                ..PersistDelta::default()
-            })
-            .unwrap();
-        let loaded = store.load().unwrap();
-        assert!(loaded.items.is_empty());
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.write(&PersistDelta {
+            families: vec![family("f", Mode::Global), family("g", Mode::Global)],
+            items: vec![
+                ItemDelta::new("f", &ItemId::global("k"), Some(&entry(1, Some("v")))),
+                ItemDelta::new("g", &ItemId::global("k"), Some(&entry(1, Some("v")))),
+            ],
+            applies_started: vec![ItemRef::new("f", &ItemId::global("k"))].into(),
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        log.write(&PersistDelta {
+            reset_families: vec!["f".into()],
+            families: vec![family("f", Mode::Unique)],
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        let loaded = sorted(log.load().unwrap());
+        assert_eq!(loaded.items.len(), 1);
+        assert_eq!(loaded.items[0].0, "g", "the other family keeps its items");
+        assert!(loaded.applies_unconfirmed.is_empty());
         assert_eq!(loaded.families[0].mode, Mode::Unique);
+    }
+
+    #[test]
+    fn an_interrupted_write_at_the_end_is_cut_off_and_what_came_before_loads() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.write(&sample_delta()).unwrap();
+        let good = log.len();
+        let expected = sorted(log.load().unwrap());
+        // Half of a second record, as a crash in the middle of a write leaves it.
+        let mut record = Vec::new();
+        encode_record(&mut record, KIND_DELTA, |b| {
+            encode_delta(b, &sample_delta())
+        });
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&record[..record.len() / 2]).unwrap();
+        drop((f, log));
+
+        let (mut log, loaded, notes) = reopen(&path);
+        assert_eq!(sorted(loaded), expected);
+        assert_eq!(notes.dropped_tail, (record.len() / 2) as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), good);
+        // Later records go where the torn one was, and load.
+        log.write(&PersistDelta {
+            clock: Hlc::from_parts(900, 0),
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        drop(log);
+        let (_, loaded, notes) = reopen(&path);
+        assert_eq!(notes.dropped_tail, 0);
+        assert_eq!(loaded.clock, Hlc::from_parts(900, 0));
+        assert_eq!(loaded.items.len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_record_ends_the_log_there() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.write(&sample_delta()).unwrap();
+        let first = log.len();
+        log.write(&PersistDelta {
+            items: vec![ItemDelta::new(
+                "blacklist",
+                &ItemId::global("late"),
+                Some(&entry(20, Some("y"))),
+            )],
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, loaded, notes) = reopen(&path);
+        assert_eq!(loaded.items.len(), 3, "the damaged record is not applied");
+        assert_eq!(notes.dropped_tail, bytes.len() as u64 - first);
+        assert_eq!(log.len(), first);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_replica_log_is_set_aside_untouched() {
+        let (_dir, path) = temp_log();
+        std::fs::write(&path, b"this is not a log, it is a shopping list").unwrap();
+        let (mut log, loaded, notes) = reopen(&path);
+        assert_eq!(loaded, RestoredState::default());
+        let (aside, why) = notes.set_aside.expect("reported");
+        assert!(why.contains("not a replica log"), "{why}");
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            b"this is not a log, it is a shopping list"
+        );
+        log.write(&sample_delta()).unwrap();
+        assert_eq!(log.load().unwrap().items.len(), 3);
+    }
+
+    #[test]
+    fn a_compacted_log_is_smaller_and_holds_the_same_state() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.set_compaction_floor(1024);
+        log.write(&sample_delta()).unwrap();
+        // The same keys written over and over: the log grows, the state does not.
+        for round in 0..200u64 {
+            log.write(&PersistDelta {
+                clock: Hlc::from_parts(1000 + round, 0),
+                items: (0..10)
+                    .map(|k| {
+                        ItemDelta::new(
+                            "blacklist",
+                            &ItemId::global(&format!("key{k}")),
+                            Some(&entry(1000 + round, Some(&format!("value {round}")))),
+                        )
+                    })
+                    .collect(),
+                ..PersistDelta::default()
+            })
+            .unwrap();
+        }
+        assert!(log.wants_compaction());
+        let before = log.len();
+        let state = log.load().unwrap();
+        log.replace_with(&state).unwrap();
+        assert!(!log.wants_compaction());
+        assert!(log.len() * 10 < before, "{} then {}", before, log.len());
+        assert!(!side_path(&path, ".new").exists());
+        // Writes after the compaction land in the new file.
+        log.write(&PersistDelta {
+            items: vec![ItemDelta::new(
+                "blacklist",
+                &ItemId::global("after"),
+                Some(&entry(5000, Some("z"))),
+            )],
+            ..PersistDelta::default()
+        })
+        .unwrap();
+        drop(log);
+        let (_, loaded, _) = reopen(&path);
+        let mut expected = state;
+        expected.items.push((
+            "blacklist".into(),
+            ItemId::global("after"),
+            entry(5000, Some("z")),
+        ));
+        assert_eq!(sorted(loaded), sorted(expected));
+    }
+
+    #[test]
+    fn a_compaction_left_unfinished_by_a_crash_is_ignored() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.write(&sample_delta()).unwrap();
+        drop(log);
+        std::fs::write(side_path(&path, ".new"), b"ADBCRLOG half a snapshot").unwrap();
+        let (_, loaded, _) = reopen(&path);
+        assert_eq!(loaded.items.len(), 3);
+        assert!(!side_path(&path, ".new").exists());
     }
 }

@@ -58,6 +58,18 @@ pub fn stub_binary() -> PathBuf {
     stubs_dir().join("build/asterisk-stub")
 }
 
+/// A test-only preload library built with the stand-in:
+/// `asterisk-stubs/build/testlibs/<name>.so` (see `Builder::env` for LD_PRELOAD).
+#[allow(dead_code)]
+pub fn testlib_so(name: &str) -> PathBuf {
+    stub_binary();
+    let p = stubs_dir()
+        .join("build/testlibs")
+        .join(format!("{name}.so"));
+    assert!(p.is_file(), "test library {} was not built", p.display());
+    p
+}
+
 /// A test module built with the stand-in: `asterisk-stubs/build/testmods/<name>.so`.
 pub fn testmod_so(name: &str) -> PathBuf {
     stub_binary();
@@ -173,9 +185,17 @@ pub struct Builder {
     modules_conf: Option<String>,
     verbose: Option<i32>,
     data_files: Vec<(String, String)>,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
+    /// An environment variable for the stand-in process (every start of it).
+    #[allow(dead_code)]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     /// `[options] entityid`; the default is unique per instance in this process.
     pub fn eid(mut self, eid: &str) -> Self {
         self.eid = Some(eid.to_string());
@@ -321,6 +341,7 @@ impl Builder {
             child: None,
             eid,
             keep: std::env::var_os("KEEP_STANDIN_DIRS").is_some(),
+            env: self.env,
         };
         s.spawn();
         s
@@ -336,6 +357,7 @@ pub struct StandIn {
     child: Option<Child>,
     eid: String,
     keep: bool,
+    env: Vec<(String, String)>,
 }
 
 impl StandIn {
@@ -349,6 +371,7 @@ impl StandIn {
             modules_conf: None,
             verbose: None,
             data_files: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -369,6 +392,7 @@ impl StandIn {
             .open(self.root.join("log/stderr.txt"))
             .expect("open stderr file");
         let child = Command::new(&self.bin)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .arg("-C")
             .arg(&self.conf)
             .arg("-f")
