@@ -458,8 +458,10 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             // A large read goes to the engine a slice at a time first, each slice's
             // changes saved and sent before the next is compared (a bulk import then
             // starts reaching the peers at once); the whole read follows, for the keys
-            // that are gone.
+            // that are gone, unless the engine then holds exactly what was read.
+            let mut sliced = false;
             if rows.len() > FLUSH_OUTPUTS {
+                sliced = true;
                 for slice in rows.chunks(FLUSH_OUTPUTS) {
                     let _ = with_runtime(|rt| {
                         let out = rt.node.engine.local_rows(&name, slice, now_ms());
@@ -469,8 +471,10 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
                 }
             }
             let _ = with_runtime(|rt| {
-                let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
-                rt.node.outputs.extend(out);
+                if !(sliced && rt.node.engine.holds_contents(&name, read)) {
+                    let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
+                    rt.node.outputs.extend(out);
+                }
                 if rt.node.engine.counters().local_changes > before {
                     rt.node.follow_up(&name, took);
                     rt.node.read_stamp.remove(&name);

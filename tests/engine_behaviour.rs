@@ -535,3 +535,41 @@ fn a_large_read_handed_over_in_slices_changes_the_same_as_in_one_piece() {
         "first read, edits, deletes, adds"
     );
 }
+
+#[test]
+fn slices_of_a_read_without_deletes_leave_nothing_for_the_whole_read_but_deletes_do() {
+    let start: Vec<(String, String)> = (0..50).map(|i| (format!("k{i:03}"), "a".into())).collect();
+    let mut e = node(A, 1);
+    e.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    e.local_snapshot("f", start.clone(), NOW);
+
+    // Edits and additions only: once the slices are taken the engine holds the read.
+    let mut grown = start.clone();
+    grown[3].1 = "b".into();
+    grown.push(("z".into(), "new".into()));
+    for slice in grown.chunks(8) {
+        e.local_rows("f", slice, NOW + 10);
+    }
+    let pairs: Vec<(&str, &str)> = grown
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(e.holds_contents("f", read_as(None, &pairs)));
+
+    // A key gone from AstDB: slices cannot see it, so the whole read is still needed.
+    let shrunk: Vec<(String, String)> = grown[1..].to_vec();
+    for slice in shrunk.chunks(8) {
+        e.local_rows("f", slice, NOW + 20);
+    }
+    let pairs: Vec<(&str, &str)> = shrunk
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(!e.holds_contents("f", read_as(None, &pairs)));
+    let read = read_as(None, &pairs);
+    e.local_snapshot("f", shrunk.clone(), NOW + 20);
+    assert!(e.holds_contents("f", read));
+    assert!(e
+        .entry("f", None, "k000")
+        .is_some_and(|x| x.value.is_none()));
+}

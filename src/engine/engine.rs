@@ -719,7 +719,8 @@ impl Engine {
     /// A slice of a read handed over ahead of the whole read (a large one, so that its
     /// changes can be saved and sent while the rest is compared): the changes of these
     /// rows, without looking for keys that are gone. [`Engine::local_snapshot`] with the
-    /// whole read must follow; the rows already taken are then unchanged.
+    /// whole read must follow (the rows already taken are then unchanged), unless
+    /// [`Engine::holds_contents`] says the slices left nothing for it to find.
     pub fn local_rows(
         &mut self,
         family: &str,
