@@ -246,6 +246,9 @@ pub fn load() -> i32 {
     for note in &report.replica_notes {
         warning!("{note}");
     }
+    if let Some(moved) = &report.replica_moved {
+        notice!("{moved}");
+    }
     let restored = Some(metadata.take_restored());
     let crashed = match metadata.mark_running(true) {
         Ok(crashed) => crashed,

@@ -34,9 +34,11 @@ pub struct Metadata {
 pub struct OpenReport {
     /// A damaged file that was renamed out of the way, and why it was judged damaged.
     pub set_aside: Option<(PathBuf, String)>,
-    /// What opening the replica log found (cut-off writes, a file set aside, state
-    /// moved from an earlier build's tables), one warning each.
+    /// What opening the replica log found that is wrong (cut-off writes, a file set
+    /// aside), one warning each.
     pub replica_notes: Vec<String>,
+    /// State moved from an earlier build's tables into the log: for a notice.
+    pub replica_moved: Option<String>,
 }
 
 fn open_checked(path: &Path) -> Result<Connection, String> {
@@ -143,7 +145,7 @@ impl Metadata {
             Ok(true) => match legacy::load(&conn) {
                 Ok(state) => match log.replace_with(&state) {
                     Ok(()) => {
-                        report.replica_notes.push(format!(
+                        report.replica_moved = Some(format!(
                             "replication state ({} items) moved from {} to {}",
                             state.items.len(),
                             path.display(),
@@ -436,9 +438,12 @@ mod tests {
         }
         let (mut meta, report) = Metadata::open(&path).unwrap();
         assert!(
-            report.replica_notes.iter().any(|n| n.contains("2 items")),
+            report
+                .replica_moved
+                .as_deref()
+                .is_some_and(|n| n.contains("2 items")),
             "{:?}",
-            report.replica_notes
+            report.replica_moved
         );
         let state = meta.take_restored();
         assert_eq!(state.clock.0, 123456);
@@ -452,7 +457,7 @@ mod tests {
         assert!(!legacy::present(meta.connection()).unwrap());
         drop(meta);
         let (mut meta, report) = Metadata::open(&path).unwrap();
-        assert!(report.replica_notes.is_empty());
+        assert!(report.replica_notes.is_empty() && report.replica_moved.is_none());
         let mut again = meta.take_restored();
         again.items.sort_by(|a, b| a.0.cmp(&b.0));
         let mut state = state;
