@@ -99,6 +99,23 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     }
 }
 
+/// One writer per log: a second process (another Asterisk given the same astdbdir)
+/// appending to it would interleave records.
+fn lock(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this File owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.kind() == io::ErrorKind::WouldBlock {
+        return Err(io::Error::other(
+            "in use by another process (another Asterisk with the same astdbdir?)",
+        ));
+    }
+    Err(e)
+}
+
 fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -109,14 +126,15 @@ impl ReplicaLog {
     /// Opens (or creates) the log at `path` and folds it into the state it holds.
     pub fn open(path: &Path) -> io::Result<(ReplicaLog, RestoredState, LogNotes)> {
         let mut notes = LogNotes::default();
-        // A compaction that did not finish: the old file is still the whole truth.
-        let _ = std::fs::remove_file(side_path(path, ".new"));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
+        lock(&file)?;
+        // A compaction that did not finish: the old file is still the whole truth.
+        let _ = std::fs::remove_file(side_path(path, ".new"));
         let size = file.metadata()?.len();
         let mut head = [0u8; HEADER_LEN as usize];
         let readable = size >= HEADER_LEN && {
@@ -142,6 +160,7 @@ impl ReplicaLog {
                 .create(true)
                 .truncate(true)
                 .open(path)?;
+            lock(&file)?;
         }
         let mut log = ReplicaLog {
             path: path.to_path_buf(),
@@ -177,6 +196,7 @@ impl ReplicaLog {
     /// Folds every intact record; sets `len` to the end of the last one and `base` to
     /// the end of the leading snapshot records.
     fn fold(&mut self) -> io::Result<RestoredState> {
+        let size = self.file.metadata()?.len();
         let mut reader = io::BufReader::with_capacity(1 << 20, &self.file);
         io::Seek::seek(&mut reader, io::SeekFrom::Start(HEADER_LEN))?;
         let mut fold = Fold::default();
@@ -191,7 +211,8 @@ impl ReplicaLog {
             }
             let n = u32::from_le_bytes(head[..4].try_into().unwrap_or_default()) as usize;
             let check = u64::from_le_bytes(head[4..].try_into().unwrap_or_default());
-            if n == 0 || n > MAX_RECORD {
+            // A length the file cannot hold is damage: never allocate for it.
+            if n == 0 || n > MAX_RECORD || at + (RECORD_HEAD + n) as u64 > size {
                 break;
             }
             payload.resize(n, 0);
@@ -289,6 +310,7 @@ impl ReplicaLog {
             .create(true)
             .truncate(true)
             .open(&new_path)?;
+        lock(&file)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&header())?;
         let mut len = HEADER_LEN;
@@ -1137,5 +1159,62 @@ mod tests {
         let (_, loaded, _) = reopen(&path);
         assert_eq!(loaded.items.len(), 3);
         assert!(!side_path(&path, ".new").exists());
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_while_the_first_has_the_log_open() {
+        let (_dir, path) = temp_log();
+        let (log, _, _) = reopen(&path);
+        let second = ReplicaLog::open(&path).err().expect("refused");
+        assert!(
+            second.to_string().contains("in use by another process"),
+            "{second}"
+        );
+        drop(log);
+        assert!(
+            ReplicaLog::open(&path).is_ok(),
+            "free once the first closes it"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever damage a file suffers, opening it neither panics nor invents state:
+        /// it loads as some prefix of the records written.
+        #[test]
+        fn a_damaged_log_loads_as_a_prefix_of_what_was_written(
+            flips in proptest::collection::vec((0usize..4096, 0u8..=255), 0..4),
+            cut in proptest::option::of(0usize..4096),
+            garbage in proptest::collection::vec(0u8..=255, 0..64),
+        ) {
+            let (_dir, path) = temp_log();
+            let (mut log, _, _) = reopen(&path);
+            let mut states = vec![sorted(log.load().unwrap())];
+            for round in 0..6u64 {
+                let mut d = sample_delta();
+                d.clock = Hlc::from_parts(600 + round, 0);
+                d.items.push(ItemDelta::new(
+                    "blacklist",
+                    &ItemId::global(&format!("r{round}")),
+                    Some(&entry(30 + round, Some("v"))),
+                ));
+                log.write(&d).unwrap();
+                states.push(sorted(log.load().unwrap()));
+            }
+            drop(log);
+            let mut bytes = std::fs::read(&path).unwrap();
+            for (at, x) in &flips {
+                let at = HEADER_LEN as usize + at % (bytes.len() - HEADER_LEN as usize);
+                bytes[at] ^= x | 1;
+            }
+            if let Some(c) = cut {
+                bytes.truncate((HEADER_LEN as usize + c).min(bytes.len()));
+            }
+            bytes.extend_from_slice(&garbage);
+            std::fs::write(&path, &bytes).unwrap();
+            let (_, loaded, _) = reopen(&path);
+            let loaded = sorted(loaded);
+            proptest::prop_assert!(states.contains(&loaded), "loaded a state never written");
+        }
     }
 }
