@@ -319,7 +319,7 @@ fn metadata_bytes_per_key() {
                 &ItemId::global(&key(i)),
                 Some(&Entry {
                     version: Version::new(Hlc::from_parts(NOW, (i % 60000) as u16), A),
-                    value: Some(format!("blocked by rule {}", i % 100)),
+                    value: Some(format!("blocked by rule {}", i % 100).into()),
                 }),
             )
         })

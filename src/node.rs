@@ -505,7 +505,7 @@ fn repair_family(family: &str) {
             continue; // other servers' copies live elsewhere; the engine re-applies those
         }
         match (&entry.value, current.get(&id.key)) {
-            (Some(value), Some(now)) if now == value => {}
+            (Some(value), Some(now)) if now.as_str() == &**value => {}
             (Some(value), _) => {
                 if db::put(family, &id.key, value).is_ok() {
                     restored += 1;

@@ -37,7 +37,7 @@ fn changes(
             },
             entry: Entry {
                 version: Version::new(Hlc::from_parts(ms, 0), from),
-                value: value.map(str::to_string),
+                value: value.map(Into::into),
             },
         }]),
     }
@@ -375,10 +375,12 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
         out.iter()
             .filter_map(|o| match o {
                 Output::Send { msg, .. } => match &msg.body {
-                    Body::Changes(c) => Some(
-                        c.iter()
-                            .map(|c| (c.item.key.clone(), c.entry.value.clone())),
-                    ),
+                    Body::Changes(c) => Some(c.iter().map(|c| {
+                        (
+                            c.item.key.clone(),
+                            c.entry.value.as_deref().map(str::to_string),
+                        )
+                    })),
                     _ => None,
                 },
                 _ => None,
@@ -519,7 +521,9 @@ fn a_large_read_handed_over_in_slices_changes_the_same_as_in_one_piece() {
             .map(|i| format!("k{i:03}"))
             .chain((0..10).map(|i| format!("n{i:03}")))
             .map(|k| {
-                let v = e.entry("f", None, &k).and_then(|x| x.value.clone());
+                let v = e
+                    .entry("f", None, &k)
+                    .and_then(|x| x.value.as_deref().map(str::to_string));
                 (k, v)
             })
             .collect();

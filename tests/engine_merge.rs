@@ -8,7 +8,7 @@ fn entry() -> impl Strategy<Value = Entry> {
     // Few distinct clocks, origins and values so that ties are common.
     (0u64..4, 0u16..3, 0u8..3, prop::option::of(0u8..3)).prop_map(|(ms, c, o, v)| Entry {
         version: Version::new(Hlc::from_parts(ms, c), Eid([0, 0, 0, 0, 0, o])),
-        value: v.map(|v| format!("v{v}")),
+        value: v.map(|v| format!("v{v}").into()),
     })
 }
 

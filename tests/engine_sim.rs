@@ -480,17 +480,17 @@ impl Sim {
     }
 
     fn check(&self) -> Result<(), String> {
-        let expected: BTreeMap<&String, &String> = self
+        let expected: BTreeMap<&str, &str> = self
             .oracle
             .iter()
-            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+            .filter_map(|(k, e)| e.value.as_deref().map(|v| (k.as_str(), v)))
             .collect();
         for (i, node) in self.nodes.iter().enumerate() {
-            let have: BTreeMap<&String, &String> = node
+            let have: BTreeMap<&str, &str> = node
                 .db
                 .iter()
                 .filter(|((f, _), _)| f == GLOBAL)
-                .map(|((_, k), v)| (k, v))
+                .map(|((_, k), v)| (k.as_str(), v.as_str()))
                 .collect();
             if have != expected {
                 return Err(format!(

@@ -18,6 +18,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::eid::Eid;
 use super::family::{validate_family_name, Mode};
@@ -210,9 +211,9 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
                 let value = match r.u8()? {
                     0 => None,
                     1 => {
-                        let v = r.str(MAX_VALUE_LEN)?;
-                        check_value(&v).map_err(DecodeError::BadValue)?;
-                        Some(v)
+                        let v = r.str_ref(MAX_VALUE_LEN)?;
+                        check_value(v).map_err(DecodeError::BadValue)?;
+                        Some(Arc::from(v))
                     }
                     b => return Err(DecodeError::BadFlag(b)),
                 };
@@ -339,12 +340,12 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
             return Err(DecodeError::Truncated);
         }
@@ -389,12 +390,17 @@ impl Reader<'_> {
     }
 
     fn str(&mut self, max: usize) -> Result<String, DecodeError> {
+        self.str_ref(max).map(str::to_string)
+    }
+
+    /// A string borrowed from the message (copied once, by the caller, into what keeps it).
+    fn str_ref(&mut self, max: usize) -> Result<&'a str, DecodeError> {
         let n = self.varint()?;
         if n > max as u64 {
             return Err(DecodeError::TooMany("bytes in a string", n));
         }
         let bytes = self.take(n as usize)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::BadUtf8)
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8)
     }
 
     fn item(&mut self, mode: Mode) -> Result<ItemId, DecodeError> {

@@ -270,9 +270,9 @@ impl FamilyState {
         (op, item)
     }
 
-    /// [`FamilyState::apply`] for an item and value that are not shared yet.
-    fn apply_copy(&mut self, item: &ItemId, value: Option<&str>) -> (DbOp, ItemRef) {
-        self.apply(item.owner, item.key.as_str().into(), value.map(Arc::from))
+    /// [`FamilyState::apply`] for an item whose key is not shared yet.
+    fn apply_copy(&mut self, item: &ItemId, value: Option<Arc<str>>) -> (DbOp, ItemRef) {
+        self.apply(item.owner, item.key.as_str().into(), value)
     }
 
     fn track(&mut self, item: &ItemId, entry: &Entry) {
@@ -414,7 +414,7 @@ fn batches<T>(
 }
 
 fn change_size(c: &Change) -> usize {
-    c.item.key.len() + c.entry.value.as_ref().map_or(0, String::len) + 32
+    c.item.key.len() + c.entry.value.as_ref().map_or(0, |v| v.len()) + 32
 }
 
 fn root_digest(store: &ItemStore) -> DigestNode {
@@ -636,7 +636,7 @@ impl Engine {
                 .store
                 .get(item.owner, &item.key)
                 .and_then(|e| e.value.clone());
-            let (op, applied) = fs.apply_copy(&item, value.as_deref());
+            let (op, applied) = fs.apply_copy(&item, value);
             out.push(Output::Apply(op));
             self.applies_started.push(applied);
         }
@@ -894,7 +894,7 @@ impl Engine {
             // AstDB missed an Apply (crash before it ran, or data found when the family
             // was first looked at): the replicated state is the truth, so redo it.
             let held_value = held_value();
-            let (op, applied) = fs.apply_copy(&item, held_value.as_deref());
+            let (op, applied) = fs.apply_copy(&item, held_value);
             out.push(Output::Apply(op));
             self.applies_started.push(applied);
             return;
@@ -914,7 +914,7 @@ impl Engine {
                          is not shared and is replaced by the cluster's value"
                     )));
                     let held_value = held_value();
-                    let (op, applied) = fs.apply_copy(&item, held_value.as_deref());
+                    let (op, applied) = fs.apply_copy(&item, held_value);
                     out.push(Output::Apply(op));
                     self.applies_started.push(applied);
                 }
@@ -940,7 +940,7 @@ impl Engine {
         };
         let entry = Entry {
             version: Version::new(hlc, local),
-            value: value.map(str::to_string),
+            value: value.map(Arc::from),
         };
         fs.store.put(owner, key, entry.clone());
         fs.track(&item, &entry);
@@ -1343,7 +1343,7 @@ impl Engine {
                             .store
                             .get_at(pos, item.owner, &item.key)
                             .and_then(|e| e.value.clone());
-                        fs.apply_copy(&item, value.as_deref())
+                        fs.apply_copy(&item, value)
                     }
                 };
                 out.push(Output::Apply(op));
@@ -1913,7 +1913,7 @@ mod tests {
                     },
                     entry: Entry {
                         version: Version::new(Hlc(r >> 8), Eid([0; 6])),
-                        value: Some(r.to_string()),
+                        value: Some(r.to_string().into()),
                     },
                 }
             })

@@ -1,6 +1,7 @@
 //! Items and the merge rule: the one place that decides which of two states of a key wins.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
@@ -101,8 +102,9 @@ impl Contents {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub version: Version,
-    /// `None` is a tombstone.
-    pub value: Option<String>,
+    /// `None` is a tombstone. Shared (not copied) with the outputs and the persistence
+    /// delta of the same change.
+    pub value: Option<Arc<str>>,
 }
 
 impl Entry {

@@ -69,14 +69,14 @@ impl ItemState {
     pub fn of(entry: &Entry) -> Self {
         ItemState {
             version: entry.version,
-            value: entry.value.as_deref().map(Arc::from),
+            value: entry.value.clone(),
         }
     }
 
     pub fn to_entry(&self) -> Entry {
         Entry {
             version: self.version,
-            value: self.value.as_deref().map(str::to_string),
+            value: self.value.clone(),
         }
     }
 }

@@ -648,7 +648,7 @@ mod tests {
     fn entry(ms: u64, value: Option<&str>) -> Entry {
         Entry {
             version: Version::new(Hlc::from_parts(ms, 0), Eid([0, 0, 0, 0, 0, 1])),
-            value: value.map(str::to_string),
+            value: value.map(Into::into),
         }
     }
 

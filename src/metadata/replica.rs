@@ -859,7 +859,7 @@ mod tests {
     fn entry(ms: u64, value: Option<&str>) -> Entry {
         Entry {
             version: Version::new(Hlc::from_parts(ms, 1), Eid([1, 2, 3, 4, 5, 6])),
-            value: value.map(str::to_string),
+            value: value.map(Into::into),
         }
     }
 
