@@ -504,7 +504,7 @@ fn repair_family(family: &str) {
         if id.owner.is_some_and(|owner| owner != eid) {
             continue; // other servers' copies live elsewhere; the engine re-applies those
         }
-        match (&entry.value, current.get(&id.key)) {
+        match (&entry.value, current.get(&*id.key)) {
             (Some(value), Some(now)) if now.as_str() == &**value => {}
             (Some(value), _) => {
                 if db::put(family, &id.key, value).is_ok() {

@@ -338,7 +338,7 @@ fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() 
         out.iter()
             .filter_map(|o| match o {
                 Output::Send { msg, .. } => match &msg.body {
-                    Body::Changes(c) => Some(c.iter().map(|c| c.item.key.clone())),
+                    Body::Changes(c) => Some(c.iter().map(|c| c.item.key.to_string())),
                     _ => None,
                 },
                 _ => None,
@@ -377,7 +377,7 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
                 Output::Send { msg, .. } => match &msg.body {
                     Body::Changes(c) => Some(c.iter().map(|c| {
                         (
-                            c.item.key.clone(),
+                            c.item.key.to_string(),
                             c.entry.value.as_deref().map(str::to_string),
                         )
                     })),

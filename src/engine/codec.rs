@@ -410,7 +410,10 @@ impl<'a> Reader<'a> {
         };
         let key = self.str(MAX_KEY_LEN)?;
         check_key(&key).map_err(DecodeError::BadKey)?;
-        Ok(ItemId { owner, key })
+        Ok(ItemId {
+            owner,
+            key: key.into(),
+        })
     }
 
     fn version(&mut self) -> Result<Version, DecodeError> {

@@ -272,7 +272,7 @@ impl FamilyState {
 
     /// [`FamilyState::apply`] for an item whose key is not shared yet.
     fn apply_copy(&mut self, item: &ItemId, value: Option<Arc<str>>) -> (DbOp, ItemRef) {
-        self.apply(item.owner, item.key.as_str().into(), value)
+        self.apply(item.owner, item.key.clone(), value)
     }
 
     fn track(&mut self, item: &ItemId, entry: &Entry) {
@@ -354,7 +354,7 @@ fn sort_by_item(changes: &mut Vec<Change>) {
         return;
     }
     let order = item_order(changes.len(), |i| {
-        (changes[i].item.owner, changes[i].item.key.as_str())
+        (changes[i].item.owner, &*changes[i].item.key)
     });
     let mut taken: Vec<Option<Change>> = mem::take(changes).into_iter().map(Some).collect();
     changes.extend(
@@ -807,7 +807,7 @@ impl Engine {
             }
             seen.push(key);
         }
-        let missing: Vec<String> = self.families.get(family).map_or_else(Vec::new, |fs| {
+        let missing: Vec<Arc<str>> = self.families.get(family).map_or_else(Vec::new, |fs| {
             let live_own = |id: &ItemId, e: &Entry| {
                 id.owner == owner && !e.is_tombstone() && in_scope(&id.key)
             };
@@ -824,7 +824,7 @@ impl Engine {
             let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
             fs.store
                 .iter()
-                .filter(|(id, e)| live_own(id, e) && !seen.contains(id.key.as_str()))
+                .filter(|(id, e)| live_own(id, e) && !seen.contains(&*id.key))
                 .map(|(id, _)| id.key.clone())
                 .collect()
         });
@@ -888,7 +888,7 @@ impl Engine {
         let held_value = || fs.store.get(owner, key).and_then(|h| h.value.clone());
         let item = ItemId {
             owner,
-            key: key.to_string(),
+            key: key.into(),
         };
         if from_snapshot && (fs.unconfirmed.contains(&item) || (!fs.baseline && held_exists)) {
             // AstDB missed an Apply (crash before it ran, or data found when the family
@@ -1505,9 +1505,7 @@ impl Engine {
                 }
             }
             if wanted.len() > push_slice {
-                let order = item_order(wanted.len(), |i| {
-                    (wanted[i].1.owner, wanted[i].1.key.as_str())
-                });
+                let order = item_order(wanted.len(), |i| (wanted[i].1.owner, &*wanted[i].1.key));
                 queued = order
                     .into_iter()
                     .map(|i| (wanted[i as usize].0, wanted[i as usize].2.version.hlc))
@@ -1828,7 +1826,7 @@ impl Engine {
             unconfirmed.extend(
                 fs.unconfirmed
                     .iter()
-                    .map(|i| (name.as_str(), i.owner, i.key.as_str())),
+                    .map(|i| (name.as_str(), i.owner, &*i.key)),
             );
         }
         unconfirmed.sort_unstable();
@@ -1909,7 +1907,7 @@ mod tests {
                 Change {
                     item: ItemId {
                         owner: owners[(r >> 20) as usize % 3],
-                        key,
+                        key: key.into(),
                     },
                     entry: Entry {
                         version: Version::new(Hlc(r >> 8), Eid([0; 6])),

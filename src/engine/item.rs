@@ -16,22 +16,23 @@ use super::version::Version;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ItemId {
     pub owner: Option<Eid>,
-    /// The key below the family; may contain '/'.
-    pub key: String,
+    /// The key below the family; may contain '/'. Shared with the change log, the
+    /// outputs and the persistence delta rather than copied for each.
+    pub key: Arc<str>,
 }
 
 impl ItemId {
     pub fn global(key: &str) -> Self {
         ItemId {
             owner: None,
-            key: key.to_string(),
+            key: key.into(),
         }
     }
 
     pub fn unique(owner: Eid, key: &str) -> Self {
         ItemId {
             owner: Some(owner),
-            key: key.to_string(),
+            key: key.into(),
         }
     }
 

@@ -46,14 +46,14 @@ impl ItemRef {
         ItemRef {
             family: family.into(),
             owner: item.owner,
-            key: item.key.as_str().into(),
+            key: item.key.clone(),
         }
     }
 
     pub fn item_id(&self) -> ItemId {
         ItemId {
             owner: self.owner,
-            key: self.key.to_string(),
+            key: self.key.clone(),
         }
     }
 }

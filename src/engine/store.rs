@@ -65,12 +65,12 @@ struct Held {
 }
 
 impl Held {
-    /// A new item, not yet in the change log.
-    fn new(owner: Option<Eid>, key: &str, entry: Entry) -> Self {
+    /// A new item, not yet in the change log; its key shared from `shared` if given.
+    fn new(owner: Option<Eid>, key: &str, shared: Option<&Arc<str>>, entry: Entry) -> Self {
         Held {
             id: ItemId {
                 owner,
-                key: key.to_string(),
+                key: shared.map_or_else(|| key.into(), Arc::clone),
             },
             entry,
             epoch: 0,
@@ -79,7 +79,7 @@ impl Held {
     }
 
     fn is(&self, owner: Option<Eid>, key: &str) -> bool {
-        self.id.owner == owner && self.id.key == key
+        self.id.owner == owner && &*self.id.key == key
     }
 }
 
@@ -278,27 +278,28 @@ impl ItemStore {
     /// Merges `incoming` into the item: it replaces the held state only if it wins.
     pub fn merge(&mut self, owner: Option<Eid>, key: &str, incoming: Entry) -> Merged {
         let pos = position_of(owner, key);
-        self.write(pos, owner, key, incoming, false, || false)
+        self.write(pos, owner, key, None, incoming, false, || false)
     }
 
     /// Like [`ItemStore::merge`], for an item at position `pos`, but an absent item is
     /// let in only if `refuse_new` says no (one lookup instead of a `get` and a `merge`).
+    /// A new item keeps `key` itself rather than a copy.
     pub fn merge_unless(
         &mut self,
         pos: u64,
         owner: Option<Eid>,
-        key: &str,
+        key: &Arc<str>,
         incoming: Entry,
         refuse_new: impl FnOnce() -> bool,
     ) -> Merged {
-        self.write(pos, owner, key, incoming, false, refuse_new)
+        self.write(pos, owner, key, Some(key), incoming, false, refuse_new)
     }
 
     /// Sets the item's state whatever was held (for local changes, already versioned
     /// above the held state).
     pub fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
         let pos = position_of(owner, key);
-        self.write(pos, owner, key, entry, true, || false)
+        self.write(pos, owner, key, None, entry, true, || false)
     }
 
     /// Like [`ItemStore::put`], without recording the change (restoring persisted state).
@@ -309,11 +310,13 @@ impl ItemStore {
         merged
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &mut self,
         pos: u64,
         owner: Option<Eid>,
         key: &str,
+        shared: Option<&Arc<str>>,
         incoming: Entry,
         force: bool,
         refuse_new: impl FnOnce() -> bool,
@@ -329,7 +332,8 @@ impl ItemStore {
                     self.buckets = vec![Vec::new(); BUCKETS];
                 }
                 self.buckets[(pos >> BUCKET_SHIFT) as usize].push(pos);
-                let Slot::One(h) = v.insert(Slot::One(Box::new(Held::new(owner, key, incoming))))
+                let Slot::One(h) =
+                    v.insert(Slot::One(Box::new(Held::new(owner, key, shared, incoming))))
                 else {
                     unreachable!("a slot just made holds one item")
                 };
@@ -350,7 +354,7 @@ impl ItemStore {
                     if refuse_new() {
                         return Merged::Refused;
                     }
-                    let held = Held::new(owner, key, incoming);
+                    let held = Held::new(owner, key, shared, incoming);
                     let taken = std::mem::replace(slot, Slot::Many(Box::default()));
                     let mut v = match taken {
                         Slot::One(h) => vec![*h],
@@ -386,7 +390,7 @@ impl ItemStore {
                     None => {
                         self.log.push(Logged {
                             owner,
-                            key: Arc::from(key),
+                            key: held.id.key.clone(),
                             state,
                         });
                         (self.log.len() - 1) as u32
@@ -464,7 +468,7 @@ impl ItemStore {
             } else {
                 self.log.push(Logged {
                     owner,
-                    key: Arc::from(key),
+                    key: id.key.clone(),
                     state: None,
                 });
                 (self.log.len() - 1) as u32
@@ -486,12 +490,12 @@ impl ItemStore {
         if removed.is_none() && self.tracking {
             let id = ItemId {
                 owner,
-                key: key.to_string(),
+                key: key.into(),
             };
             if !self.removed.contains_key(&id) {
                 self.log.push(Logged {
                     owner,
-                    key: Arc::from(key),
+                    key: id.key.clone(),
                     state: None,
                 });
                 self.removed.insert(id, (self.log.len() - 1) as u32);

@@ -203,9 +203,13 @@ pub fn load(conn: &Connection) -> rusqlite::Result<RestoredState> {
             continue;
         };
         if seen.insert((family, owner, key.clone())) {
-            state
-                .applies_unconfirmed
-                .push((name.clone(), ItemId { owner, key }));
+            state.applies_unconfirmed.push((
+                name.clone(),
+                ItemId {
+                    owner,
+                    key: key.into(),
+                },
+            ));
         }
     }
     Ok(state)

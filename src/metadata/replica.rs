@@ -373,7 +373,7 @@ impl ReplicaLog {
             unconfirmed: state
                 .applies_unconfirmed
                 .iter()
-                .map(|(f, i)| (f.as_str(), i.owner, i.key.as_str()))
+                .map(|(f, i)| (f.as_str(), i.owner, &*i.key))
                 .collect(),
             items: Box::new(state.items.iter().map(|(f, i, e)| (f.as_str(), i, e))),
         };
@@ -829,7 +829,7 @@ impl Fold {
                     name.clone(),
                     ItemId {
                         owner,
-                        key: key.to_string(),
+                        key: key.clone(),
                     },
                     entry,
                 ));
@@ -841,7 +841,7 @@ impl Fold {
                     family.to_string(),
                     ItemId {
                         owner,
-                        key: key.to_string(),
+                        key: key.clone(),
                     },
                 ));
             }
