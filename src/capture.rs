@@ -12,7 +12,7 @@
 //! asterisk/thread.rs for why that matters).
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 /// Dialplan writes waiting beyond this many are dropped, and the module falls
@@ -89,9 +89,39 @@ impl Inbox {
 
 static INBOX: Mutex<Option<std::sync::Arc<Inbox>>> = Mutex::new(None);
 
-/// Sets (or clears) where dialplan writes go.
+/// The families the module's thread shares, for the PBX threads to leave other writes
+/// alone (no copy, no wake-up).
+static SHARED: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Sets (or clears) where dialplan writes go; clearing also forgets the shared names.
 pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
+    if inbox.is_none() {
+        set_shared(Vec::new());
+    }
     *INBOX.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
+}
+
+/// The families now shared (the module's thread calls this when they change). A write
+/// to a family shared a moment before this is called is not lost: a newly shared
+/// family is read whole at once.
+pub fn set_shared(names: Vec<String>) {
+    *SHARED.write().unwrap_or_else(|p| p.into_inner()) = names;
+}
+
+/// Whether a dialplan write to `path` ("family/key", the family possibly nested) is in
+/// a shared family: some leading run of its family's `/`-separated parts is a shared
+/// name, as the engine decides (`Engine::local_change`).
+pub fn wanted(path: &str) -> bool {
+    let path = path.trim_matches('/');
+    let Some((family, _)) = path.rsplit_once('/') else {
+        return false;
+    };
+    let shared = SHARED.read().unwrap_or_else(|p| p.into_inner());
+    shared.iter().any(|name| {
+        family
+            .strip_prefix(name.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// A dialplan write of `value` to `path` ("family/key") succeeded (None: a delete).
@@ -170,6 +200,26 @@ mod wake_tests {
         assert!(
             waited < Duration::from_secs(4),
             "woke only at the timeout: {waited:?}"
+        );
+    }
+
+    #[test]
+    fn only_writes_in_shared_families_are_wanted() {
+        set_shared(vec!["blacklist".into(), "foo/sub".into()]);
+        assert!(wanted("blacklist/5551234"));
+        assert!(wanted("/blacklist/a/b"), "a key with slashes");
+        assert!(wanted("foo/sub/k") && wanted("foo/sub/deeper/k"));
+        assert!(
+            !wanted("blacklist2/5551234"),
+            "a family that only begins alike"
+        );
+        assert!(!wanted("foo/k"), "the parent of a shared family");
+        assert!(!wanted("other/k") && !wanted("blacklist"));
+        assert!(!wanted("020000000001/blacklist/k"), "another node's copies");
+        set_inbox(None);
+        assert!(
+            !wanted("blacklist/5551234"),
+            "nothing once the module stops"
         );
     }
 }

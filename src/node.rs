@@ -136,6 +136,7 @@ impl Node {
             .filter(|n| registry.get(n).is_none())
             .cloned()
             .collect();
+        let mut changed = !gone.is_empty();
         for name in gone {
             self.outputs.extend(self.engine.unshare(&name, now));
             self.told.remove(&name);
@@ -149,7 +150,11 @@ impl Node {
                 // A newly shared family is read at once, and handed over whole.
                 self.next_read.insert(family.name.clone(), Instant::now());
                 self.forget_reads(&family.name);
+                changed = true;
             }
+        }
+        if changed {
+            crate::capture::set_shared(self.told.keys().cloned().collect());
         }
     }
 
@@ -357,8 +362,7 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
 
     // Registry changes, dialplan writes and the clock first.
     let hook_due = with_runtime(|rt: &mut Runtime| {
-        let registry = rt.registry.clone();
-        rt.node.sync_families(&registry, now);
+        rt.node.sync_families(&rt.registry, now);
         rt.node
             .last_hook_check
             .is_none_or(|t| at.duration_since(t) >= HOOK_CHECK)

@@ -392,10 +392,20 @@ fn dialplan_db_writes_are_seen_at_once_and_other_writers_at_the_next_read() {
     });
     n.cli("dialplan set DB(fruit/apple)=red");
     n.cli("dialplan eval ${DB_DELETE(fruit/apple)}");
+    // Families nobody shares cost the module nothing: not even handed over.
+    n.cli("dialplan set DB(vegetables/leek)=green");
+    n.cli("dialplan set DB(fruitbowl/apple)=red");
     n.cli("dialplan set DB(fruit/pear)=green");
     let status = n.wait_for_cli("astdb cluster show status", Duration::from_secs(2), |s| {
         s.contains("Dialplan writes seen:    3")
     });
+    assert!(
+        n.cli("database get vegetables leek").contains("Value: green"),
+        "the unshared write itself happened"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let later = n.cli("astdb cluster show status");
+    assert!(later.contains("Dialplan writes seen:    3"), "{later}");
     // At least the three writes (a race with the family's first read may add its baseline).
     let local: u64 = status
         .lines()

@@ -173,8 +173,18 @@ pub extern "C" fn astdb_cluster_cli_complete(
 #[no_mangle]
 pub extern "C" fn astdb_cluster_db_written(path: *const c_char, value: *const c_char) {
     guard("dialplan write capture", (), || {
+        if path.is_null() {
+            return;
+        }
         // SAFETY: the glue passes a NUL-terminated copy of the function argument
         // and the value written (NULL for a delete).
+        let wanted = unsafe { CStr::from_ptr(path) }
+            .to_str()
+            .map_or(true, crate::capture::wanted);
+        if !wanted {
+            return; // not a shared family: nothing to copy or wake anyone for
+        }
+        // SAFETY: as above.
         let (path, value) = unsafe { (owned(path), owned(value)) };
         if let Some(path) = path {
             crate::capture::dialplan_wrote(path, value);
