@@ -152,15 +152,20 @@ fn store_merge_throughput() {
     );
 }
 
+/// The benches' one family, as persisted.
+fn family_meta() -> FamilyMeta {
+    FamilyMeta {
+        name: FAMILY.into(),
+        mode: Mode::Global,
+        baseline: true,
+        horizon: Hlc::ZERO,
+    }
+}
+
 fn restored(n: usize) -> RestoredState {
     RestoredState {
         clock: Hlc::from_parts(NOW, 0),
-        families: vec![FamilyMeta {
-            name: FAMILY.into(),
-            mode: Mode::Global,
-            baseline: true,
-            horizon: Hlc::ZERO,
-        }],
+        families: vec![family_meta()],
         items: (0..n)
             .map(|i| {
                 (
@@ -338,12 +343,7 @@ fn metadata_bytes_per_key() {
     for chunk in items.chunks(10_000) {
         log.write(&PersistDelta {
             clock: Hlc::from_parts(NOW, 0),
-            families: vec![FamilyMeta {
-                name: FAMILY.into(),
-                mode: Mode::Global,
-                baseline: true,
-                horizon: Hlc::ZERO,
-            }],
+            families: vec![family_meta()],
             items: chunk.to_vec(),
             ..PersistDelta::default()
         })

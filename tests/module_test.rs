@@ -400,7 +400,8 @@ fn dialplan_db_writes_are_seen_at_once_and_other_writers_at_the_next_read() {
         s.contains("Dialplan writes seen:    3")
     });
     assert!(
-        n.cli("database get vegetables leek").contains("Value: green"),
+        n.cli("database get vegetables leek")
+            .contains("Value: green"),
         "the unshared write itself happened"
     );
     std::thread::sleep(Duration::from_millis(300));

@@ -881,6 +881,18 @@ mod tests {
         s
     }
 
+    /// A delta that writes one key of the blacklist family.
+    fn one_item(key: &str, ms: u64, value: &str) -> PersistDelta {
+        PersistDelta {
+            items: vec![ItemDelta::new(
+                "blacklist",
+                &ItemId::global(key),
+                Some(&entry(ms, Some(value))),
+            )],
+            ..PersistDelta::default()
+        }
+    }
+
     fn temp_log() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
@@ -1062,15 +1074,7 @@ mod tests {
         let (mut log, _, _) = reopen(&path);
         log.write(&sample_delta()).unwrap();
         let first = log.len();
-        log.write(&PersistDelta {
-            items: vec![ItemDelta::new(
-                "blacklist",
-                &ItemId::global("late"),
-                Some(&entry(20, Some("y"))),
-            )],
-            ..PersistDelta::default()
-        })
-        .unwrap();
+        log.write(&one_item("late", 20, "y")).unwrap();
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -1129,15 +1133,7 @@ mod tests {
         assert!(log.len() * 10 < before, "{} then {}", before, log.len());
         assert!(!side_path(&path, ".new").exists());
         // Writes after the compaction land in the new file.
-        log.write(&PersistDelta {
-            items: vec![ItemDelta::new(
-                "blacklist",
-                &ItemId::global("after"),
-                Some(&entry(5000, Some("z"))),
-            )],
-            ..PersistDelta::default()
-        })
-        .unwrap();
+        log.write(&one_item("after", 5000, "z")).unwrap();
         drop(log);
         let (_, loaded, _) = reopen(&path);
         let mut expected = state;
