@@ -51,6 +51,11 @@ const KIND_SNAPSHOT: u8 = 2;
 pub const COMPACT_FLOOR: u64 = 64 << 20;
 /// Items per snapshot record (bounds the memory a load needs per record).
 const SNAPSHOT_ITEMS: usize = 65_536;
+/// Items per record of a delta (with `DELTA_BYTES`, keeps records far below
+/// `MAX_RECORD`).
+const DELTA_ITEMS: usize = 65_536;
+/// Roughly the most item bytes per record of a delta.
+const DELTA_BYTES: usize = 64 << 20;
 /// The write buffer is given back when a large delta has grown it beyond this.
 const KEEP_BUFFER: usize = 4 << 20;
 
@@ -252,11 +257,35 @@ impl ReplicaLog {
         self.len == HEADER_LEN
     }
 
-    /// Appends one delta.
+    /// Appends one delta: one record, or for a delta of many items several, written
+    /// together (a crash between them leaves the first ones, which is the state of a
+    /// delta taken part-way: the delta's outputs have not run yet).
     pub fn write(&mut self, delta: &PersistDelta) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        encode_record(&mut buf, KIND_DELTA, |out| encode_delta(out, delta));
+        let mut rest = &delta.items[..];
+        let mut head = true;
+        while head || !rest.is_empty() {
+            // Up to DELTA_ITEMS items, and fewer if they are large.
+            let (mut n, mut bytes) = (0, 0);
+            while n < rest.len() && n < DELTA_ITEMS && bytes < DELTA_BYTES {
+                let item = &rest[n];
+                bytes += item.item.key.len()
+                    + item
+                        .state
+                        .as_ref()
+                        .and_then(|s| s.value.as_ref())
+                        .map_or(0, |v| v.len())
+                    + 32;
+                n += 1;
+            }
+            let (items, later) = rest.split_at(n);
+            encode_record(&mut buf, KIND_DELTA, |out| {
+                encode_delta(out, delta, items, head)
+            });
+            rest = later;
+            head = false;
+        }
         let done = self.append(&buf);
         if buf.capacity() <= KEEP_BUFFER {
             self.buf = buf;
@@ -265,9 +294,6 @@ impl ReplicaLog {
     }
 
     fn append(&mut self, record: &[u8]) -> io::Result<()> {
-        if record.len() - RECORD_HEAD > MAX_RECORD {
-            return Err(io::Error::other("a delta too large for one record"));
-        }
         if self.torn {
             self.file.set_len(self.len)?;
             self.torn = false;
@@ -333,8 +359,14 @@ impl ReplicaLog {
                 put_u64(b, state.clock.0);
                 put_len(b, 0);
                 put_len(b, 0);
+                let start = b.len();
                 let mut runs = Runs::new(b);
-                for (family, id, entry) in items.by_ref().take(SNAPSHOT_ITEMS) {
+                let mut n = 0;
+                // Up to SNAPSHOT_ITEMS items, and fewer if they are large.
+                while n < SNAPSHOT_ITEMS && runs.b.len() - start < DELTA_BYTES {
+                    let Some((family, id, entry)) = items.next() else {
+                        break;
+                    };
                     let b = runs.item(family);
                     put_item(
                         b,
@@ -342,6 +374,7 @@ impl ReplicaLog {
                         &id.key,
                         Some((entry.version, entry.value.as_deref())),
                     );
+                    n += 1;
                 }
                 runs.finish();
                 put_len(b, 0);
@@ -557,20 +590,33 @@ fn encode_refs<'a>(b: &mut Vec<u8>, refs: impl Iterator<Item = (&'a str, Option<
     runs.finish();
 }
 
-fn encode_delta(b: &mut Vec<u8>, d: &PersistDelta) {
+/// A delta's record: all of it but the items, and `items` (some of the delta's). The
+/// records after a delta's first carry only items (`head` false).
+fn encode_delta(b: &mut Vec<u8>, d: &PersistDelta, items: &[ItemDelta], head: bool) {
     put_u64(b, d.clock.0);
-    put_len(b, d.reset_families.len());
-    for name in &d.reset_families {
-        put_str(b, name);
+    if !head {
+        put_len(b, 0);
+        put_len(b, 0);
+    } else {
+        put_len(b, d.reset_families.len());
+        for name in &d.reset_families {
+            put_str(b, name);
+        }
+        encode_families(b, &d.families);
     }
-    encode_families(b, &d.families);
     let mut runs = Runs::new(b);
-    for item in &d.items {
+    for item in items {
         let b = runs.item(&item.item.family);
         let state = item.state.as_ref().map(|s| (s.version, s.value.as_deref()));
         put_item(b, item.item.owner, &item.item.key, state);
     }
     runs.finish();
+    if !head {
+        put_len(b, 0);
+        put_len(b, 0);
+        put_len(b, 0);
+        return;
+    }
     encode_peers(b, &d.peers);
     encode_refs(
         b,
@@ -1044,8 +1090,9 @@ mod tests {
         let expected = sorted(log.load().unwrap());
         // Half of a second record, as a crash in the middle of a write leaves it.
         let mut record = Vec::new();
+        let d = sample_delta();
         encode_record(&mut record, KIND_DELTA, |b| {
-            encode_delta(b, &sample_delta())
+            encode_delta(b, &d, &d.items, true)
         });
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&record[..record.len() / 2]).unwrap();
@@ -1066,6 +1113,48 @@ mod tests {
         assert_eq!(notes.dropped_tail, 0);
         assert_eq!(loaded.clock, Hlc::from_parts(900, 0));
         assert_eq!(loaded.items.len(), 3);
+    }
+
+    #[test]
+    fn a_delta_of_many_items_is_written_in_several_records_that_load_as_one() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        let mut d = sample_delta();
+        d.items.extend((0..(2 * DELTA_ITEMS + 5) as u64).map(|i| {
+            ItemDelta::new(
+                "blacklist",
+                &ItemId::global(&format!("bulk{i}")),
+                Some(&entry(40 + i, Some("v"))),
+            )
+        }));
+        log.write(&d).unwrap();
+        drop(log);
+        let (_, loaded, _) = reopen(&path);
+        assert_eq!(loaded.items.len(), 3 + 2 * DELTA_ITEMS + 5);
+        assert_eq!(loaded.families.len(), 2);
+        assert_eq!(loaded.peers, d.peers);
+        assert_eq!(loaded.applies_unconfirmed.len(), 1);
+    }
+
+    #[test]
+    fn a_compaction_of_more_items_than_one_record_holds_keeps_them_all() {
+        let (_dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        let mut d = sample_delta();
+        d.items.extend((0..(SNAPSHOT_ITEMS + 10) as u64).map(|i| {
+            ItemDelta::new(
+                "blacklist",
+                &ItemId::global(&format!("bulk{i}")),
+                Some(&entry(40 + i, Some("v"))),
+            )
+        }));
+        log.write(&d).unwrap();
+        let state = log.load().unwrap();
+        log.replace_with(&state).unwrap();
+        drop(log);
+        let (log, loaded, _) = reopen(&path);
+        assert_eq!(sorted(loaded), sorted(state));
+        assert!(!log.wants_compaction());
     }
 
     #[test]
