@@ -11,7 +11,6 @@
 //! thread: a mutex and a condition variable, no thread-locals (see
 //! asterisk/thread.rs for why that matters).
 
-use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -22,14 +21,94 @@ pub const MAX_PENDING: usize = 1_000_000;
 /// Work for the module's thread, filled by Asterisk threads and the transport.
 #[derive(Default)]
 pub struct Inbox {
-    state: Mutex<Pending>,
+    state: Mutex<State>,
     wake: Condvar,
 }
 
 #[derive(Default)]
+struct State {
+    pending: Pending,
+    /// The module's thread is waiting for work: the next push wakes it. While it is
+    /// busy, pushes only queue (waking costs the pusher, often a PBX thread, a system
+    /// call).
+    waiting: bool,
+}
+
+impl State {
+    /// Whether the thread must be woken for what was just pushed (at most once).
+    fn wake(&mut self) -> bool {
+        std::mem::take(&mut self.waiting)
+    }
+}
+
+/// Dialplan writes in order, packed in one buffer: a PBX thread appends bytes instead of
+/// allocating strings that the module's thread would free (frees across threads
+/// contend on the allocator).
+#[derive(Default)]
+pub struct Writes {
+    /// Per write: path length (u32), path, 0 or 1 (value present), then if present the
+    /// value's length (u32) and the value.
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Writes {
+    fn push(&mut self, path: &str, value: Option<&str>) {
+        self.bytes
+            .extend_from_slice(&(path.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(path.as_bytes());
+        match value {
+            None => self.bytes.push(0),
+            Some(v) => {
+                self.bytes.push(1);
+                self.bytes
+                    .extend_from_slice(&(v.len() as u32).to_le_bytes());
+                self.bytes.extend_from_slice(v.as_bytes());
+            }
+        }
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The writes in order: "family/key" and the value (None: deleted).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        let mut rest = &self.bytes[..];
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let mut take = |n: usize| {
+                let (head, tail) = rest.split_at(n);
+                rest = tail;
+                head
+            };
+            let len = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            let n = len(take(4));
+            // Written from &str just above: valid UTF-8.
+            let path = std::str::from_utf8(take(n)).unwrap_or_default();
+            let value = match take(1)[0] {
+                0 => None,
+                _ => {
+                    let n = len(take(4));
+                    Some(std::str::from_utf8(take(n)).unwrap_or_default())
+                }
+            };
+            Some((path, value))
+        })
+    }
+}
+
+#[derive(Default)]
 pub struct Pending {
-    /// Dialplan writes in order: "family/key" and the value (None: deleted).
-    pub paths: VecDeque<(String, Option<String>)>,
+    /// Dialplan writes in order.
+    pub writes: Writes,
     /// Paths were dropped: every shared family must be read again.
     pub overflowed: bool,
     /// Something else needs the thread's attention (registry change, stop).
@@ -41,53 +120,64 @@ pub struct Pending {
 impl Pending {
     /// Nothing for the thread to do.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.events.is_empty() && !self.overflowed && !self.poked
+        self.writes.is_empty() && self.events.is_empty() && !self.overflowed && !self.poked
     }
 }
 
 impl Inbox {
-    pub fn push_path(&self, path: String, value: Option<String>) {
+    /// Queues with `add` and wakes the thread if it is waiting.
+    fn push(&self, add: impl FnOnce(&mut Pending)) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the first write after a take needs to wake the thread; waking
-        // costs a system call on every push, on the dialplan's own thread.
-        let wake = state.is_empty();
-        if state.paths.len() >= MAX_PENDING {
-            state.overflowed = true;
-        } else {
-            state.paths.push_back((path, value));
-        }
+        add(&mut state.pending);
+        let wake = state.wake();
         drop(state);
         if wake {
             self.wake.notify_one();
         }
     }
 
+    pub fn push_write(&self, path: &str, value: Option<&str>) {
+        self.push(|pending| {
+            if pending.writes.len() >= MAX_PENDING {
+                pending.overflowed = true;
+            } else {
+                pending.writes.push(path, value);
+            }
+        });
+    }
+
     pub fn push_event(&self, event: crate::transport::Event) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .events
-            .push(event);
-        self.wake.notify_one();
+        self.push(|pending| pending.events.push(event));
     }
 
     pub fn poke(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).poked = true;
-        self.wake.notify_one();
+        self.push(|pending| pending.poked = true);
     }
 
-    /// Waits up to `timeout` for work, then takes all of it.
-    pub fn take(&self, timeout: Duration) -> Pending {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut state, _) = self
-            .wake
-            .wait_timeout_while(state, timeout, |s| s.is_empty())
-            .unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut *state)
+    /// Waits up to `timeout` for work, then takes all of it. With `linger`, when there is
+    /// nothing yet, first sleeps that long without asking to be woken, so that pushes in
+    /// the meantime skip the wake-up.
+    pub fn take(&self, timeout: Duration, linger: Duration) -> Pending {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.pending.is_empty() && !linger.is_zero() {
+            drop(state);
+            std::thread::sleep(linger);
+            state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        if state.pending.is_empty() {
+            state.waiting = true;
+            state = self
+                .wake
+                .wait_timeout_while(state, timeout, |s| s.pending.is_empty())
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            state.waiting = false;
+        }
+        std::mem::take(&mut state.pending)
     }
 }
 
-static INBOX: Mutex<Option<std::sync::Arc<Inbox>>> = Mutex::new(None);
+static INBOX: RwLock<Option<std::sync::Arc<Inbox>>> = RwLock::new(None);
 
 /// The families the module's thread shares, for the PBX threads to leave other writes
 /// alone (no copy, no wake-up).
@@ -98,7 +188,7 @@ pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
     if inbox.is_none() {
         set_shared(Vec::new());
     }
-    *INBOX.lock().unwrap_or_else(|p| p.into_inner()) = inbox;
+    *INBOX.write().unwrap_or_else(|p| p.into_inner()) = inbox;
 }
 
 /// The families now shared (the module's thread calls this when they change). A write
@@ -125,10 +215,9 @@ pub fn wanted(path: &str) -> bool {
 }
 
 /// A dialplan write of `value` to `path` ("family/key") succeeded (None: a delete).
-pub fn dialplan_wrote(path: String, value: Option<String>) {
-    let inbox = INBOX.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(inbox) = inbox {
-        inbox.push_path(path, value);
+pub fn dialplan_wrote(path: &str, value: Option<&str>) {
+    if let Some(inbox) = INBOX.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        inbox.push_write(path, value);
     }
 }
 
@@ -142,19 +231,24 @@ mod tests {
         let inbox = Arc::new(Inbox::default());
         let writer = Arc::clone(&inbox);
         let t = std::thread::spawn(move || {
-            writer.push_path("blacklist/1".into(), Some("a".into()));
-            writer.push_path("blacklist/2".into(), None);
+            writer.push_write("blacklist/1", Some("a"));
+            writer.push_write("blacklist/2", None);
+            writer.push_write("blacklist/é", Some(""));
         });
         t.join().unwrap();
-        let got = inbox.take(Duration::from_secs(5));
+        let got = inbox.take(Duration::from_secs(5), Duration::ZERO);
         assert_eq!(
-            got.paths,
+            got.writes.iter().collect::<Vec<_>>(),
             [
-                ("blacklist/1".to_string(), Some("a".to_string())),
-                ("blacklist/2".to_string(), None)
+                ("blacklist/1", Some("a")),
+                ("blacklist/2", None),
+                ("blacklist/é", Some(""))
             ]
         );
-        assert!(inbox.take(Duration::from_millis(1)).paths.is_empty());
+        assert!(inbox
+            .take(Duration::from_millis(1), Duration::ZERO)
+            .writes
+            .is_empty());
     }
 }
 
@@ -173,7 +267,7 @@ mod wake_tests {
             push(&pusher);
         });
         let start = Instant::now();
-        let got = inbox.take(Duration::from_secs(5));
+        let got = inbox.take(Duration::from_secs(5), Duration::ZERO);
         let waited = start.elapsed();
         t.join().unwrap();
         (got, waited)
@@ -183,8 +277,8 @@ mod wake_tests {
     // before the 5 s timeout. Before the fix, a peer's message waited for it.
     #[test]
     fn a_dialplan_write_wakes_the_waiting_thread_at_once() {
-        let (got, waited) = wait_for(|i| i.push_path("blacklist/x".into(), Some("1".into())));
-        assert_eq!(got.paths.len(), 1);
+        let (got, waited) = wait_for(|i| i.push_write("blacklist/x", Some("1")));
+        assert_eq!(got.writes.len(), 1);
         assert!(
             waited < Duration::from_secs(4),
             "woke only at the timeout: {waited:?}"

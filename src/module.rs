@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded};
@@ -36,6 +36,9 @@ pub struct Runtime {
     pub inbox: Arc<Inbox>,
     pub loaded_at_ms: u64,
     pub config_loaded_at_ms: u64,
+    /// Counts configurations applied, so the module's thread reconciles the network
+    /// only when one was.
+    pub config_generation: u64,
 }
 
 struct Worker {
@@ -176,16 +179,30 @@ impl Runtime {
 
 fn worker_loop(stop: &Signal, inbox: &Arc<Inbox>) {
     let mut mesh = Mesh::new();
+    let mut reconciled = None;
+    let mut linger = Duration::ZERO;
     while !stop.is_raised() {
         // A turn that panics is logged and the next one starts afresh.
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if let Ok((config, eid)) = with_runtime(|rt| (rt.config.clone(), rt.eid)) {
+            let config = with_runtime(|rt| {
+                (reconciled != Some(rt.config_generation))
+                    .then(|| (rt.config.clone(), rt.eid, rt.config_generation))
+            });
+            if let Ok(Some((config, eid, generation))) = config {
                 mesh.reconcile(&config, eid, inbox);
+                reconciled = Some(generation);
             }
-            let pending = inbox.take(node::TICK);
+            let pending = inbox.take(node::TICK, linger);
             if stop.is_raised() {
                 return;
             }
+            // While dialplan writes keep coming, look for more a moment after each
+            // turn rather than being woken for each (a system call on the PBX thread).
+            linger = if pending.writes.is_empty() {
+                Duration::ZERO
+            } else {
+                node::LINGER
+            };
             node::turn(pending, &mut mesh);
             let status = mesh.status();
             let _ = with_runtime(|rt| rt.mesh = status);
@@ -282,6 +299,7 @@ pub fn load() -> i32 {
         inbox: Arc::clone(&inbox),
         loaded_at_ms: now,
         config_loaded_at_ms: now,
+        config_generation: 0,
     };
     rt.rebuild_registry();
     let summary = format!(
@@ -345,6 +363,7 @@ pub fn reload() -> i32 {
         rt.config = config;
         rt.unshared_presets.clear();
         rt.config_loaded_at_ms = now_ms();
+        rt.config_generation += 1;
         rt.rebuild_registry();
         let after: BTreeSet<String> = rt.registry.iter().map(|f| f.name.clone()).collect();
         let added: Vec<&String> = after.difference(&before).collect();

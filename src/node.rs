@@ -15,6 +15,9 @@ use crate::module::{now_ms, with_runtime, Runtime};
 use crate::transport::Event;
 use crate::{error, warning};
 
+/// After a turn with dialplan writes, how long the thread looks for more before it asks
+/// to be woken (bounds the delay this adds to a write that arrives meanwhile).
+pub const LINGER: Duration = Duration::from_micros(200);
 /// The longest the thread sleeps between looks at its work.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Outputs gathered from the peers' messages before they are saved and executed
@@ -378,18 +381,15 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
     // The wrapper hands over the value it wrote, so AstDB (and its lock, which
     // the dialplan needs too) is not touched again. Should two channels race on
     // one key, the family's next read settles it.
-    if !pending.paths.is_empty() {
+    if !pending.writes.is_empty() {
         let _ = with_runtime(|rt| {
-            for (path, value) in &pending.paths {
+            for (path, value) in pending.writes.iter() {
                 let Some((family, key)) = split_path(path) else {
                     continue;
                 };
                 rt.node.dialplan_writes += 1;
                 touch(rt, family);
-                let out = rt
-                    .node
-                    .engine
-                    .local_change(family, key, value.as_deref(), now);
+                let out = rt.node.engine.local_change(family, key, value, now);
                 rt.node.outputs.extend(out);
             }
         });

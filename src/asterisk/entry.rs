@@ -177,17 +177,13 @@ pub extern "C" fn astdb_cluster_db_written(path: *const c_char, value: *const c_
             return;
         }
         // SAFETY: the glue passes a NUL-terminated copy of the function argument
-        // and the value written (NULL for a delete).
-        let wanted = unsafe { CStr::from_ptr(path) }
-            .to_str()
-            .map_or(true, crate::capture::wanted);
-        if !wanted {
+        // and the value written (NULL for a delete), alive for this call.
+        let path = unsafe { CStr::from_ptr(path) }.to_string_lossy();
+        if !crate::capture::wanted(&path) {
             return; // not a shared family: nothing to copy or wake anyone for
         }
         // SAFETY: as above.
-        let (path, value) = unsafe { (owned(path), owned(value)) };
-        if let Some(path) = path {
-            crate::capture::dialplan_wrote(path, value);
-        }
+        let value = (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy());
+        crate::capture::dialplan_wrote(&path, value.as_deref());
     })
 }
