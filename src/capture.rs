@@ -11,8 +11,11 @@
 //! thread: a mutex and a condition variable, no thread-locals (see
 //! asterisk/thread.rs for why that matters).
 
+use std::collections::BTreeSet;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
+
+use crate::engine::family::leading_parts;
 
 /// Dialplan writes waiting beyond this many are dropped, and the module falls
 /// back to reading every family (nothing is lost, only later).
@@ -181,12 +184,12 @@ static INBOX: RwLock<Option<std::sync::Arc<Inbox>>> = RwLock::new(None);
 
 /// The families the module's thread shares, for the PBX threads to leave other writes
 /// alone (no copy, no wake-up).
-static SHARED: RwLock<Vec<String>> = RwLock::new(Vec::new());
+static SHARED: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
 
 /// Sets (or clears) where dialplan writes go; clearing also forgets the shared names.
 pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
     if inbox.is_none() {
-        set_shared(Vec::new());
+        set_shared(BTreeSet::new());
     }
     *INBOX.write().unwrap_or_else(|p| p.into_inner()) = inbox;
 }
@@ -194,24 +197,18 @@ pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
 /// The families now shared (the module's thread calls this when they change). A write
 /// to a family shared a moment before this is called is not lost: a newly shared
 /// family is read whole at once.
-pub fn set_shared(names: Vec<String>) {
+pub fn set_shared(names: BTreeSet<String>) {
     *SHARED.write().unwrap_or_else(|p| p.into_inner()) = names;
 }
 
 /// Whether a dialplan write to `path` ("family/key", the family possibly nested) is in
-/// a shared family: some leading run of its family's `/`-separated parts is a shared
-/// name, as the engine decides (`Engine::local_change`).
+/// a shared family, by the rule the engine and registry use (`leading_parts`).
 pub fn wanted(path: &str) -> bool {
-    let path = path.trim_matches('/');
-    let Some((family, _)) = path.rsplit_once('/') else {
+    let Some((family, _)) = path.trim_matches('/').rsplit_once('/') else {
         return false;
     };
     let shared = SHARED.read().unwrap_or_else(|p| p.into_inner());
-    shared.iter().any(|name| {
-        family
-            .strip_prefix(name.as_str())
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    leading_parts(family).any(|(part, _)| shared.contains(part))
 }
 
 /// A dialplan write of `value` to `path` ("family/key") succeeded (None: a delete).
@@ -299,7 +296,12 @@ mod wake_tests {
 
     #[test]
     fn only_writes_in_shared_families_are_wanted() {
-        set_shared(vec!["blacklist".into(), "foo/sub".into()]);
+        set_shared(
+            ["blacklist", "foo/sub"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        );
         assert!(wanted("blacklist/5551234"));
         assert!(wanted("/blacklist/a/b"), "a key with slashes");
         assert!(wanted("foo/sub/k") && wanted("foo/sub/deeper/k"));

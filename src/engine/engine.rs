@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use super::codec::{check_key, check_value, MAX_ITEMS, MAX_SUMMARY_ITEMS};
 use super::eid::Eid;
-use super::family::{Mode, SharedFamily, SyncMode};
+use super::family::{leading_parts, Mode, SharedFamily, SyncMode};
 use super::item::{Contents, Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 use super::persist::{
@@ -661,26 +661,15 @@ impl Engine {
     /// The shared family covering the AstDB family `astdb_family`, and the key prefix
     /// below it (`"sub/"` for `foo/sub` under `foo`).
     fn covering(&self, astdb_family: &str) -> Option<(String, String)> {
-        let path = astdb_family.trim_matches('/');
-        let mut best = None;
-        let mut end = 0;
-        loop {
-            let next = path[end..].find('/').map_or(path.len(), |i| end + i);
-            let name = &path[..next];
-            if self.families.get(name).is_some_and(|f| f.shared.is_some()) {
-                let rest = path.get(next + 1..).unwrap_or("");
-                let prefix = if rest.is_empty() {
-                    String::new()
-                } else {
-                    format!("{rest}/")
-                };
-                best = Some((name.to_string(), prefix));
-            }
-            if next >= path.len() {
-                return best;
-            }
-            end = next + 1;
-        }
+        let (name, rest) = leading_parts(astdb_family)
+            .filter(|(part, _)| self.families.get(*part).is_some_and(|f| f.shared.is_some()))
+            .last()?;
+        let prefix = if rest.is_empty() {
+            String::new()
+        } else {
+            format!("{rest}/")
+        };
+        Some((name.to_string(), prefix))
     }
 
     /// Shared families nested below `family`, as key prefixes (`"sub/"`).

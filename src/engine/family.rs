@@ -160,6 +160,18 @@ impl SharedFamily {
 }
 
 /// Checks that `name` can be a shared family: the reason names what is wrong.
+/// The leading `/`-separated parts of an AstDB family, shortest first, each with what
+/// lies below it: `a/b/c` gives (`a`, `b/c`), (`a/b`, `c`), (`a/b/c`, ``); slashes at
+/// either end are ignored. A shared family covers an AstDB family when its name is one
+/// of these parts (the longest such, when shared families nest).
+pub fn leading_parts(astdb_family: &str) -> impl Iterator<Item = (&str, &str)> {
+    let path = astdb_family.trim_matches('/');
+    path.match_indices('/')
+        .map(|(i, _)| i)
+        .chain(std::iter::once(path.len()))
+        .map(move |i| (&path[..i], path.get(i + 1..).unwrap_or("")))
+}
+
 pub fn validate_family_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("family name is empty".into());
@@ -222,19 +234,9 @@ impl Registry {
     /// The shared family that covers the AstDB family `astdb_family`: the longest shared
     /// name equal to it or to one of its leading `/`-separated parts.
     pub fn covering(&self, astdb_family: &str) -> Option<&SharedFamily> {
-        let path = astdb_family.trim_matches('/');
-        let mut best = None;
-        let mut end = 0;
-        loop {
-            let next = path[end..].find('/').map_or(path.len(), |i| end + i);
-            if let Some(f) = self.families.get(&path[..next]) {
-                best = Some(f);
-            }
-            if next >= path.len() {
-                return best;
-            }
-            end = next + 1;
-        }
+        leading_parts(astdb_family)
+            .filter_map(|(part, _)| self.families.get(part))
+            .last()
     }
 }
 
