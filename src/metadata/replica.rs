@@ -49,13 +49,12 @@ const KIND_SNAPSHOT: u8 = 2;
 /// The log is compacted once the records after the last snapshot exceed both this and
 /// the snapshot's own size.
 pub const COMPACT_FLOOR: u64 = 64 << 20;
-/// Items per snapshot record (bounds the memory a load needs per record).
-const SNAPSHOT_ITEMS: usize = 65_536;
-/// Items per record of a delta (with `DELTA_BYTES`, keeps records far below
-/// `MAX_RECORD`).
-const DELTA_ITEMS: usize = 65_536;
-/// Roughly the most item bytes per record of a delta.
-const DELTA_BYTES: usize = 64 << 20;
+/// Items per record: a delta or a snapshot with more goes in several records (bounds
+/// the memory a load needs per record).
+const RECORD_ITEMS: usize = 65_536;
+/// About the most item bytes per record (with `RECORD_ITEMS`, keeps records far below
+/// `MAX_RECORD` however large the items).
+const RECORD_BYTES: usize = 64 << 20;
 /// The write buffer is given back when a large delta has grown it beyond this.
 const KEEP_BUFFER: usize = 4 << 20;
 
@@ -263,29 +262,7 @@ impl ReplicaLog {
     pub fn write(&mut self, delta: &PersistDelta) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let mut rest = &delta.items[..];
-        let mut head = true;
-        while head || !rest.is_empty() {
-            // Up to DELTA_ITEMS items, and fewer if they are large.
-            let (mut n, mut bytes) = (0, 0);
-            while n < rest.len() && n < DELTA_ITEMS && bytes < DELTA_BYTES {
-                let item = &rest[n];
-                bytes += item.item.key.len()
-                    + item
-                        .state
-                        .as_ref()
-                        .and_then(|s| s.value.as_ref())
-                        .map_or(0, |v| v.len())
-                    + 32;
-                n += 1;
-            }
-            let (items, later) = rest.split_at(n);
-            encode_record(&mut buf, KIND_DELTA, |out| {
-                encode_delta(out, delta, items, head)
-            });
-            rest = later;
-            head = false;
-        }
+        encode_delta(&mut buf, delta);
         let done = self.append(&buf);
         if buf.capacity() <= KEEP_BUFFER {
             self.buf = buf;
@@ -340,50 +317,34 @@ impl ReplicaLog {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&header())?;
         let mut len = HEADER_LEN;
-        let mut buf = Vec::new();
-        encode_record(&mut buf, KIND_SNAPSHOT, |b| {
-            put_u64(b, state.clock.0);
+        let items = state.items.map(|(family, id, entry)| {
+            let state = Some((entry.version, entry.value.as_deref()));
+            (family, id.owner, &*id.key, state)
+        });
+        let head = |b: &mut Vec<u8>| {
             put_len(b, 0);
             encode_families(b, &state.families);
-            put_len(b, 0);
+        };
+        let tail = |b: &mut Vec<u8>| {
             encode_peers(b, &state.peers);
             encode_refs(b, state.unconfirmed.iter().copied());
             put_len(b, 0);
-        });
-        out.write_all(&buf)?;
-        len += buf.len() as u64;
-        let mut items = state.items.peekable();
-        while items.peek().is_some() {
-            buf.clear();
-            encode_record(&mut buf, KIND_SNAPSHOT, |b| {
-                put_u64(b, state.clock.0);
-                put_len(b, 0);
-                put_len(b, 0);
-                let start = b.len();
-                let mut runs = Runs::new(b);
-                let mut n = 0;
-                // Up to SNAPSHOT_ITEMS items, and fewer if they are large.
-                while n < SNAPSHOT_ITEMS && runs.b.len() - start < DELTA_BYTES {
-                    let Some((family, id, entry)) = items.next() else {
-                        break;
-                    };
-                    let b = runs.item(family);
-                    put_item(
-                        b,
-                        id.owner,
-                        &id.key,
-                        Some((entry.version, entry.value.as_deref())),
-                    );
-                    n += 1;
-                }
-                runs.finish();
-                put_len(b, 0);
-                put_len(b, 0);
-                put_len(b, 0);
-            });
-            out.write_all(&buf)?;
-            len += buf.len() as u64;
-        }
+        };
+        let mut buf = Vec::new();
+        encode_records(
+            &mut buf,
+            KIND_SNAPSHOT,
+            state.clock,
+            items,
+            head,
+            tail,
+            |b| {
+                out.write_all(b)?;
+                len += b.len() as u64;
+                b.clear();
+                Ok(())
+            },
+        )?;
         out.flush()?;
         drop(out);
         file.sync_all()?;
@@ -590,46 +551,92 @@ fn encode_refs<'a>(b: &mut Vec<u8>, refs: impl Iterator<Item = (&'a str, Option<
     runs.finish();
 }
 
-/// A delta's record: all of it but the items, and `items` (some of the delta's). The
-/// records after a delta's first carry only items (`head` false).
-fn encode_delta(b: &mut Vec<u8>, d: &PersistDelta, items: &[ItemDelta], head: bool) {
-    put_u64(b, d.clock.0);
-    if !head {
-        put_len(b, 0);
-        put_len(b, 0);
-    } else {
+/// One item for a record: family, owner, key and state (`None`: forgotten; else the
+/// version and value, `None` for a tombstone).
+type ItemRow<'a> = (
+    &'a str,
+    Option<Eid>,
+    &'a str,
+    Option<(Version, Option<&'a str>)>,
+);
+
+/// Appends to `b` the records of a delta (or of a snapshot: `kind`) holding `items`:
+/// at most `RECORD_ITEMS` and about `RECORD_BYTES` of items in each, at least one
+/// record. The first record has what `head` writes before its items (reset families
+/// and family metadata) and what `tail` writes after them (peers, started and confirmed
+/// applies); the others have empty ones. `done` is called after each record, with
+/// the buffer (a snapshot writes it out and empties it; a delta keeps its records
+/// together, for one write).
+fn encode_records<'a>(
+    b: &mut Vec<u8>,
+    kind: u8,
+    clock: Hlc,
+    items: impl Iterator<Item = ItemRow<'a>>,
+    head: impl FnOnce(&mut Vec<u8>),
+    tail: impl FnOnce(&mut Vec<u8>),
+    mut done: impl FnMut(&mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut items = items.peekable();
+    let (mut head, mut tail) = (Some(head), Some(tail));
+    loop {
+        encode_record(b, kind, |b| {
+            put_u64(b, clock.0);
+            match head.take() {
+                Some(head) => head(b),
+                None => {
+                    put_len(b, 0);
+                    put_len(b, 0);
+                }
+            }
+            let start = b.len();
+            let mut runs = Runs::new(b);
+            let mut n = 0;
+            while n < RECORD_ITEMS && runs.b.len() - start < RECORD_BYTES {
+                let Some((family, owner, key, state)) = items.next() else {
+                    break;
+                };
+                put_item(runs.item(family), owner, key, state);
+                n += 1;
+            }
+            runs.finish();
+            match tail.take() {
+                Some(tail) => tail(b),
+                None => {
+                    put_len(b, 0);
+                    put_len(b, 0);
+                    put_len(b, 0);
+                }
+            }
+        });
+        done(b)?;
+        if items.peek().is_none() {
+            return Ok(());
+        }
+    }
+}
+
+/// Appends to `b` the records of one delta (several for a delta of many items: written
+/// together, a crash between them leaves the state of a delta taken part-way, whose
+/// outputs have not run).
+fn encode_delta(b: &mut Vec<u8>, d: &PersistDelta) {
+    let items = d.items.iter().map(|i| {
+        let state = i.state.as_ref().map(|s| (s.version, s.value.as_deref()));
+        (&*i.item.family, i.item.owner, &*i.item.key, state)
+    });
+    let head = |b: &mut Vec<u8>| {
         put_len(b, d.reset_families.len());
         for name in &d.reset_families {
             put_str(b, name);
         }
         encode_families(b, &d.families);
-    }
-    let mut runs = Runs::new(b);
-    for item in items {
-        let b = runs.item(&item.item.family);
-        let state = item.state.as_ref().map(|s| (s.version, s.value.as_deref()));
-        put_item(b, item.item.owner, &item.item.key, state);
-    }
-    runs.finish();
-    if !head {
-        put_len(b, 0);
-        put_len(b, 0);
-        put_len(b, 0);
-        return;
-    }
-    encode_peers(b, &d.peers);
-    encode_refs(
-        b,
-        d.applies_started
-            .iter()
-            .map(|r| (&*r.family, r.owner, &*r.key)),
-    );
-    encode_refs(
-        b,
-        d.applies_confirmed
-            .iter()
-            .map(|r| (&*r.family, r.owner, &*r.key)),
-    );
+    };
+    let tail = |b: &mut Vec<u8>| {
+        encode_peers(b, &d.peers);
+        for refs in [&d.applies_started, &d.applies_confirmed] {
+            encode_refs(b, refs.iter().map(|r| (&*r.family, r.owner, &*r.key)));
+        }
+    };
+    let _ = encode_records(b, KIND_DELTA, d.clock, items, head, tail, |_| Ok(()));
 }
 
 // ---- decoding ----
@@ -1091,9 +1098,7 @@ mod tests {
         // Half of a second record, as a crash in the middle of a write leaves it.
         let mut record = Vec::new();
         let d = sample_delta();
-        encode_record(&mut record, KIND_DELTA, |b| {
-            encode_delta(b, &d, &d.items, true)
-        });
+        encode_delta(&mut record, &d);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&record[..record.len() / 2]).unwrap();
         drop((f, log));
@@ -1120,7 +1125,7 @@ mod tests {
         let (_dir, path) = temp_log();
         let (mut log, _, _) = reopen(&path);
         let mut d = sample_delta();
-        d.items.extend((0..(2 * DELTA_ITEMS + 5) as u64).map(|i| {
+        d.items.extend((0..(2 * RECORD_ITEMS + 5) as u64).map(|i| {
             ItemDelta::new(
                 "blacklist",
                 &ItemId::global(&format!("bulk{i}")),
@@ -1130,7 +1135,7 @@ mod tests {
         log.write(&d).unwrap();
         drop(log);
         let (_, loaded, _) = reopen(&path);
-        assert_eq!(loaded.items.len(), 3 + 2 * DELTA_ITEMS + 5);
+        assert_eq!(loaded.items.len(), 3 + 2 * RECORD_ITEMS + 5);
         assert_eq!(loaded.families.len(), 2);
         assert_eq!(loaded.peers, d.peers);
         assert_eq!(loaded.applies_unconfirmed.len(), 1);
@@ -1141,7 +1146,7 @@ mod tests {
         let (_dir, path) = temp_log();
         let (mut log, _, _) = reopen(&path);
         let mut d = sample_delta();
-        d.items.extend((0..(SNAPSHOT_ITEMS + 10) as u64).map(|i| {
+        d.items.extend((0..(RECORD_ITEMS + 10) as u64).map(|i| {
             ItemDelta::new(
                 "blacklist",
                 &ItemId::global(&format!("bulk{i}")),
