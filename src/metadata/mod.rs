@@ -85,6 +85,11 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
 }
 
+/// The replica log beside the metadata file at `path`.
+fn replica_path(path: &Path) -> PathBuf {
+    path.with_file_name(replica::FILE_NAME)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -119,7 +124,7 @@ impl Metadata {
                 conn
             }
         };
-        let log_path = path.with_file_name(replica::FILE_NAME);
+        let log_path = replica_path(path);
         let (mut log, mut restored, notes) = ReplicaLog::open(&log_path)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         if notes.dropped_tail > 0 {
@@ -223,7 +228,7 @@ impl Metadata {
 
     /// The replica log's file.
     pub fn replica_path(&self) -> PathBuf {
-        self.path.with_file_name(replica::FILE_NAME)
+        replica_path(&self.path)
     }
 
     /// Bytes in the replica log.

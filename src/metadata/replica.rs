@@ -946,6 +946,19 @@ mod tests {
         }
     }
 
+    /// The sample delta with `n` more keys of the blacklist family.
+    fn sample_with_bulk(n: usize) -> PersistDelta {
+        let mut d = sample_delta();
+        d.items.extend((0..n as u64).map(|i| {
+            ItemDelta::new(
+                "blacklist",
+                &ItemId::global(&format!("bulk{i}")),
+                Some(&entry(40 + i, Some("v"))),
+            )
+        }));
+        d
+    }
+
     fn temp_log() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
@@ -1124,14 +1137,7 @@ mod tests {
     fn a_delta_of_many_items_is_written_in_several_records_that_load_as_one() {
         let (_dir, path) = temp_log();
         let (mut log, _, _) = reopen(&path);
-        let mut d = sample_delta();
-        d.items.extend((0..(2 * RECORD_ITEMS + 5) as u64).map(|i| {
-            ItemDelta::new(
-                "blacklist",
-                &ItemId::global(&format!("bulk{i}")),
-                Some(&entry(40 + i, Some("v"))),
-            )
-        }));
+        let d = sample_with_bulk(2 * RECORD_ITEMS + 5);
         log.write(&d).unwrap();
         drop(log);
         let (_, loaded, _) = reopen(&path);
@@ -1145,14 +1151,7 @@ mod tests {
     fn a_compaction_of_more_items_than_one_record_holds_keeps_them_all() {
         let (_dir, path) = temp_log();
         let (mut log, _, _) = reopen(&path);
-        let mut d = sample_delta();
-        d.items.extend((0..(RECORD_ITEMS + 10) as u64).map(|i| {
-            ItemDelta::new(
-                "blacklist",
-                &ItemId::global(&format!("bulk{i}")),
-                Some(&entry(40 + i, Some("v"))),
-            )
-        }));
+        let d = sample_with_bulk(RECORD_ITEMS + 10);
         log.write(&d).unwrap();
         let state = log.load().unwrap();
         log.replace_with(&state).unwrap();
