@@ -96,7 +96,7 @@ CONF
 done
 for i in 1 2 3; do
     for _ in $(seq 1 100); do cli "$i" "core show version" >/dev/null 2>&1 && break; sleep 0.1; done
-    [ -z "$MODDIR" ] || cli "$i" "core waitfullybooted" >/dev/null
+    cli "$i" "core waitfullybooted" >/dev/null  # Asterisk and the stand-in both have it
     cli "$i" "module show like astdb_cluster" | grep astdb_cluster
 done
 

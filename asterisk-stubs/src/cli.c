@@ -688,10 +688,38 @@ static char *handle_stop(struct ast_cli_entry *e, int cmd, struct ast_cli_args *
 	return CLI_SUCCESS;
 }
 
+static int fully_booted;
+
+void stub_cli_set_fully_booted(void)
+{
+	__atomic_store_n(&fully_booted, 1, __ATOMIC_SEQ_CST);
+}
+
+/* As in Asterisk: the control socket answers while modules are still loading; this
+ * waits until they are. */
+static char *handle_waitfullybooted(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
+{
+	switch (cmd) {
+	case CLI_INIT:
+		e->command = "core waitfullybooted";
+		e->usage = "Usage: core waitfullybooted\n"
+			"       Waits until start-up has loaded the modules.\n";
+		return NULL;
+	case CLI_GENERATE:
+		return NULL;
+	}
+	while (!__atomic_load_n(&fully_booted, __ATOMIC_SEQ_CST)) {
+		usleep(10000);
+	}
+	ast_cli(a->fd, "Asterisk has fully booted.\n");
+	return CLI_SUCCESS;
+}
+
 static struct ast_cli_entry core_cli[] = {
 	{ .handler = handle_complete, .summary = "Lists completions" },
 	{ .handler = handle_help, .summary = "Display help list, or specific help on a command" },
 	{ .handler = handle_version, .summary = "Display version info" },
+	{ .handler = handle_waitfullybooted, .summary = "Wait for Asterisk to be fully booted" },
 	{ .handler = handle_threads, .summary = "Display the process's threads" },
 	{ .handler = handle_settings, .summary = "Show some core settings" },
 	{ .handler = handle_stop, .summary = "Shut down the stand-in" },

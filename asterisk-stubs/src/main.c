@@ -292,6 +292,7 @@ int main(int argc, char **argv)
 			ast_config_destroy(cfg);
 		}
 	}
+	stub_cli_set_fully_booted();
 	STUB_LOG(LOG_NOTICE, "Asterisk Ready.\n");
 
 	for (;;) {

@@ -63,6 +63,8 @@ void stub_astdb_manager_action(int fd, const char *action, int nargs, const char
 
 /* cli.c */
 void stub_cli_register_core(void);
+/* Start-up has loaded the modules ("core waitfullybooted" returns from then on). */
+void stub_cli_set_fully_booted(void);
 int stub_cli_execute(int fd, const char *line);
 int stub_cli_server_start(void);
 void stub_cli_server_stop(void);

@@ -413,8 +413,10 @@ impl StandIn {
                     self.log()
                 );
             }
-            if let Ok(out) = self.try_cli_timeout("core show version", Duration::from_secs(5)) {
-                if out.contains("Asterisk stand-in") {
+            // The control socket answers while modules are still loading: tests start
+            // once start-up has loaded them, as `core waitfullybooted` says.
+            if let Ok(out) = self.try_cli_timeout("core waitfullybooted", Duration::from_secs(5)) {
+                if out.contains("fully booted") {
                     return;
                 }
             }
