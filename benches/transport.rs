@@ -2,7 +2,7 @@
 //! Run: `cargo bench --bench transport` (prints figures; no harness).
 
 use crossbeam_channel::{unbounded, Receiver};
-use res_astdb_cluster::engine::Eid;
+use res_astdb_cluster::eid::Eid;
 use res_astdb_cluster::transport::{Event, PeerAddr, SendError, Transport, TransportConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod dialplan;
+pub mod eid;
 pub mod engine;
 pub mod mesh;
 pub mod metadata;

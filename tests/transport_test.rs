@@ -5,7 +5,7 @@
 //! /proc/self/task, which other tests' threads would disturb.
 
 use crossbeam_channel::{unbounded, Receiver};
-use res_astdb_cluster::engine::Eid;
+use res_astdb_cluster::eid::Eid;
 use res_astdb_cluster::transport::wire::{self, Hello};
 use res_astdb_cluster::transport::{
     Event, LogLevel, PeerAddr, PeerState, SendError, Transport, TransportConfig,

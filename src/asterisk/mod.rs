@@ -23,7 +23,7 @@ pub mod thread;
 use std::ffi::{c_char, CStr, CString};
 use std::path::PathBuf;
 
-use crate::engine::Eid;
+use crate::eid::Eid;
 
 /// Copies a C string from Asterisk into an owned `String` (lossy on bad UTF-8).
 ///

@@ -20,7 +20,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::eid::Eid;
+use crate::eid::Eid;
 use super::family::{validate_family_name, Mode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};

@@ -27,7 +27,7 @@ use std::mem;
 use std::sync::Arc;
 
 use super::codec::{check_key, check_value, MAX_ITEMS, MAX_SUMMARY_ITEMS};
-use super::eid::Eid;
+use crate::eid::Eid;
 use super::family::{leading_parts, Mode, SharedFamily, SyncMode};
 use super::item::{Contents, Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use super::eid::looks_like_eid;
+use crate::eid::looks_like_eid;
 
 /// How a family's key space is shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::eid::Eid;
+use crate::eid::Eid;
 use super::version::Version;
 
 /// Which key of a shared family an item is.

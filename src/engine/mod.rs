@@ -1,6 +1,5 @@
 //! The replication engine: plain data and functions, no I/O.
 
-pub mod eid;
 pub mod family;
 
 pub mod codec;
@@ -12,7 +11,7 @@ pub mod persist;
 pub mod store;
 pub mod version;
 
-pub use eid::Eid;
+pub use crate::eid::Eid;
 pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 
 pub use engine::{Counters, DbOp, Engine, EngineConfig, FamilyStats, Output};

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::eid::Eid;
+use crate::eid::Eid;
 use super::family::Mode;
 use super::item::{Entry, ItemId};
 use super::version::{Hlc, Version};

@@ -11,7 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use super::eid::Eid;
+use crate::eid::Eid;
 use super::item::{position_of, Contents, Entry, ItemId};
 use super::persist::ItemState;
 

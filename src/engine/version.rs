@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::eid::Eid;
+use crate::eid::Eid;
 
 /// Bits of an [`Hlc`] given to the logical counter.
 const COUNTER_BITS: u32 = 16;

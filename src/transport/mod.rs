@@ -17,7 +17,7 @@ mod peer;
 mod rejects;
 pub mod wire;
 
-use crate::engine::Eid;
+use crate::eid::Eid;
 use crossbeam_channel::Sender;
 use handshake::{Local, Refusal};
 use peer::{Out, Peer};

@@ -5,7 +5,7 @@
 use super::handshake::{Established, POLL};
 use super::wire::{Cause, Frame, FrameReader, FrameWriter, Reject};
 use super::{Event, LogLevel, PeerAddr, Shared};
-use crate::engine::Eid;
+use crate::eid::Eid;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::io::{self, BufWriter, Write};
 use std::net::{Shutdown, TcpStream};

@@ -15,7 +15,7 @@
 //!   5 DataCont next chunk       (a payload > one record is DataStart + DataCont..)
 //! ```
 
-use crate::engine::Eid;
+use crate::eid::Eid;
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use std::fmt;

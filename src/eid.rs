@@ -1,4 +1,6 @@
 //! Entity IDs: how Asterisk servers name themselves (`entityid` in asterisk.conf).
+//! A word shared by every layer: the engine versions changes with it, the transport
+//! names peers by it, Asterisk reports its own.
 
 use std::fmt;
 use std::str::FromStr;
