@@ -15,11 +15,15 @@
 //! power cut may lose the last records but never leaves a log that loads wrong, since
 //! a record whose checksum fails ends the log (and is cut off at the next open).
 //!
-//! Layout: an 16-byte header (`ADBCRLOG`, format version, zero), then records:
-//! payload length (u32 LE), xxh3-64 of the payload seeded with its length (u64 LE),
-//! payload. Payload: kind (1 = delta, 2 = part of a compaction's snapshot), clock (u64),
+//! Layout: a 16-byte header (`ADBCRLOG`, format version u32 LE, four zero bytes), then
+//! records: payload length (u32 LE), xxh3-64 of the payload seeded with its length
+//! (u64 LE), payload. Payload: kind (1 = delta, 2 = part of a compaction's snapshot), clock (u64),
 //! reset families, family metadata, item runs (family name, then items), peers, started
 //! and confirmed applies. Strings and counts are LEB128-prefixed; clocks are u64 LE.
+//!
+//! A file that is not a replica log is renamed aside and a new log started; a log of a
+//! format newer than `FORMAT` (a later build's, after a downgrade) is refused and left
+//! as it is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
@@ -104,20 +108,16 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 }
 
 /// One writer per log: a second process (another Asterisk given the same astdbdir)
-/// appending to it would interleave records.
+/// appending to it would interleave records. An flock(2) lock, held until the file
+/// is closed.
 fn lock(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor this File owns; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.kind() == io::ErrorKind::WouldBlock {
-        return Err(io::Error::other(
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::other(
             "in use by another process (another Asterisk with the same astdbdir?)",
-        ));
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
-    Err(e)
 }
 
 fn unix_secs() -> u64 {
@@ -137,22 +137,30 @@ impl ReplicaLog {
             .truncate(false)
             .open(path)?;
         lock(&file)?;
-        // A compaction that did not finish: the old file is still the whole truth.
-        let _ = std::fs::remove_file(side_path(path, ".new"));
         let size = file.metadata()?.len();
         let mut head = [0u8; HEADER_LEN as usize];
-        let readable = size >= HEADER_LEN && {
+        if size >= HEADER_LEN {
             file.read_exact_at(&mut head, 0)?;
-            head == header()
-        };
+        }
+        let format = (size >= HEADER_LEN && &head[..8] == MAGIC)
+            .then(|| u32::from_le_bytes([head[8], head[9], head[10], head[11]]));
+        if let Some(newer) = format.filter(|&f| f > FORMAT) {
+            // Neither readable nor damage: a later build's log (a downgrade). Setting it
+            // aside would start this node afresh and leave that state behind when the
+            // later build comes back, so nothing is touched, its compaction included.
+            return Err(io::Error::other(format!(
+                "written by a newer res_astdb_cluster (log format {newer}; this build reads \
+                 format {FORMAT}); it is left as it is: run a build that reads it, or move \
+                 it away to start the replication state afresh (AstDB is not in it)"
+            )));
+        }
+        // A compaction that did not finish: the old file is still the whole truth.
+        let _ = std::fs::remove_file(side_path(path, ".new"));
+        let readable = size >= HEADER_LEN && head == header();
         if !readable && size > 0 {
-            let why = if size < HEADER_LEN || &head[..8] != MAGIC {
-                "not a replica log".to_string()
-            } else {
-                format!(
-                    "written by a newer res_astdb_cluster (format {})",
-                    u32::from_le_bytes(head[8..12].try_into().unwrap_or_default())
-                )
+            let why = match format {
+                None => "not a replica log".to_string(),
+                Some(f) => format!("a replica log with a damaged header (format {f})"),
             };
             let aside = side_path(path, &format!(".damaged-{}", unix_secs()));
             drop(file);
@@ -1193,6 +1201,45 @@ mod tests {
         );
         log.write(&sample_delta()).unwrap();
         assert_eq!(log.load().unwrap().items.len(), 3);
+    }
+
+    #[test]
+    fn a_log_of_a_newer_format_is_refused_naming_both_formats_and_left_untouched() {
+        let (dir, path) = temp_log();
+        let (mut log, _, _) = reopen(&path);
+        log.write(&sample_delta()).unwrap();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], MAGIC);
+        assert_eq!(
+            bytes[8..12],
+            FORMAT.to_le_bytes(),
+            "the header carries FORMAT"
+        );
+        bytes[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        // A later build's compaction in progress is its business too.
+        std::fs::write(side_path(&path, ".new"), b"ADBCRLOG later").unwrap();
+        let e = ReplicaLog::open(&path).err().expect("refused");
+        let why = e.to_string();
+        assert!(
+            why.contains(&format!("log format {}", FORMAT + 1))
+                && why.contains(&format!("this build reads format {FORMAT}")),
+            "{why}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "not a byte changed");
+        assert!(side_path(&path, ".new").exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "nothing set aside: {names:?}");
+        // Refusing let go of the lock: with the format put back, it opens.
+        bytes[8..12].copy_from_slice(&FORMAT.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, loaded, notes) = reopen(&path);
+        assert_eq!(loaded.items.len(), 3);
+        assert!(notes.set_aside.is_none());
     }
 
     #[test]
