@@ -12,6 +12,7 @@ use res_astdb_cluster::transport::{
 };
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -290,31 +291,8 @@ fn a_silent_peer_is_marked_down_after_peer_timeout() {
         name: "n1".into(),
         address: "127.0.0.1:9".into(),
     }]);
-    let params: snow::params::NoiseParams = wire::NOISE_PARAMS.parse().unwrap();
-    let psk = wire::derive_psk(CLUSTER, SECRET);
     let mut s = TcpStream::connect(n2.addr).unwrap();
-    let ours = hello(1).encode();
-    s.write_all(&ours).unwrap();
-    let mut theirs = [0u8; wire::HELLO_LEN];
-    s.read_exact(&mut theirs).unwrap();
-    let pro = wire::prologue(&ours, &theirs);
-    let mut hs = snow::Builder::new(params)
-        .psk(0, &psk)
-        .unwrap()
-        .prologue(&pro)
-        .unwrap()
-        .build_initiator()
-        .unwrap();
-    let mut buf = [0u8; 256];
-    let n = hs.write_message(&[], &mut buf[2..]).unwrap();
-    buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
-    s.write_all(&buf[..2 + n]).unwrap();
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).unwrap();
-    let mut m2 = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut m2).unwrap();
-    hs.read_message(&m2, &mut buf).unwrap();
-    let session = hs.into_stateless_transport_mode().unwrap();
+    let session = todays_handshake(&mut s, 1, true);
     let mut w = wire::FrameWriter::new(session);
     w.ping(&mut s, 1).unwrap();
     wait_up(&n2, &[1]);
@@ -330,17 +308,284 @@ fn a_silent_peer_is_marked_down_after_peer_timeout() {
 
 fn hello(node: u32) -> Hello {
     Hello {
+        min_version: 1,
         cluster_hash: wire::cluster_hash(CLUSTER),
         node,
         eid: eid(node),
     }
 }
 
+/// The hello of the first build (protocol 1), byte by byte as its `Hello::encode`
+/// wrote it.
+fn todays_hello(node: u32) -> Vec<u8> {
+    let mut b = b"ADBC".to_vec();
+    b.push(1); // version
+    b.push(32); // length
+    b.extend_from_slice(&wire::cluster_hash(CLUSTER));
+    b.extend_from_slice(&node.to_be_bytes());
+    b.extend_from_slice(&eid(node).0);
+    b
+}
+
+/// What the first build checked of a peer's hello before anything else.
+fn todays_check(theirs: &[u8]) {
+    assert_eq!(
+        (&theirs[..4], theirs[4], theirs[5], theirs.len()),
+        (&b"ADBC"[..], 1, 32, 32),
+        "a node of the first build refuses this hello"
+    );
+}
+
+fn read_handshake_msg(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let len = u16::from_be_bytes(len) as usize;
+    assert!(
+        len <= 256,
+        "the first build refuses a handshake message of {len} bytes"
+    );
+    let mut m = vec![0u8; len];
+    s.read_exact(&mut m).unwrap();
+    m
+}
+
+fn write_handshake_msg(s: &mut TcpStream, hs: &mut snow::HandshakeState) {
+    let mut buf = [0u8; 256];
+    // The first build's payloads were empty.
+    let n = hs.write_message(&[], &mut buf[2..]).unwrap();
+    buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
+    s.write_all(&buf[..2 + n]).unwrap();
+}
+
+/// Plays a node of the first build, numbered `node`, on `s`: its hello, its checks
+/// of ours, the Noise handshake with empty payloads (ignoring whatever ours carry).
+fn todays_handshake(s: &mut TcpStream, node: u32, dialer: bool) -> snow::StatelessTransportState {
+    let ours = todays_hello(node);
+    let mut theirs = [0u8; wire::HELLO_LEN];
+    if dialer {
+        s.write_all(&ours).unwrap();
+        s.read_exact(&mut theirs).unwrap();
+    } else {
+        s.read_exact(&mut theirs).unwrap();
+        s.write_all(&ours).unwrap();
+    }
+    todays_check(&theirs);
+    let ours: [u8; wire::HELLO_LEN] = ours.try_into().unwrap();
+    let pro = if dialer {
+        wire::prologue(&ours, &theirs)
+    } else {
+        wire::prologue(&theirs, &ours)
+    };
+    let params: snow::params::NoiseParams = wire::NOISE_PARAMS.parse().unwrap();
+    let psk = wire::derive_psk(CLUSTER, SECRET);
+    let b = snow::Builder::new(params)
+        .psk(0, &psk)
+        .unwrap()
+        .prologue(&pro)
+        .unwrap();
+    let mut payload = [0u8; 256];
+    let hs = if dialer {
+        let mut hs = b.build_initiator().unwrap();
+        write_handshake_msg(s, &mut hs);
+        hs.read_message(&read_handshake_msg(s), &mut payload)
+            .unwrap();
+        hs
+    } else {
+        let mut hs = b.build_responder().unwrap();
+        hs.read_message(&read_handshake_msg(s), &mut payload)
+            .unwrap();
+        write_handshake_msg(s, &mut hs);
+        hs
+    };
+    hs.into_stateless_transport_mode().unwrap()
+}
+
+fn protocol_of(n: &Node, peer: u32) -> Option<u8> {
+    n.t().peers().iter().find(|p| p.node == peer)?.protocol
+}
+
+/// Two nodes, node 1 offering `v1` and node 2 `v2`, up with each other.
+fn pair(v1: RangeInclusive<u8>, v2: RangeInclusive<u8>) -> Vec<Node> {
+    let nodes: Vec<Node> = [(1, v1), (2, v2)]
+        .into_iter()
+        .map(|(n, v)| {
+            let mut c = config(n, local());
+            c.protocol_versions = v;
+            start(c)
+        })
+        .collect();
+    nodes[1].t().set_peers(vec![peer(&nodes[0])]);
+    nodes[0].t().set_peers(vec![peer(&nodes[1])]);
+    wait_up(&nodes[0], &[2]);
+    wait_up(&nodes[1], &[1]);
+    nodes
+}
+
+#[test]
+fn a_node_offering_only_version_1_and_a_current_node_exchange_data_over_version_1() {
+    let _s = serial();
+    // Both ways round: the old node dialing, and the old node called.
+    for (v1, v2) in [(1..=1, 1..=2), (1..=2, 1..=1)] {
+        let mut nodes = pair(v1.clone(), v2.clone());
+        assert_eq!(protocol_of(&nodes[0], 2), Some(1), "{v1:?} with {v2:?}");
+        assert_eq!(protocol_of(&nodes[1], 1), Some(1), "{v1:?} with {v2:?}");
+        nodes[0].t().send(2, b"to the new".to_vec()).unwrap();
+        nodes[1].t().send(1, b"to the old".to_vec()).unwrap();
+        assert_eq!(received(&nodes[1].events, 1, 1)[0], b"to the new");
+        assert_eq!(received(&nodes[0].events, 2, 1)[0], b"to the old");
+        for n in &mut nodes {
+            n.stop();
+        }
+    }
+}
+
+#[test]
+fn two_current_nodes_speak_version_2() {
+    let _s = serial();
+    let default = TransportConfig::new(CLUSTER, SECRET, 1, eid(1)).protocol_versions;
+    assert_eq!(
+        default,
+        1..=2,
+        "a node offers every version this build speaks"
+    );
+    let mut nodes = pair(default.clone(), default);
+    assert_eq!(protocol_of(&nodes[0], 2), Some(2));
+    assert_eq!(protocol_of(&nodes[1], 1), Some(2));
+    nodes[0].t().send(2, b"v2".to_vec()).unwrap();
+    assert_eq!(received(&nodes[1].events, 1, 1)[0], b"v2");
+    assert_eq!(nodes[1].logs_containing("is up (EID").len(), 1);
+    assert_eq!(nodes[1].logs_containing("protocol 2)").len(), 1);
+    nodes[1].stop();
+    wait_for(&nodes[0].events, 10, "node 2 down", |e| {
+        matches!(e, Event::PeerDown { node: 2, .. })
+    });
+    assert_eq!(protocol_of(&nodes[0], 2), None, "no protocol while down");
+    nodes[0].stop();
+}
+
+#[test]
+fn no_version_in_common_is_refused_as_its_own_cause_naming_both_ranges() {
+    let _s = serial();
+    let cause = "no protocol version in common";
+    // Node 5 accepts, node 1 dials; each offering what the other does not.
+    for (v5, v1) in [(1..=1, 2..=2), (2..=2, 1..=1)] {
+        let (logs5, logs1) = refused_dial_both(
+            1,
+            |c| c.protocol_versions = v5.clone(),
+            |c| c.protocol_versions = v1.clone(),
+            cause,
+        );
+        let (r5, r1) = (wire::show_versions(&v5), wire::show_versions(&v1));
+        assert_eq!(logs5.len(), 1, "{logs5:?}");
+        assert!(
+            logs5[0].contains(&format!("node 1 speaks protocol {r1}, this node {r5}")),
+            "{logs5:?}"
+        );
+        assert_eq!(logs1.len(), 1, "{logs1:?}");
+        assert!(
+            logs1[0].contains(&format!("node 5 speaks protocol {r5}, this node {r1}")),
+            "{logs1:?}"
+        );
+    }
+}
+
+#[test]
+fn a_range_this_build_does_not_speak_is_refused_at_start() {
+    let (tx, _rx) = unbounded();
+    #[allow(clippy::reversed_empty_ranges)] // an empty range is one of the cases
+    for v in [0..=2, 1..=3, 2..=1] {
+        let mut c = config(1, local());
+        c.protocol_versions = v.clone();
+        let e = Transport::start(c, tx.clone(), Arc::new(|_, _| {}))
+            .err()
+            .unwrap_or_else(|| panic!("{v:?} accepted"));
+        assert!(e.contains("this build speaks 1..=2"), "{e}");
+    }
+}
+
+#[test]
+fn a_node_of_the_first_build_is_accepted_and_answered_in_version_1() {
+    let _s = serial();
+    // This raw peer sends no heartbeats: a long timeout keeps it up meanwhile.
+    let mut c = config(2, local());
+    c.peer_timeout = Duration::from_secs(10);
+    let mut n2 = start(c);
+    n2.t().set_peers(vec![PeerAddr {
+        node: 1,
+        name: "n1".into(),
+        address: "127.0.0.1:9".into(),
+    }]);
+    let mut s = TcpStream::connect(n2.addr).unwrap();
+    let session = todays_handshake(&mut s, 1, true);
+    let mut w = wire::FrameWriter::new(session);
+    w.data(&mut s, b"from the first build").unwrap();
+    wait_up(&n2, &[1]);
+    assert_eq!(received(&n2.events, 1, 1)[0], b"from the first build");
+    assert_eq!(protocol_of(&n2, 1), Some(1));
+    n2.stop();
+}
+
+#[test]
+fn a_current_node_dials_a_node_of_the_first_build_in_version_1() {
+    let _s = serial();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // This raw peer answers no heartbeats: a long timeout keeps it up meanwhile.
+    let mut c = config(1, local());
+    c.peer_timeout = Duration::from_secs(10);
+    let mut n1 = start(c);
+    n1.t().set_peers(vec![PeerAddr {
+        node: 2,
+        name: "n2".into(),
+        address: l.local_addr().unwrap().to_string(),
+    }]);
+    let (mut s, _) = l.accept().unwrap();
+    let session = Arc::new(todays_handshake(&mut s, 2, false));
+    let mut w = wire::FrameWriter::new(Arc::clone(&session));
+    w.data(&mut s, b"from the first build").unwrap();
+    wait_up(&n1, &[2]);
+    assert_eq!(received(&n1.events, 2, 1)[0], b"from the first build");
+    assert_eq!(protocol_of(&n1, 2), Some(1));
+    n1.t().send(2, b"to the first build".to_vec()).unwrap();
+    let mut r = wire::FrameReader::new(session, 1 << 20);
+    let got = loop {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed");
+        let data: Vec<Vec<u8>> = r
+            .push(&buf[..n])
+            .unwrap()
+            .into_iter()
+            .filter_map(|f| match f {
+                wire::Frame::Data(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        if let Some(d) = data.into_iter().next() {
+            break d;
+        }
+    };
+    assert_eq!(got, b"to the first build");
+    n1.stop();
+}
+
 /// Node 5 waits for node 1; node `dialer` dials it with a twisted config.
 /// Node 5 must refuse with `cause`, log it once over many retries, and
 /// deliver nothing.
 fn refused_dial(dialer: u32, twist: impl FnOnce(&mut TransportConfig), cause: &str) {
-    let mut n5 = start(config(5, local()));
+    refused_dial_both(dialer, |_| {}, twist, cause);
+}
+
+/// `refused_dial`, with node 5's config twisted too; returns the log lines naming
+/// `cause` of node 5 and of the dialer.
+fn refused_dial_both(
+    dialer: u32,
+    twist5: impl FnOnce(&mut TransportConfig),
+    twist: impl FnOnce(&mut TransportConfig),
+    cause: &str,
+) -> (Vec<String>, Vec<String>) {
+    let mut c5 = config(5, local());
+    twist5(&mut c5);
+    let mut n5 = start(c5);
     n5.t().set_peers(vec![PeerAddr {
         node: 1,
         name: "n1".into(),
@@ -359,8 +604,10 @@ fn refused_dial(dialer: u32, twist: impl FnOnce(&mut TransportConfig), cause: &s
     assert_eq!(d.t().send(5, vec![1]), Err(SendError::NotConnected));
     let total: u64 = n5.t().rejects().iter().map(|(_, n)| n).sum();
     assert_eq!(total, n5.reject_count(cause), "only {cause}");
+    let logged = (n5.logs_containing(cause), d.logs_containing(cause));
     d.stop();
     n5.stop();
+    logged
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! Feeds arbitrary bytes to everything that parses peer input in the
-//! transport: the hello, the record splitter + reassembler (clear and with a
-//! real Noise session), and checks that well-formed streams round-trip.
+//! transport: the hello, the version offer, the record splitter + reassembler
+//! (clear and with a real Noise session), and checks that well-formed streams
+//! round-trip.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use res_astdb_cluster::transport::wire::{
-    self, check_hello_prefix, decode_hello, Cleartext, Frame, FrameReader, FrameWriter,
+    self, check_hello_prefix, decode_hello, decode_offer, encode_offer, negotiate, Cleartext,
+    Frame, FrameReader, FrameWriter, PROTOCOL_VERSIONS,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -49,6 +51,16 @@ fn check(frames: &[Frame]) {
 fuzz_target!(|data: &[u8]| {
     let _ = decode_hello(data);
     let _ = check_hello_prefix(data);
+    // A hello's lowest version, then an offer: whatever is agreed lies in both ranges,
+    // and a range offered comes back as itself.
+    if let Some((&min, offer)) = data.split_first() {
+        if let Ok(theirs) = decode_offer(min, offer) {
+            if let Some(v) = negotiate(&PROTOCOL_VERSIONS, &theirs) {
+                assert!(PROTOCOL_VERSIONS.contains(&v) && theirs.contains(&v));
+            }
+            assert_eq!(decode_offer(min, &encode_offer(&theirs)), Ok(theirs));
+        }
+    }
 
     // Split the input at a point taken from its first byte, to vary read boundaries.
     let cut = data.first().map_or(0, |&b| b as usize).min(data.len());

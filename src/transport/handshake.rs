@@ -5,18 +5,23 @@
 use super::wire::{self, Cause, Hello, Reject, HELLO_LEN, MAX_HANDSHAKE_MSG};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a connection needs to know about this node to greet and check a peer.
 pub(crate) struct Local {
+    /// Its `min_version` is the start of `versions`.
     pub hello: Hello,
+    pub versions: RangeInclusive<u8>,
     pub psk: [u8; 32],
 }
 
 pub(crate) struct Established {
     pub session: snow::StatelessTransportState,
     pub peer: Hello,
+    /// The protocol version both sides now speak.
+    pub protocol: u8,
 }
 
 /// A refused handshake; `node` is the peer's number when its hello said it.
@@ -168,6 +173,25 @@ fn builder<'a>(local: &'a Local, prologue: &'a [u8]) -> Result<snow::Builder<'a>
         .prologue(prologue)
 }
 
+/// The version to speak with `peer`, whose offer came in its handshake message.
+fn agree(local: &Local, peer: &Hello, offer: &[u8]) -> Result<u8, Refusal> {
+    let node = Some(peer.node);
+    let theirs =
+        wire::decode_offer(peer.min_version, offer).map_err(|reject| Refusal { reject, node })?;
+    wire::negotiate(&local.versions, &theirs).ok_or_else(|| {
+        Refusal::new(
+            Cause::NoCommonVersion,
+            node,
+            format!(
+                "node {} speaks protocol {}, this node {}",
+                peer.node,
+                wire::show_versions(&theirs),
+                wire::show_versions(&local.versions)
+            ),
+        )
+    })
+}
+
 fn check_cluster(local: &Local, peer: &Hello) -> Result<(), Refusal> {
     if peer.cluster_hash != local.hello.cluster_hash {
         return Err(Refusal::new(
@@ -231,13 +255,20 @@ pub(crate) fn dial(
         .and_then(|b| b.build_initiator())
         .map_err(wrong)?;
     let mut buf = [0u8; MAX_HANDSHAKE_MSG];
-    let n = hs.write_message(&[], &mut buf).map_err(wrong)?;
+    let n = hs
+        .write_message(&wire::encode_offer(&local.versions), &mut buf)
+        .map_err(wrong)?;
     write_msg(s, node, &buf[..n])?;
     let msg = read_msg(s, node, deadline, stop)?;
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
-    hs.read_message(&msg, &mut payload).map_err(wrong)?;
+    let n = hs.read_message(&msg, &mut payload).map_err(wrong)?;
+    let protocol = agree(local, &peer, &payload[..n])?;
     let session = hs.into_stateless_transport_mode().map_err(wrong)?;
-    Ok(Established { session, peer })
+    Ok(Established {
+        session,
+        peer,
+        protocol,
+    })
 }
 
 /// The accepting side. `allowed(node)` says whether that node may dial us.
@@ -277,10 +308,20 @@ pub(crate) fn accept(
         .map_err(wrong)?;
     let msg = read_msg(s, node, deadline, stop)?;
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
-    hs.read_message(&msg, &mut payload).map_err(wrong)?;
+    let n = hs.read_message(&msg, &mut payload).map_err(wrong)?;
+    let protocol = agree(local, &peer, &payload[..n]);
+    // Answer with our offer even without a version in common, so the dialer can
+    // name both ranges too.
     let mut buf = [0u8; MAX_HANDSHAKE_MSG];
-    let n = hs.write_message(&[], &mut buf).map_err(wrong)?;
+    let n = hs
+        .write_message(&wire::encode_offer(&local.versions), &mut buf)
+        .map_err(wrong)?;
     write_msg(s, node, &buf[..n])?;
+    let protocol = protocol?;
     let session = hs.into_stateless_transport_mode().map_err(wrong)?;
-    Ok(Established { session, peer })
+    Ok(Established {
+        session,
+        peer,
+        protocol,
+    })
 }

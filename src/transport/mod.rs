@@ -5,6 +5,8 @@
 //! One connection per peer: the node with the lower number dials, the higher
 //! accepts. Every byte after a 32-byte cleartext hello is a Noise
 //! (`NNpsk0`, PSK from `cluster_secret`) message; see `wire` for the format.
+//! The hello and the handshake carry the range of protocol versions each side
+//! offers, and the connection speaks the highest both do.
 //!
 //! Threads (all started here, all joined by `stop`): one listener, one dialer
 //! per peer with a higher number, and per live connection a reader (the thread
@@ -25,6 +27,7 @@ use rejects::Rejects;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -50,6 +53,10 @@ pub struct TransportConfig {
     pub peer_timeout: Duration,
     pub max_payload: usize,
     pub send_queue_bytes: usize,
+    /// The protocol versions this node offers; the default, every one this build
+    /// speaks ([`wire::PROTOCOL_VERSIONS`]), is what a cluster wants: a narrower
+    /// range is for tests that play an older build.
+    pub protocol_versions: RangeInclusive<u8>,
 }
 
 impl TransportConfig {
@@ -66,6 +73,7 @@ impl TransportConfig {
             peer_timeout: Duration::from_secs(5),
             max_payload: 16 << 20,
             send_queue_bytes: 64 << 20,
+            protocol_versions: wire::PROTOCOL_VERSIONS,
         }
     }
 }
@@ -133,6 +141,8 @@ pub struct PeerStatus {
     pub connected_since: Option<SystemTime>,
     pub last_seen: Option<SystemTime>,
     pub rtt: Option<Duration>,
+    /// The protocol version spoken on the connection, while it is up.
+    pub protocol: Option<u8>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub frames_in: u64,
@@ -235,6 +245,14 @@ impl Transport {
                 cfg.peer_timeout, cfg.heartbeat
             ));
         }
+        let (ours, all) = (&cfg.protocol_versions, &wire::PROTOCOL_VERSIONS);
+        if ours.is_empty() || ours.start() < all.start() || ours.end() > all.end() {
+            return Err(format!(
+                "protocol versions {}: this build speaks {}",
+                wire::show_versions(ours),
+                wire::show_versions(all)
+            ));
+        }
         let listener = TcpListener::bind(cfg.bind)
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.bind))?;
         let local_addr = listener
@@ -253,10 +271,12 @@ impl Transport {
             },
             local: Local {
                 hello: wire::Hello {
+                    min_version: *cfg.protocol_versions.start(),
                     cluster_hash: wire::cluster_hash(&cfg.cluster_name),
                     node: cfg.local_node,
                     eid: cfg.local_eid,
                 },
+                versions: cfg.protocol_versions.clone(),
                 psk: wire::derive_psk(&cfg.cluster_name, &cfg.secret),
             },
             peers: RwLock::new(HashMap::new()),
@@ -372,6 +392,7 @@ impl Transport {
                     last_seen: (seen > 0)
                         .then(|| shared.epoch_wall + Duration::from_millis(seen - 1)),
                     rtt: st.rtt,
+                    protocol: st.protocol,
                     bytes_in: p.bytes_in.load(Ordering::Relaxed),
                     bytes_out: p.bytes_out.load(Ordering::Relaxed),
                     frames_in: p.frames_in.load(Ordering::Relaxed),

@@ -36,6 +36,8 @@ pub(crate) struct PeerState {
     pub dialing: bool,
     pub connected_since: Option<SystemTime>,
     pub rtt: Option<Duration>,
+    /// The version the current connection speaks.
+    pub protocol: Option<u8>,
 }
 
 pub(crate) enum Out {
@@ -147,6 +149,7 @@ pub(crate) fn run(
 ) {
     let session = Arc::new(est.session);
     let eid = est.peer.eid;
+    let protocol = est.protocol;
     let mut reader = FrameReader::new(Arc::clone(&session), shared.cfg.max_payload);
     let mut stream = stream;
     let mut first = Vec::new();
@@ -198,6 +201,7 @@ pub(crate) fn run(
         st.eid = Some(eid);
         st.connected_since = Some(SystemTime::now());
         st.rtt = None;
+        st.protocol = Some(protocol);
         peer.last_seen.store(now_ms(shared), Ordering::Relaxed);
         emit(
             shared,
@@ -212,7 +216,7 @@ pub(crate) fn run(
     peer.connect_logged.store(false, Ordering::Relaxed);
     (shared.log)(
         LogLevel::Notice,
-        format!("{} is up (EID {eid})", peer.describe()),
+        format!("{} is up (EID {eid}, protocol {protocol})", peer.describe()),
     );
 
     let writer = {
@@ -242,6 +246,7 @@ pub(crate) fn run(
         st.conn = None;
         st.connected_since = None;
         st.rtt = None;
+        st.protocol = None;
         emit(
             shared,
             Event::PeerDown {

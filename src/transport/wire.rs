@@ -1,32 +1,49 @@
 //! What goes on the wire between nodes, as pure functions over bytes: the
-//! cleartext hello, key derivation, and the framing of Noise transport
-//! messages. No sockets here, so all of it can be unit-tested and fuzzed.
+//! cleartext hello, the version offer, key derivation, and the framing of Noise
+//! transport messages. No sockets here, so all of it can be unit-tested and fuzzed.
 //!
 //! ```text
 //! hello (32 bytes, each side, cleartext):
-//!   "ADBC" | version u8 = 1 | length u8 = 32 | SHA-256(label | cluster_name)[..16]
-//!   | node u32 BE | EID 6 bytes
+//!   "ADBC" | lowest version offered u8 | length u8 = 32
+//!   | SHA-256(label | cluster_name)[..16] | node u32 BE | EID 6 bytes
 //! handshake: Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s, prologue = label | dialer hello
 //!   | acceptor hello; each message as u16 BE length (<= 256) | bytes
+//! offer (the payload of the dialer's message and of the acceptor's answer):
+//!   empty if the node offers one version only, else highest version offered u8
+//!   (bytes after it are for later versions, and ignored)
 //! record:  u16 BE length (16..=65535) | Noise transport message (ciphertext + tag)
 //! frame (a record's plaintext): type u8 | body
 //!   1 Ping  u64 BE stamp        2 Pong u64 BE stamp (echoed)
 //!   3 Data  payload             4 DataStart u32 BE total | first chunk
 //!   5 DataCont next chunk       (a payload > one record is DataStart + DataCont..)
 //! ```
+//!
+//! Protocol versions: 1 is the first build's, whose hello says version 1 and whose
+//! handshake payloads are empty; it refuses a hello whose byte 4 is not 1 or whose
+//! length byte is not 32, and ignores handshake payloads. 2 offers a range: byte 4
+//! became the lowest version offered and the offer in the handshake payload carries
+//! the highest, so a node offering 1..=2 sends a hello a version-1 node accepts.
+//! Both sides use the highest version in both ranges; with none in common the
+//! connection is refused as [`Cause::NoCommonVersion`]. The hellos are bound into the
+//! prologue and the offers travel inside the handshake, so each side authenticates
+//! what the other offered and nobody in between can downgrade it. This build
+//! speaks [`PROTOCOL_VERSIONS`]; after version 2 the frames are those of version 1.
 
 use crate::eid::Eid;
 use hkdf::Hkdf;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::ops::RangeInclusive;
 
 pub const MAGIC: [u8; 4] = *b"ADBC";
-pub const VERSION: u8 = 1;
+/// The protocol versions this build speaks (see the module's comment).
+pub const PROTOCOL_VERSIONS: RangeInclusive<u8> = 1..=2;
 pub const HELLO_LEN: usize = 32;
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Binds the prologue, PSK and cluster hash to this protocol, so keys or hashes
-/// made for anything else never match ours.
+/// made for anything else never match ours. It names version 1 and stays so: every
+/// version derives the same keys.
 const LABEL: &[u8] = b"res_astdb_cluster transport v1";
 /// Noise caps a message (ciphertext with tag) at 65535 bytes.
 pub const MAX_RECORD: usize = 65535;
@@ -54,10 +71,11 @@ pub enum Cause {
     MalformedFrame,
     RefusedByPeer,
     HandshakeTimeout,
+    NoCommonVersion,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 10] = [
         Cause::MalformedHello,
         Cause::ClusterNameDiffers,
         Cause::UnknownNode,
@@ -67,6 +85,7 @@ impl Cause {
         Cause::MalformedFrame,
         Cause::RefusedByPeer,
         Cause::HandshakeTimeout,
+        Cause::NoCommonVersion,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +99,7 @@ impl Cause {
             Cause::MalformedFrame => "malformed frame",
             Cause::RefusedByPeer => "refused by peer",
             Cause::HandshakeTimeout => "handshake timed out",
+            Cause::NoCommonVersion => "no protocol version in common",
         }
     }
 }
@@ -149,6 +169,9 @@ pub fn prologue(dialer_hello: &[u8; HELLO_LEN], acceptor_hello: &[u8; HELLO_LEN]
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
+    /// The lowest protocol version the node offers (1 from the first build, which
+    /// offers nothing else); the highest comes in its [offer](decode_offer).
+    pub min_version: u8,
     pub cluster_hash: [u8; 16],
     pub node: u32,
     pub eid: Eid,
@@ -158,7 +181,7 @@ impl Hello {
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[0..4].copy_from_slice(&MAGIC);
-        b[4] = VERSION;
+        b[4] = self.min_version;
         b[5] = HELLO_LEN as u8;
         b[6..22].copy_from_slice(&self.cluster_hash);
         b[22..26].copy_from_slice(&self.node.to_be_bytes());
@@ -168,7 +191,9 @@ impl Hello {
 }
 
 /// Checks magic, version and length byte: the first 6 bytes of a hello, so a
-/// reader can refuse garbage before waiting for the rest.
+/// reader can refuse garbage before waiting for the rest. Any version but 0 passes:
+/// it is only the lowest the peer offers, and whether it has one in common with
+/// ours is known once its offer is (so that the refusal can name both ranges).
 pub fn check_hello_prefix(b: &[u8]) -> Result<(), Reject> {
     let malformed = |d: String| Err(Reject::new(Cause::MalformedHello, d));
     let Some(p) = b.get(..6) else {
@@ -177,11 +202,8 @@ pub fn check_hello_prefix(b: &[u8]) -> Result<(), Reject> {
     if p[0..4] != MAGIC {
         return malformed("not a cluster peer (bad magic)".into());
     }
-    if p[4] != VERSION {
-        return malformed(format!(
-            "protocol version {}, this node speaks {VERSION}",
-            p[4]
-        ));
+    if p[4] == 0 {
+        return malformed("protocol version 0".into());
     }
     if p[5] as usize != HELLO_LEN {
         return malformed(format!("hello length {}", p[5]));
@@ -204,10 +226,47 @@ pub fn decode_hello(b: &[u8]) -> Result<Hello, Reject> {
     let mut eid = [0u8; 6];
     eid.copy_from_slice(&b[26..32]);
     Ok(Hello {
+        min_version: b[4],
         cluster_hash,
         node,
         eid: Eid(eid),
     })
+}
+
+/// The handshake payload offering `versions` (whose start is the hello's byte 4):
+/// empty for a single version, as the first build sends, else the highest.
+pub fn encode_offer(versions: &RangeInclusive<u8>) -> Vec<u8> {
+    if versions.start() == versions.end() {
+        Vec::new()
+    } else {
+        vec![*versions.end()]
+    }
+}
+
+/// The versions a peer offers, from the lowest in its hello and the handshake
+/// payload it sent.
+pub fn decode_offer(min_version: u8, payload: &[u8]) -> Result<RangeInclusive<u8>, Reject> {
+    let Some(&max) = payload.first() else {
+        return Ok(min_version..=min_version);
+    };
+    if max < min_version {
+        return Err(Reject::new(
+            Cause::MalformedHello,
+            format!("offers protocol {min_version}..={max}"),
+        ));
+    }
+    Ok(min_version..=max)
+}
+
+/// The version two nodes speak: the highest both offer.
+pub fn negotiate(ours: &RangeInclusive<u8>, theirs: &RangeInclusive<u8>) -> Option<u8> {
+    let v = *ours.end().min(theirs.end());
+    (v >= *ours.start() && v >= *theirs.start()).then_some(v)
+}
+
+/// "1..=2", as log lines show a range of versions.
+pub fn show_versions(v: &RangeInclusive<u8>) -> String {
+    format!("{}..={}", v.start(), v.end())
 }
 
 /// Opens (decrypts and authenticates) one record; None if it does not verify.
@@ -536,6 +595,7 @@ mod tests {
 
     fn hello() -> Hello {
         Hello {
+            min_version: 1,
             cluster_hash: cluster_hash("c1"),
             node: 7,
             eid: Eid([1, 2, 3, 4, 5, 6]),
@@ -545,13 +605,77 @@ mod tests {
     #[test]
     fn hello_round_trips() {
         assert_eq!(decode_hello(&hello().encode()), Ok(hello()));
+        // A later build that no longer offers version 1 still gets as far as its offer.
+        let later = Hello {
+            min_version: 3,
+            ..hello()
+        };
+        assert_eq!(decode_hello(&later.encode()), Ok(later));
+    }
+
+    /// What the first build sends, byte by byte (its `Hello::encode`).
+    fn todays_hello(node: u32, eid: [u8; 6]) -> Vec<u8> {
+        let mut b = b"ADBC".to_vec();
+        b.push(1);
+        b.push(32);
+        b.extend_from_slice(&cluster_hash("c1"));
+        b.extend_from_slice(&node.to_be_bytes());
+        b.extend_from_slice(&eid);
+        b
+    }
+
+    #[test]
+    fn a_hello_of_the_first_build_is_accepted_and_ours_offering_1_is_the_same() {
+        let old = todays_hello(7, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(decode_hello(&old), Ok(hello()));
+        assert_eq!(hello().encode().to_vec(), old);
+        // What the first build checks of our hello, offering 1..=2: magic, 1, 32.
+        let ours = Hello {
+            min_version: *PROTOCOL_VERSIONS.start(),
+            ..hello()
+        }
+        .encode();
+        assert_eq!((&ours[..4], ours[4], ours[5]), (&b"ADBC"[..], 1, 32));
+        // Its empty handshake payload offers just version 1.
+        assert_eq!(decode_offer(old[4], &[]), Ok(1..=1));
+    }
+
+    #[test]
+    fn offers_round_trip_and_a_range_upside_down_is_malformed() {
+        for v in [1..=1, 1..=2, 2..=2, 3..=7] {
+            let back = decode_offer(*v.start(), &encode_offer(&v));
+            assert_eq!(back, Ok(v.clone()));
+        }
+        assert_eq!(encode_offer(&(1..=1)), Vec::<u8>::new());
+        assert_eq!(encode_offer(&PROTOCOL_VERSIONS), vec![2]);
+        assert_eq!(
+            decode_offer(1, &[4, 9, 9]),
+            Ok(1..=4),
+            "later fields ignored"
+        );
+        assert_eq!(
+            decode_offer(3, &[2]).unwrap_err().cause,
+            Cause::MalformedHello
+        );
+    }
+
+    #[test]
+    fn the_highest_version_both_offer_is_used_and_none_in_common_is_none() {
+        assert_eq!(negotiate(&(1..=2), &(1..=2)), Some(2));
+        assert_eq!(negotiate(&(1..=2), &(1..=1)), Some(1));
+        assert_eq!(negotiate(&(1..=1), &(1..=2)), Some(1));
+        assert_eq!(negotiate(&(1..=2), &(2..=5)), Some(2));
+        assert_eq!(negotiate(&(1..=1), &(2..=2)), None);
+        assert_eq!(negotiate(&(1..=2), &(3..=4)), None);
+        assert_eq!(negotiate(&(3..=4), &(1..=2)), None);
+        assert_eq!(show_versions(&(3..=4)), "3..=4");
     }
 
     #[test]
     fn hello_with_bad_magic_version_or_length_is_malformed() {
         let good = hello().encode();
         let mut cases: Vec<Vec<u8>> = vec![vec![], good[..31].to_vec(), [&good[..], &[0]].concat()];
-        for (i, v) in [(0, b'X'), (4, 2u8), (5, 33u8)] {
+        for (i, v) in [(0, b'X'), (4, 0u8), (5, 33u8)] {
             let mut b = good.to_vec();
             b[i] = v;
             cases.push(b);
@@ -711,6 +835,11 @@ mod tests {
             cut in 0usize..4096,
         ) {
             let _ = decode_hello(&data);
+            if let Some((&min, offer)) = data.split_first() {
+                if let Ok(v) = decode_offer(min, offer) {
+                    proptest::prop_assert!(v.start() <= v.end());
+                }
+            }
             let cut = cut.min(data.len());
             let mut r = FrameReader::new(Cleartext, 1000);
             if let Ok(frames) = r.push(&data[..cut]).and_then(|mut f| {
