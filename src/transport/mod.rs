@@ -103,7 +103,7 @@ pub enum LogLevel {
     Error,
 }
 
-pub type LogFn = Arc<dyn Fn(LogLevel, String) + Send + Sync>;
+pub(crate) type LogFn = Arc<dyn Fn(LogLevel, String) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -163,7 +163,7 @@ pub(crate) struct Settings {
 pub(crate) struct Shared {
     pub cfg: Settings,
     local: Local,
-    pub peers: RwLock<HashMap<u32, Arc<Peer>>>,
+    peers: RwLock<HashMap<u32, Arc<Peer>>>,
     stop: AtomicBool,
     pub events: Sender<Event>,
     pub log: LogFn,

@@ -17,7 +17,7 @@ pub(crate) struct Peer {
     pub addr: PeerAddr,
     /// Set when the peer left the configuration or the transport stops.
     pub removed: AtomicBool,
-    pub state: Mutex<PeerState>,
+    state: Mutex<PeerState>,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub frames_in: AtomicU64,
@@ -56,7 +56,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// Closes the socket (which wakes both threads); the first reason given wins.
-    pub fn close(&self, reason: &str) {
+    fn close(&self, reason: &str) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
             *r = Some(reason.to_string());

@@ -36,7 +36,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::ops::RangeInclusive;
 
-pub const MAGIC: [u8; 4] = *b"ADBC";
+const MAGIC: [u8; 4] = *b"ADBC";
 /// The protocol versions this build speaks (see the module's comment).
 pub const PROTOCOL_VERSIONS: RangeInclusive<u8> = 1..=2;
 pub const HELLO_LEN: usize = 32;
@@ -46,11 +46,11 @@ pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// version derives the same keys.
 const LABEL: &[u8] = b"res_astdb_cluster transport v1";
 /// Noise caps a message (ciphertext with tag) at 65535 bytes.
-pub const MAX_RECORD: usize = 65535;
-pub const TAG_LEN: usize = 16;
-pub const MAX_PLAIN: usize = MAX_RECORD - TAG_LEN;
+const MAX_RECORD: usize = 65535;
+const TAG_LEN: usize = 16;
+const MAX_PLAIN: usize = MAX_RECORD - TAG_LEN;
 /// NNpsk0's two handshake messages are 48 bytes each; anything much larger is abuse.
-pub const MAX_HANDSHAKE_MSG: usize = 256;
+pub(crate) const MAX_HANDSHAKE_MSG: usize = 256;
 
 const T_PING: u8 = 1;
 const T_PONG: u8 = 2;
@@ -61,7 +61,7 @@ const T_DATA_CONT: u8 = 5;
 /// Why a connection was refused or closed; each has its own counter and is
 /// logged once per peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Cause {
+pub(crate) enum Cause {
     MalformedHello,
     ClusterNameDiffers,
     UnknownNode,
@@ -75,7 +75,7 @@ pub enum Cause {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 10] = [
+    pub(crate) const ALL: [Cause; 10] = [
         Cause::MalformedHello,
         Cause::ClusterNameDiffers,
         Cause::UnknownNode,
@@ -88,7 +88,7 @@ impl Cause {
         Cause::NoCommonVersion,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Cause::MalformedHello => "malformed hello",
             Cause::ClusterNameDiffers => "cluster name differs",
@@ -113,12 +113,12 @@ impl fmt::Display for Cause {
 /// A cause with the detail that goes into the log line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reject {
-    pub cause: Cause,
-    pub detail: String,
+    pub(crate) cause: Cause,
+    pub(crate) detail: String,
 }
 
 impl Reject {
-    pub fn new(cause: Cause, detail: impl Into<String>) -> Reject {
+    pub(crate) fn new(cause: Cause, detail: impl Into<String>) -> Reject {
         Reject {
             cause,
             detail: detail.into(),
@@ -350,7 +350,7 @@ pub struct FrameReader<C: Open> {
     plain: Vec<u8>,
     max_payload: usize,
     partial: Option<(usize, Vec<u8>)>,
-    pub records: u64,
+    pub(crate) records: u64,
 }
 
 const READ_BUF: usize = 256 * 1024;
@@ -383,7 +383,7 @@ impl<C: Open> FrameReader<C> {
     }
 
     /// Reads once from `r` into the buffer. Ok(0) is end of stream.
-    pub fn fill_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
+    pub(crate) fn fill_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
         self.make_room();
         let n = r.read(&mut self.buf[self.tail..])?;
         self.tail += n;
@@ -408,7 +408,7 @@ impl<C: Open> FrameReader<C> {
     }
 
     /// The next complete frame in the buffer, if any.
-    pub fn next_frame(&mut self) -> Result<Option<Frame>, Reject> {
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, Reject> {
         loop {
             let avail = &self.buf[self.head..self.tail];
             if avail.len() < 2 {
@@ -550,7 +550,7 @@ impl<C: Seal> FrameWriter<C> {
         self.stamp(w, T_PING, stamp)
     }
 
-    pub fn pong<W: Write>(&mut self, w: &mut W, stamp: u64) -> io::Result<usize> {
+    pub(crate) fn pong<W: Write>(&mut self, w: &mut W, stamp: u64) -> io::Result<usize> {
         self.stamp(w, T_PONG, stamp)
     }
 
