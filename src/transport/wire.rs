@@ -24,10 +24,10 @@
 //! became the lowest version offered and the offer in the handshake payload carries
 //! the highest, so a node offering 1..=2 sends a hello a version-1 node accepts.
 //! Both sides use the highest version in both ranges; with none in common the
-//! connection is refused as [`Cause::NoCommonVersion`]. The hellos are bound into the
+//! connection is refused as `Cause::NoCommonVersion`. The hellos are bound into the
 //! prologue and the offers travel inside the handshake, so each side authenticates
 //! what the other offered and nobody in between can downgrade it. This build
-//! speaks [`PROTOCOL_VERSIONS`]; after version 2 the frames are those of version 1.
+//! speaks [`PROTOCOL_VERSIONS`], 1..=2; version 2's records and frames are version 1's.
 
 use crate::eid::Eid;
 use hkdf::Hkdf;
