@@ -20,12 +20,12 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::family::{validate_family_name, Mode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 use super::store::MAX_DEPTH;
 use super::version::{Hlc, Version};
+use crate::eid::Eid;
 
 /// Bumped on any incompatible change of the layout.
 pub const WIRE_VERSION: u8 = 1;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::eid::Eid;
 use super::version::Version;
+use crate::eid::Eid;
 
 /// Which key of a shared family an item is.
 ///

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::family::Mode;
 use super::item::{Entry, ItemId};
 use super::version::{Hlc, Version};
+use crate::eid::Eid;
 
 /// Replication state of one family (shared or not: unsharing keeps it).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::item::{position_of, Contents, Entry, ItemId};
 use super::persist::ItemState;
+use crate::eid::Eid;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
 pub const MAX_DEPTH: u8 = 16;
