@@ -2,21 +2,30 @@
 
 pub mod family;
 
+mod anti_entropy;
 pub mod codec;
 #[allow(clippy::module_inception)]
-pub mod engine;
+mod engine;
 pub mod item;
+mod local;
+mod merge;
 pub mod message;
+mod outbox;
+mod output;
+mod peers;
 pub mod persist;
+mod pushes;
 pub mod store;
+mod tombstones;
 pub mod version;
 
 pub use crate::eid::Eid;
 pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 
-pub use engine::{Counters, DbOp, Engine, EngineConfig, FamilyStats, Output};
+pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
 pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
+pub use output::{DbOp, Output};
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,
