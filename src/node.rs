@@ -322,7 +322,8 @@ fn execute(outputs: &mut Vec<Output>, mesh: &mut Mesh) {
                 db::del(&family, &key);
             }
             Output::Send { to, msg } => mesh.send(to, &msg),
-            Output::Warn(text) => {
+            Output::Warn(warning) => {
+                let text = warning.to_string();
                 if with_runtime(|rt| rt.node.first_time(&text)).unwrap_or(true) {
                     warning!("{text}");
                 }

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use res_astdb_cluster::engine::{
     Body, Change, Contents, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode,
-    Output, SharedFamily, SharingPolicy, SyncMode, Version,
+    Output, SharedFamily, SharingPolicy, SyncMode, Version, WarningKind,
 };
 use res_astdb_cluster::metadata::replica::{self, ReplicaLog};
 
@@ -205,9 +205,10 @@ fn read_only_families_do_not_publish_local_changes_and_keep_the_cluster_value() 
         NOW,
     );
     let out = a.local_change("f", "k", Some("mine"), NOW + 5);
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Warn(w) if w.contains("sync_mode=ro"))));
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Warn(w) if w.kind == WarningKind::ReadOnlyReverted
+            && w.to_string().contains("sync_mode=ro"))
+    ));
     assert_eq!(
         applies(&out),
         vec![&DbOp::Put {

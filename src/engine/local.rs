@@ -9,7 +9,7 @@ use super::engine::{own_owner, Engine, FamilyState};
 use super::family::{leading_parts, Mode, SharedFamily, SyncMode};
 use super::item::{Contents, Entry, ItemId};
 use super::message::Change;
-use super::output::Output;
+use super::output::{Output, Warning, WarningKind};
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
@@ -299,19 +299,14 @@ impl Engine {
             return;
         }
         if let Err(why) = check_key(key).and_then(|()| value.map_or(Ok(()), check_value)) {
-            out.push(Output::Warn(format!(
-                "family '{family}' key '{key}': not shared, the key or value is {why}"
-            )));
+            out.push(warning(family, key, WarningKind::Unshareable { why }));
             return;
         }
         if sync_mode == SyncMode::Ro {
             self.counters.ro_refused += 1;
             match fs.mode {
                 Mode::Global => {
-                    out.push(Output::Warn(format!(
-                        "family '{family}' is sync_mode=ro here: local change to key '{key}' \
-                         is not shared and is replaced by the cluster's value"
-                    )));
+                    out.push(warning(family, key, WarningKind::ReadOnlyReverted));
                     let held_value = held_value();
                     let (op, applied) = fs.apply_copy(&item, held_value);
                     out.push(Output::Apply(op));
@@ -320,10 +315,7 @@ impl Engine {
                 Mode::Unique => {
                     let v = value.map(str::to_string);
                     if fs.ro_warned.get(key) != Some(&v) {
-                        out.push(Output::Warn(format!(
-                            "family '{family}' is sync_mode=ro here: local change to key \
-                             '{key}' is not shared"
-                        )));
+                        out.push(warning(family, key, WarningKind::ReadOnlyNotShared));
                         fs.ro_warned.insert(key.to_string(), v);
                     }
                 }
@@ -347,4 +339,13 @@ impl Engine {
         self.counters.local_changes += 1;
         self.publish(family, Change { item, entry }, now_ms, out);
     }
+}
+
+/// A warning about local key `key` of shared family `family`.
+fn warning(family: &str, key: &str, kind: WarningKind) -> Output {
+    Output::Warn(Warning {
+        family: family.to_string(),
+        key: Some(key.to_string()),
+        kind,
+    })
 }

@@ -25,7 +25,7 @@ pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
 pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
-pub use output::{DbOp, Output};
+pub use output::{DbOp, Output, Warning, WarningKind};
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,
