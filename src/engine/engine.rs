@@ -1,26 +1,6 @@
-//! The replication engine: versions, merge, tombstones and anti-entropy as plain data.
-//!
-//! A driver (the Asterisk module, the simulator) feeds it local AstDB contents, peer
-//! messages and the time, and executes what it hands back. It does no I/O.
-//!
-//! # Ordering contract for the driver
-//!
-//! 1. Calls are made from one thread, with a `now_ms` that is the node's wall clock
-//!    (it may step back; versions stay monotonic).
-//! 2. After any batch of calls, take [`Engine::take_persist_delta`] and write it durably
-//!    (one transaction) **before** executing the outputs returned since the previous
-//!    delta. Then execute those outputs **in the order given**.
-//! 3. A snapshot passed to [`Engine::local_snapshot`] must have been read after every
-//!    `Apply` output returned earlier was executed, and no engine call may come between
-//!    reading it and passing it. Otherwise a value the engine itself applied could be
-//!    taken for a local change (or a remote value for a local delete).
-//! 4. [`Engine::local_change`] reports writes that really happened in AstDB (an event
-//!    from a hook or the CLI), after the write.
-//! 5. Call [`Engine::tick`] regularly (every 100 ms or so): it flushes batches, starts
-//!    digest syncs at each family's `sync_interval`, and collects tombstones.
-//! 6. Call [`Engine::peer_up`] when a connection to a peer is established (and its EID
-//!    and node number are known) and [`Engine::peer_down`] when it is lost. Messages
-//!    from a peer that is not known are dropped.
+//! The [`Engine`] itself: its state, configuration and counters, the restart from saved
+//! state, the tick, and what the driver takes from it: the [`Batch`] (the state to save
+//! and the outputs) and the next deadline. The ordering contract is in the module doc.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem;
@@ -29,7 +9,7 @@ use std::sync::Arc;
 use super::family::{Mode, SharedFamily};
 use super::item::{Entry, ItemId};
 use super::outbox::Outbox;
-use super::output::{DbOp, Output};
+use super::output::{Batch, DbOp, Output};
 use super::peers::Peer;
 use super::persist::{FamilyMeta, ItemDelta, ItemRef, PersistDelta, PersistedState, RestoredState};
 use super::pushes::Pushes;
@@ -37,6 +17,12 @@ use super::store::ItemStore;
 use super::tombstones::Tombstones;
 use super::version::{Clock, Hlc};
 use crate::eid::Eid;
+
+/// The largest output buffer [`Engine::recycle`] keeps.
+const KEEP_OUTPUTS: usize = 65_536;
+/// The deadline of work due at once: every clock has passed it, even one that stepped
+/// back since the call that made the work.
+pub(super) const AT_ONCE: u64 = 0;
 
 /// How this node runs the engine.
 #[derive(Clone, Debug)]
@@ -54,7 +40,7 @@ pub struct EngineConfig {
     /// Most changes in one batch.
     pub batch_max_changes: usize,
     /// An anti-entropy push of more changes than this is sent a slice of this many at
-    /// each [`Engine::tick`] (see [`Engine::has_queued_pushes`]) rather than all at once.
+    /// each [`Engine::tick`] (see [`Engine::next_deadline`]) rather than all at once.
     pub push_slice: usize,
 }
 
@@ -211,6 +197,8 @@ pub struct Engine {
     pub(super) peers_dirty: BTreeSet<Eid>,
     pub(super) applies_started: Vec<ItemRef>,
     pub(super) applies_previous: Arc<[ItemRef]>,
+    /// Outputs since the last batch was taken, in order.
+    outputs: Vec<Output>,
 }
 
 /// The owner of the items of this node's own AstDB family of a family in `mode`.
@@ -235,6 +223,7 @@ impl Engine {
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
             applies_previous: Arc::new([]),
+            outputs: Vec::new(),
         };
         if let Some(r) = restored {
             engine.restore(r);
@@ -331,11 +320,6 @@ impl Engine {
         self.clock.high_water()
     }
 
-    /// True when no change is waiting in a batch.
-    pub fn outbox_is_empty(&self) -> bool {
-        self.outbox.is_empty()
-    }
-
     pub(super) fn refresh_gauges(&mut self) {
         self.counters.tombstones = self
             .families
@@ -345,11 +329,14 @@ impl Engine {
     }
 
     /// Flushes batches, starts digest syncs that are due, and collects tombstones.
-    pub fn tick(&mut self, now_ms: u64) -> Vec<Output> {
-        let mut out = Vec::new();
-        self.continue_pushes(now_ms, &mut out);
+    pub fn tick(&mut self, now_ms: u64) {
+        self.queue(|e, out| e.on_tick(now_ms, out));
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        self.continue_pushes(now_ms, out);
         for (peer, family, batch) in self.outbox.take_all() {
-            self.send_batched(&mut out, peer, now_ms, &family, batch);
+            self.send_batched(out, peer, now_ms, &family, batch);
         }
         let names: Vec<String> = self
             .families
@@ -364,17 +351,80 @@ impl Engine {
                 .get(&name)
                 .is_some_and(|f| now_ms >= f.next_sync_ms);
             if due {
-                self.start_sync(&name, &eligible, now_ms, &mut out);
+                self.start_sync(&name, &eligible, now_ms, out);
             }
             self.collect_tombstones(&name, &eligible, now_ms);
         }
         self.refresh_gauges();
-        out
     }
 
-    /// What changed since the last call, to be written before the outputs returned since
+    /// Outputs queued since the last batch was taken (the driver flushes when many).
+    pub fn queued_outputs(&self) -> usize {
+        self.outputs.len()
+    }
+
+    /// The state to save and the outputs, in order, since the last call.
+    pub fn take_batch(&mut self) -> Batch {
+        Batch {
+            save: self.take_save(),
+            outputs: mem::take(&mut self.outputs),
+        }
+    }
+
+    /// Hands an executed batch's emptied output buffer back, so that its capacity serves
+    /// the next batch (a catch-up's buffers would otherwise be mapped afresh each time);
+    /// kept only if not larger than 65,536 entries and the engine's own queue is empty.
+    pub fn recycle(&mut self, mut outputs: Vec<Output>) {
+        if self.outputs.is_empty()
+            && outputs.capacity() <= KEEP_OUTPUTS
+            && outputs.capacity() > self.outputs.capacity()
+        {
+            outputs.clear();
+            self.outputs = outputs;
+        }
+    }
+
+    /// Wall-clock ms at which `tick` has work next: a batch waiting in the outbox, a queued
+    /// push slice (both: now), a family's next digest sync (which also resends the
+    /// tombstones some peer has not acknowledged), a tombstone whose grace period is to
+    /// start or stop (now), to be collected after its grace or by age, or a collected one
+    /// to forget. None when nothing is scheduled (no family is shared).
+    ///
+    /// "Now" is 0, a time every clock has passed (even one that stepped back since the
+    /// call that made the work); any deadline at or before the driver's clock means at
+    /// once. The driver can sleep until the deadline instead of ticking every 100 ms:
+    /// [`Engine::tick`] before it does nothing. Its cost grows with the tombstones held,
+    /// as a tick's does: call it once per turn.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if !self.outbox.is_empty() || self.pushes.has_queued() {
+            return Some(AT_ONCE);
+        }
+        let grace = self.cfg.collect_grace_ms();
+        let max_age = self.cfg.tombstone_max_age_ms;
+        let mut next: Option<u64> = None;
+        for (name, fs) in &self.families {
+            if fs.shared.is_none() {
+                continue;
+            }
+            let eligible = self.eligible(name);
+            let tombstones = fs.tombstones.next_deadline(&eligible, grace, max_age);
+            for at in [Some(fs.next_sync_ms), tombstones].into_iter().flatten() {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        next
+    }
+
+    /// Runs `f` with the queue of outputs to add to.
+    pub(super) fn queue(&mut self, f: impl FnOnce(&mut Self, &mut Vec<Output>)) {
+        let mut out = mem::take(&mut self.outputs);
+        f(self, &mut out);
+        self.outputs = out;
+    }
+
+    /// What changed since the last call, to be written before the outputs queued since
     /// then are executed. Items are given in their latest state.
-    pub fn take_persist_delta(&mut self) -> PersistDelta {
+    fn take_save(&mut self) -> PersistDelta {
         let mut d = PersistDelta {
             clock: self.clock.high_water(),
             reset_families: mem::take(&mut self.reset_families),
@@ -418,9 +468,9 @@ impl Engine {
     }
 
     /// The state the deltas taken so far add up to, for writing a fresh file that replaces
-    /// them (a compaction). Call it right after [`Engine::take_persist_delta`], before
-    /// anything else changes the engine: changes not yet taken would be saved without
-    /// their outputs having been ordered after the save.
+    /// them (a compaction). Call it right after [`Engine::take_batch`] (once its `save` is
+    /// written), before anything else changes the engine: changes not yet taken would be
+    /// saved without their outputs having been ordered after the save.
     pub fn persisted_state(&self) -> PersistedState<'_> {
         let mut unconfirmed: Vec<(&str, Option<Eid>, &str)> = self
             .applies_previous

@@ -15,8 +15,11 @@ use crate::eid::Eid;
 
 impl Engine {
     /// Shares a family (or changes its settings) and pulls its state from the peers.
-    pub fn share(&mut self, fam: SharedFamily, now_ms: u64) -> Vec<Output> {
-        let mut out = Vec::new();
+    pub fn share(&mut self, fam: SharedFamily, now_ms: u64) {
+        self.queue(|e, out| e.on_share(fam, now_ms, out));
+    }
+
+    fn on_share(&mut self, fam: SharedFamily, now_ms: u64, out: &mut Vec<Output>) {
         let name = fam.name.clone();
         let local = self.cfg.local;
         let fs = self
@@ -52,20 +55,18 @@ impl Engine {
         }
         for (peer, up) in self.eligible(&name) {
             if up {
-                self.sync_with(&mut out, peer, now_ms, &name);
+                self.sync_with(out, peer, now_ms, &name);
             }
         }
         self.refresh_gauges();
-        out
     }
 
     /// Stops sharing a family. No key changes; its versions are kept.
-    pub fn unshare(&mut self, name: &str, _now_ms: u64) -> Vec<Output> {
+    pub fn unshare(&mut self, name: &str) {
         if let Some(fs) = self.families.get_mut(name) {
             fs.shared = None;
         }
         self.outbox.drop_family(name);
-        Vec::new()
     }
 
     /// The shared family covering the AstDB family `astdb_family`, and the key prefix
@@ -120,23 +121,26 @@ impl Engine {
     /// rows, without looking for keys that are gone. [`Engine::local_snapshot`] with the
     /// whole read must follow (the rows already taken are then unchanged), unless
     /// [`Engine::holds_contents`] says the slices left nothing for it to find.
-    pub fn local_rows(
+    pub fn local_rows(&mut self, family: &str, rows: &[(String, String)], now_ms: u64) {
+        self.queue(|e, out| e.on_local_rows(family, rows, now_ms, out));
+    }
+
+    fn on_local_rows(
         &mut self,
         family: &str,
         rows: &[(String, String)],
         now_ms: u64,
-    ) -> Vec<Output> {
-        let mut out = Vec::new();
+        out: &mut Vec<Output>,
+    ) {
         let Some((owner, nested)) = self.read_scope(family) else {
-            return out;
+            return;
         };
         for (key, value) in rows {
             if !nested.iter().any(|n| key.starts_with(n.as_str())) {
-                self.local_row(family, owner, key, value, now_ms, &mut out);
+                self.local_row(family, owner, key, value, now_ms, out);
             }
         }
         self.refresh_gauges();
-        out
     }
 
     /// For a read of shared family `family`: the owner of its rows, and the key
@@ -174,15 +178,19 @@ impl Engine {
 
     /// The current local contents of a shared family (keys below it, with values). Works
     /// out what changed since the engine last looked and versions it.
-    pub fn local_snapshot(
+    pub fn local_snapshot(&mut self, family: &str, rows: Vec<(String, String)>, now_ms: u64) {
+        self.queue(|e, out| e.on_local_snapshot(family, rows, now_ms, out));
+    }
+
+    fn on_local_snapshot(
         &mut self,
         family: &str,
         entries: Vec<(String, String)>,
         now_ms: u64,
-    ) -> Vec<Output> {
-        let mut out = Vec::new();
+        out: &mut Vec<Output>,
+    ) {
         let Some((owner, nested)) = self.read_scope(family) else {
-            return out;
+            return;
         };
         let in_scope = |key: &str| !nested.iter().any(|n| key.starts_with(n.as_str()));
         // Keys read, and how many of them the store holds live afterwards. AstDB gives
@@ -201,7 +209,7 @@ impl Engine {
             {
                 ascending = false;
             }
-            if self.local_row(family, owner, &key, &value, now_ms, &mut out) {
+            if self.local_row(family, owner, &key, &value, now_ms, out) {
                 present += 1;
             }
             seen.push(key);
@@ -228,7 +236,7 @@ impl Engine {
                 .collect()
         });
         for key in missing {
-            self.local_write(family, &key, None, now_ms, true, &mut out);
+            self.local_write(family, &key, None, now_ms, true, out);
         }
         if let Some(fs) = self.families.get_mut(family) {
             if !fs.baseline {
@@ -238,25 +246,27 @@ impl Engine {
             fs.unconfirmed.clear();
         }
         self.refresh_gauges();
-        out
     }
 
     /// One local write (value `None` for a delete) to AstDB family `family`, which is a
     /// shared family or lies below one (`foo/sub` with key `k` is key `sub/k` of `foo`).
-    pub fn local_change(
+    pub fn local_change(&mut self, family: &str, key: &str, value: Option<&str>, now_ms: u64) {
+        self.queue(|e, out| e.on_local_change(family, key, value, now_ms, out));
+    }
+
+    fn on_local_change(
         &mut self,
         family: &str,
         key: &str,
         value: Option<&str>,
         now_ms: u64,
-    ) -> Vec<Output> {
-        let mut out = Vec::new();
+        out: &mut Vec<Output>,
+    ) {
         if let Some((name, prefix)) = self.covering(family) {
             let key = format!("{prefix}{key}");
-            self.local_write(&name, &key, value, now_ms, false, &mut out);
+            self.local_write(&name, &key, value, now_ms, false, out);
         }
         self.refresh_gauges();
-        out
     }
 
     fn local_write(

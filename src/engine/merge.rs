@@ -21,11 +21,14 @@ pub(super) enum Accepted {
 
 impl Engine {
     /// A message from `from`.
-    pub fn receive(&mut self, from: Eid, msg: Message, now_ms: u64) -> Vec<Output> {
-        let mut out = Vec::new();
+    pub fn receive(&mut self, from: Eid, msg: Message, now_ms: u64) {
+        self.queue(|e, out| e.on_message(from, msg, now_ms, out));
+    }
+
+    fn on_message(&mut self, from: Eid, msg: Message, now_ms: u64, out: &mut Vec<Output>) {
         let Some(peer_node) = self.peers.get(&from).map(|p| p.node) else {
             self.counters.dropped_unknown_peer += 1;
-            return out;
+            return;
         };
         let weight = match &msg.body {
             Body::Changes(c) => c.len() as u64,
@@ -33,7 +36,7 @@ impl Engine {
         };
         if msg.sent.wall_ms() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
             self.counters.dropped_skew += weight;
-            return out;
+            return;
         }
         if msg
             .sent
@@ -42,35 +45,34 @@ impl Engine {
             < now_ms
         {
             self.counters.dropped_stale += weight;
-            return out;
+            return;
         }
         let Some(fs) = self.families.get(&msg.family) else {
             self.counters.dropped_unshared += weight;
-            return out;
+            return;
         };
         let Some(shared) = fs.shared.as_ref() else {
             self.counters.dropped_unshared += weight;
-            return out;
+            return;
         };
         if fs.mode != msg.mode {
             self.counters.dropped_mode += weight;
-            return out;
+            return;
         }
         if !shared.policy.includes(peer_node) {
             self.counters.dropped_policy += weight;
-            return out;
+            return;
         }
         self.clock.observe(msg.sent);
         let family = msg.family;
         match msg.body {
-            Body::Changes(changes) => self.on_changes(from, &family, changes, now_ms, &mut out),
+            Body::Changes(changes) => self.on_changes(from, &family, changes, now_ms, out),
             Body::Acks(acks) => self.on_acks(from, &family, acks),
-            Body::Digest(nodes) => self.on_digest(from, &family, nodes, now_ms, &mut out),
-            Body::Summary(ranges) => self.on_summary(from, &family, ranges, now_ms, &mut out),
-            Body::Pull(items) => self.on_pull(from, &family, items, now_ms, &mut out),
+            Body::Digest(nodes) => self.on_digest(from, &family, nodes, now_ms, out),
+            Body::Summary(ranges) => self.on_summary(from, &family, ranges, now_ms, out),
+            Body::Pull(items) => self.on_pull(from, &family, items, now_ms, out),
         }
         self.refresh_gauges();
-        out
     }
 
     pub(super) fn valid_item(&self, family: &str, item: &ItemId) -> bool {

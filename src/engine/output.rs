@@ -4,7 +4,23 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::message::Message;
+use super::persist::PersistDelta;
 use crate::eid::Eid;
+
+/// What the driver must do after a group of calls: write `save` durably (one record),
+/// then execute `outputs` in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub save: PersistDelta,
+    pub outputs: Vec<Output>,
+}
+
+impl Batch {
+    /// Nothing to save (see [`PersistDelta::is_empty`]) and nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.save.is_empty() && self.outputs.is_empty()
+    }
+}
 
 /// A write to the local AstDB, with the family as passed to `ast_db_put`. The strings
 /// are shared (with the persistence delta and other writes to the family), not copies.

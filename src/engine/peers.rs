@@ -35,10 +35,13 @@ impl Peer {
 
 impl Engine {
     /// A connection to `peer` (cluster node number `node`) is up: catch up with it.
-    pub fn peer_up(&mut self, peer: Eid, node: u32, now_ms: u64) -> Vec<Output> {
-        let mut out = Vec::new();
+    pub fn peer_up(&mut self, peer: Eid, node: u32, now_ms: u64) {
+        self.queue(|e, out| e.on_peer_up(peer, node, now_ms, out));
+    }
+
+    fn on_peer_up(&mut self, peer: Eid, node: u32, now_ms: u64, out: &mut Vec<Output>) {
         if peer == self.cfg.local {
-            return out;
+            return;
         }
         let known = self.peers.contains_key(&peer);
         let families = &self.families;
@@ -62,14 +65,13 @@ impl Engine {
         let names: Vec<String> = self.families.keys().cloned().collect();
         for name in names {
             if self.eligible(&name).iter().any(|(e, _)| *e == peer) {
-                self.sync_with(&mut out, peer, now_ms, &name);
+                self.sync_with(out, peer, now_ms, &name);
             }
         }
-        out
     }
 
     /// The connection to `peer` is lost.
-    pub fn peer_down(&mut self, peer: Eid, _now_ms: u64) {
+    pub fn peer_down(&mut self, peer: Eid) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.up = false;
         }

@@ -97,11 +97,10 @@ impl ItemDelta {
     }
 }
 
-/// Everything that changed since the last delta, as one batch.
+/// Everything that changed since the last delta: the `save` of a `Batch`.
 ///
-/// Write it (in one transaction) before executing the outputs returned since the last
-/// delta was taken: then a crash never loses a version that a peer or AstDB has seen,
-/// and a restart never reissues one.
+/// Write it (in one record) before executing the batch's outputs: then a crash never
+/// loses a version that a peer or AstDB has seen, and a restart never reissues one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistDelta {
     /// The clock's high-water mark.

@@ -95,12 +95,6 @@ fn carried(pushes: &[RecentPush], pos: u64, hlc: Hlc) -> bool {
 }
 
 impl Engine {
-    /// Whether a large push still has slices to send: the driver should call
-    /// [`Engine::tick`] again soon rather than wait for its next interval.
-    pub fn has_queued_pushes(&self) -> bool {
-        self.pushes.has_queued()
-    }
-
     /// Sends `changes` to `to` as a push, in key order, without those a recent large push
     /// already carries. `nodes`: the digest-tree nodes whose items it carries in full
     /// (none for an answer to a pull); a large push of such nodes is remembered.

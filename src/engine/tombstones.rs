@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::engine::Engine;
+use super::engine::{Engine, AT_ONCE};
 use super::item::{Entry, ItemId};
 use super::message::Change;
 use super::version::Version;
@@ -155,6 +155,29 @@ impl Tombstones {
                 })
             })
             .collect()
+    }
+
+    /// When [`Tombstones::take_due`] next has work: a collected tombstone to forget, a
+    /// tombstone whose grace period is to start or stop (at once: every peer of `eligible`
+    /// has acknowledged it since the last tick, or a new peer takes part), to collect
+    /// after its grace or by age. `None` when there is none.
+    pub(super) fn next_deadline(
+        &self,
+        eligible: &[(Eid, bool)],
+        grace: u64,
+        max_age: u64,
+    ) -> Option<u64> {
+        let mut next = self.collected.values().map(|&(_, until)| until).min();
+        for t in self.held.values() {
+            let complete = eligible.iter().all(|(p, _)| t.acked.contains(p));
+            let at = match (complete, t.complete_since) {
+                (true, None) | (false, Some(_)) => return Some(AT_ONCE),
+                (true, Some(since)) => since.saturating_add(grace),
+                (false, None) => t.version.hlc.wall_ms().saturating_add(max_age),
+            };
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next
     }
 
     /// Remembers a collected tombstone until `until_ms`.
