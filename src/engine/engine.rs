@@ -59,7 +59,7 @@ impl EngineConfig {
 
     /// How long after the last acknowledgement a tombstone is kept: long enough that any
     /// message sent before that acknowledgement is dropped as too old if it still arrives.
-    pub fn collect_grace_ms(&self) -> u64 {
+    pub(crate) fn collect_grace_ms(&self) -> u64 {
         self.max_message_age_ms + 2 * self.max_clock_skew_ms
     }
 }

@@ -68,4 +68,4 @@ pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,
 };
-pub use version::{Clock, Hlc, Version};
+pub use version::{Hlc, Version};

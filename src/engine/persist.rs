@@ -49,13 +49,6 @@ impl ItemRef {
             key: item.key.clone(),
         }
     }
-
-    pub fn item_id(&self) -> ItemId {
-        ItemId {
-            owner: self.owner,
-            key: self.key.clone(),
-        }
-    }
 }
 
 /// An item's state in a delta: an [`Entry`] with a shared value (`None`: a tombstone).
