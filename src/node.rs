@@ -2,14 +2,14 @@
 //! engine what capture saw (dialplan writes at once, every other writer through
 //! a read of each family at its `sync_interval`), saves the engine's state, and
 //! executes what the engine hands back, following the ordering contract in
-//! `engine::engine`. Only this thread calls the engine; the CLI and dialplan
+//! `engine` (each `Batch` saved, then its outputs run). Only this thread calls the engine; the CLI and dialplan
 //! change the registry and poke it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::asterisk::{self, db};
-use crate::engine::{Contents, DbOp, Engine, Output, SharedFamily};
+use crate::engine::{Batch, Contents, DbOp, Engine, Output, SharedFamily};
 use crate::mesh::Mesh;
 use crate::module::{now_ms, with_runtime, Runtime};
 use crate::transport::Event;
@@ -30,8 +30,6 @@ const FLUSH_OUTPUTS: usize = 16_384;
 /// committed nothing (see `Node::read_stamp`); cheaper ones keep their exact
 /// interval.
 const COSTLY_READ: Duration = Duration::from_millis(5);
-/// The largest output buffer kept from one turn to the next.
-const KEEP_OUTPUTS: usize = 4 * FLUSH_OUTPUTS;
 /// The soonest a family whose last read found local changes is read again.
 const FOLLOW_UP: Duration = Duration::from_millis(100);
 /// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
@@ -40,8 +38,6 @@ const HOOK_CHECK: Duration = Duration::from_secs(1);
 /// The engine and what the loop remembers between turns.
 pub struct Node {
     pub engine: Engine,
-    /// Outputs not yet executed, in order.
-    outputs: Vec<Output>,
     /// The shared families as the engine was last told.
     told: BTreeMap<String, SharedFamily>,
     next_read: HashMap<String, Instant>,
@@ -77,9 +73,8 @@ pub struct Node {
     read_stamp: HashMap<String, (u32, u64)>,
     /// Reads so saved.
     pub reads_skipped: u64,
-    /// A persist delta whose write failed, and the outputs waiting for it.
-    unsaved: Option<crate::engine::PersistDelta>,
-    held: Vec<Output>,
+    /// A batch whose save failed: its outputs wait for it.
+    unsaved: Option<Batch>,
 }
 
 /// Distinct warnings remembered before the set starts afresh.
@@ -89,7 +84,6 @@ impl Node {
     pub fn new(engine: Engine) -> Self {
         Node {
             engine,
-            outputs: Vec::new(),
             told: BTreeMap::new(),
             next_read: HashMap::new(),
             last_hook_check: None,
@@ -103,7 +97,6 @@ impl Node {
             reads_skipped: 0,
             touched: std::collections::HashSet::new(),
             unsaved: None,
-            held: Vec::new(),
         }
     }
 
@@ -141,14 +134,14 @@ impl Node {
             .collect();
         let mut changed = !gone.is_empty();
         for name in gone {
-            self.outputs.extend(self.engine.unshare(&name, now));
+            self.engine.unshare(&name);
             self.told.remove(&name);
             self.next_read.remove(&name);
             self.forget_reads(&name);
         }
         for family in registry.iter() {
             if self.told.get(&family.name) != Some(family) {
-                self.outputs.extend(self.engine.share(family.clone(), now));
+                self.engine.share(family.clone(), now);
                 self.told.insert(family.name.clone(), family.clone());
                 // A newly shared family is read at once, and handed over whole.
                 self.next_read.insert(family.name.clone(), Instant::now());
@@ -216,18 +209,18 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
         .filter(|(f, k)| !f.is_empty() && !k.is_empty())
 }
 
-/// Takes the engine's delta and outputs; saves the delta, then executes the
-/// outputs in order (AstDB writes and log lines here; sends by `send`).
+/// Takes the engine's batch; saves its state, then executes its outputs in
+/// order (AstDB writes and log lines here; sends by `send`).
 fn flush(mesh: &mut Mesh) {
-    // A delta whose save failed earlier goes first, and its outputs run as soon
-    // as it is saved, before a newer delta is taken: the newer one confirms
+    // A batch whose save failed earlier goes first, and its outputs run as soon
+    // as it is saved, before a newer batch is taken: the newer one confirms
     // their applies, so it must not reach the disk ahead of them.
     let held = with_runtime(|rt| match rt.node.unsaved.take() {
         None => Ok(None),
-        Some(delta) => match rt.metadata.write_replica(&delta) {
-            Ok(()) => Ok(Some(std::mem::take(&mut rt.node.held))),
+        Some(batch) => match rt.metadata.write_replica(&batch.save) {
+            Ok(()) => Ok(Some(batch.outputs)),
             Err(why) => {
-                rt.node.unsaved = Some(delta);
+                rt.node.unsaved = Some(batch);
                 Err(why)
             }
         },
@@ -241,12 +234,11 @@ fn flush(mesh: &mut Mesh) {
         _ => {}
     }
     let work = with_runtime(|rt| {
-        let outputs = std::mem::take(&mut rt.node.outputs);
-        let delta = rt.node.engine.take_persist_delta();
-        if delta.is_empty() {
-            return Ok(outputs);
+        let batch = rt.node.engine.take_batch();
+        if batch.save.is_empty() {
+            return Ok(batch.outputs);
         }
-        match rt.metadata.write_replica(&delta) {
+        match rt.metadata.write_replica(&batch.save) {
             Ok(()) => {
                 // Here the engine holds exactly what the log adds up to.
                 if rt.metadata.replica_wants_compaction() {
@@ -255,13 +247,12 @@ fn flush(mesh: &mut Mesh) {
                         warning!("{why}");
                     }
                 }
-                Ok(outputs)
+                Ok(batch.outputs)
             }
             Err(why) => {
                 // Outputs whose state is not saved could move a version backwards
-                // after a crash: they wait with their delta.
-                rt.node.unsaved = Some(delta);
-                rt.node.held = outputs;
+                // after a crash: they wait with their batch.
+                rt.node.unsaved = Some(batch);
                 Err(why)
             }
         }
@@ -271,11 +262,7 @@ fn flush(mesh: &mut Mesh) {
             execute(&mut outputs, mesh);
             // The emptied buffer serves the next turn: a fresh one of a catch-up's size
             // would be mapped and faulted in page by page each time.
-            let _ = with_runtime(|rt| {
-                if rt.node.outputs.is_empty() && outputs.capacity() <= KEEP_OUTPUTS {
-                    rt.node.outputs = outputs;
-                }
-            });
+            let _ = with_runtime(|rt| rt.node.engine.recycle(outputs));
         }
         Ok(Err(why)) => error!("{why}; changes wait until it can be saved"),
         Err(_) => {}
@@ -322,7 +309,8 @@ fn execute(outputs: &mut Vec<Output>, mesh: &mut Mesh) {
                 db::del(&family, &key);
             }
             Output::Send { to, msg } => mesh.send(to, &msg),
-            Output::Warn(text) => {
+            Output::Warn(warning) => {
+                let text = warning.to_string();
                 if with_runtime(|rt| rt.node.first_time(&text)).unwrap_or(true) {
                     warning!("{text}");
                 }
@@ -344,19 +332,16 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             _ => None,
         };
         let full = with_runtime(|rt| {
-            let out = match event {
+            match event {
                 Event::PeerUp { node, eid } => rt.node.engine.peer_up(eid, node, now),
-                Event::PeerDown { eid, .. } => {
-                    rt.node.engine.peer_down(eid, now);
-                    Vec::new()
+                Event::PeerDown { eid, .. } => rt.node.engine.peer_down(eid),
+                Event::Received { eid, .. } => {
+                    if let Some(msg) = msg {
+                        rt.node.engine.receive(eid, msg, now);
+                    }
                 }
-                Event::Received { eid, .. } => match msg {
-                    Some(msg) => rt.node.engine.receive(eid, msg, now),
-                    None => Vec::new(),
-                },
-            };
-            rt.node.outputs.extend(out);
-            rt.node.outputs.len() >= FLUSH_OUTPUTS
+            }
+            rt.node.engine.queued_outputs() >= FLUSH_OUTPUTS
         });
         if matches!(full, Ok(true)) {
             flush(mesh);
@@ -389,18 +374,18 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
                 };
                 rt.node.dialplan_writes += 1;
                 touch(rt, family);
-                let out = rt.node.engine.local_change(family, key, value, now);
-                rt.node.outputs.extend(out);
+                rt.node.engine.local_change(family, key, value, now);
             }
         });
     }
-    // A large push goes a slice per turn: come straight back for the next one.
+    // A large push goes a slice per turn: come straight back for the next one
+    // (right after a tick, only a queued push makes the deadline now).
     let again = with_runtime(|rt| {
-        let out = rt.node.engine.tick(now);
-        rt.node.outputs.extend(out);
+        rt.node.engine.tick(now);
         rt.node
             .engine
-            .has_queued_pushes()
+            .next_deadline()
+            .is_some_and(|at| at <= now)
             .then(|| std::sync::Arc::clone(&rt.inbox))
     });
     if let Ok(Some(inbox)) = again {
@@ -467,17 +452,13 @@ pub fn turn(pending: crate::capture::Pending, mesh: &mut Mesh) {
             if rows.len() > FLUSH_OUTPUTS {
                 sliced = true;
                 for slice in rows.chunks(FLUSH_OUTPUTS) {
-                    let _ = with_runtime(|rt| {
-                        let out = rt.node.engine.local_rows(&name, slice, now_ms());
-                        rt.node.outputs.extend(out);
-                    });
+                    let _ = with_runtime(|rt| rt.node.engine.local_rows(&name, slice, now_ms()));
                     flush(mesh);
                 }
             }
             let _ = with_runtime(|rt| {
                 if !(sliced && rt.node.engine.holds_contents(&name, read)) {
-                    let out = rt.node.engine.local_snapshot(&name, rows, now_ms());
-                    rt.node.outputs.extend(out);
+                    rt.node.engine.local_snapshot(&name, rows, now_ms());
                 }
                 if rt.node.engine.counters().local_changes > before {
                     rt.node.follow_up(&name, took);

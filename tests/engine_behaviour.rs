@@ -1,10 +1,10 @@
 //! Single behaviours of the engine, one scenario each.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use res_astdb_cluster::engine::{
-    Body, Change, Contents, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message, Mode,
-    Output, SharedFamily, SharingPolicy, SyncMode, Version,
+    Body, Change, Contents, Counters, DbOp, Eid, Engine, EngineConfig, Entry, Hlc, ItemId, Message,
+    Mode, Output, SharedFamily, SharingPolicy, SyncMode, Version, WarningKind,
 };
 use res_astdb_cluster::metadata::replica::{self, ReplicaLog};
 
@@ -43,6 +43,18 @@ fn changes(
     }
 }
 
+/// The outputs of `call` alone: those of earlier calls are taken first.
+fn outputs_of(e: &mut Engine, call: impl FnOnce(&mut Engine)) -> Vec<Output> {
+    e.take_batch();
+    call(e);
+    e.take_batch().outputs
+}
+
+/// Whether `e` has work for a tick at `now_ms` (a queued push slice, say).
+fn due(e: &Engine, now_ms: u64) -> bool {
+    e.next_deadline().is_some_and(|at| at <= now_ms)
+}
+
 fn applies(out: &[Output]) -> Vec<&DbOp> {
     out.iter()
         .filter_map(|o| match o {
@@ -65,11 +77,13 @@ fn sent_to(out: &[Output]) -> BTreeSet<Eid> {
 fn changes_for_unshared_families_are_dropped_and_counted() {
     let mut a = node(A, 1);
     a.peer_up(B, 2, NOW);
-    let out = a.receive(
-        B,
-        changes("secret", Mode::Global, None, "k", NOW, B, Some("v")),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("secret", Mode::Global, None, "k", NOW, B, Some("v")),
+            NOW,
+        )
+    });
     assert!(applies(&out).is_empty());
     assert_eq!(a.counters().dropped_unshared, 1);
 }
@@ -79,11 +93,13 @@ fn changes_for_a_family_shared_in_the_other_mode_are_dropped_and_counted() {
     let mut a = node(A, 1);
     a.share(SharedFamily::from_dialplan("f", Mode::Unique), NOW);
     a.peer_up(B, 2, NOW);
-    let out = a.receive(
-        B,
-        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+            NOW,
+        )
+    });
     assert!(applies(&out).is_empty());
     assert_eq!(a.counters().dropped_mode, 1);
 }
@@ -94,11 +110,13 @@ fn changes_stamped_too_far_ahead_are_dropped_not_applied() {
     a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
     a.peer_up(B, 2, NOW);
     let far = NOW + a.config().max_clock_skew_ms + 1;
-    let out = a.receive(
-        B,
-        changes("f", Mode::Global, None, "k", far, B, Some("v")),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("f", Mode::Global, None, "k", far, B, Some("v")),
+            NOW,
+        )
+    });
     assert!(applies(&out).is_empty());
     assert_eq!(a.counters().dropped_skew, 1);
     assert!(a.clock().wall_ms() <= NOW, "the clock did not jump ahead");
@@ -110,11 +128,13 @@ fn a_remote_change_is_applied_and_its_echo_in_a_snapshot_is_not_a_local_change()
     a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
     a.local_snapshot("f", vec![], NOW);
     a.peer_up(B, 2, NOW);
-    let out = a.receive(
-        B,
-        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+            NOW,
+        )
+    });
     assert_eq!(
         applies(&out),
         vec![&DbOp::Put {
@@ -123,7 +143,9 @@ fn a_remote_change_is_applied_and_its_echo_in_a_snapshot_is_not_a_local_change()
             value: "v".into()
         }]
     );
-    let out = a.local_snapshot("f", vec![("k".into(), "v".into())], NOW + 10);
+    let out = outputs_of(&mut a, |a| {
+        a.local_snapshot("f", vec![("k".into(), "v".into())], NOW + 10)
+    });
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(a.counters().local_changes, 0);
 }
@@ -133,19 +155,21 @@ fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
     let mut a = node(A, 1);
     a.share(SharedFamily::from_dialplan("registrar", Mode::Unique), NOW);
     a.peer_up(B, 2, NOW);
-    let out = a.receive(
-        B,
-        changes(
-            "registrar",
-            Mode::Unique,
-            Some(B),
-            "100",
-            NOW,
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
             B,
-            Some("sip:x"),
-        ),
-        NOW,
-    );
+            changes(
+                "registrar",
+                Mode::Unique,
+                Some(B),
+                "100",
+                NOW,
+                B,
+                Some("sip:x"),
+            ),
+            NOW,
+        )
+    });
     let fam = format!("{B}/registrar");
     assert_eq!(fam, "02:00:00:00:00:02/registrar");
     assert_eq!(
@@ -156,11 +180,13 @@ fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
             value: "sip:x".into()
         }]
     );
-    let out = a.receive(
-        B,
-        changes("registrar", Mode::Unique, Some(B), "100", NOW + 1, B, None),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("registrar", Mode::Unique, Some(B), "100", NOW + 1, B, None),
+            NOW,
+        )
+    });
     assert_eq!(
         applies(&out),
         vec![&DbOp::Delete {
@@ -180,13 +206,15 @@ fn multicast_families_are_exchanged_only_with_the_listed_nodes() {
     a.peer_up(B, 2, NOW);
     a.peer_up(C, 3, NOW);
     a.local_change("queue_state", "q1", Some("paused"), NOW);
-    let out = a.tick(NOW + 1);
+    let out = outputs_of(&mut a, |a| a.tick(NOW + 1));
     assert_eq!(sent_to(&out), [B].into());
-    let out = a.receive(
-        C,
-        changes("queue_state", Mode::Global, None, "q2", NOW, C, Some("x")),
-        NOW,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            C,
+            changes("queue_state", Mode::Global, None, "q2", NOW, C, Some("x")),
+            NOW,
+        )
+    });
     assert!(applies(&out).is_empty());
     assert_eq!(a.counters().dropped_policy, 1);
 }
@@ -204,10 +232,11 @@ fn read_only_families_do_not_publish_local_changes_and_keep_the_cluster_value() 
         changes("f", Mode::Global, None, "k", NOW, B, Some("cluster")),
         NOW,
     );
-    let out = a.local_change("f", "k", Some("mine"), NOW + 5);
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Warn(w) if w.contains("sync_mode=ro"))));
+    let out = outputs_of(&mut a, |a| a.local_change("f", "k", Some("mine"), NOW + 5));
+    assert!(out.iter().any(
+        |o| matches!(o, Output::Warn(w) if w.kind == WarningKind::ReadOnlyReverted
+            && w.to_string().contains("sync_mode=ro"))
+    ));
     assert_eq!(
         applies(&out),
         vec![&DbOp::Put {
@@ -216,7 +245,10 @@ fn read_only_families_do_not_publish_local_changes_and_keep_the_cluster_value() 
             value: "cluster".into()
         }]
     );
-    assert!(sent_to(&a.tick(NOW + 10)).is_empty() || a.counters().sent_changes == 0);
+    assert!(
+        sent_to(&outputs_of(&mut a, |a| a.tick(NOW + 10))).is_empty()
+            || a.counters().sent_changes == 0
+    );
     assert_eq!(a.counters().ro_refused, 1);
 }
 
@@ -240,12 +272,14 @@ fn a_restarted_node_never_reissues_a_version_even_if_its_clock_went_back() {
     a.local_snapshot("f", vec![], NOW);
     a.local_change("f", "k", Some("1"), NOW);
     let first = a.entry("f", None, "k").unwrap().version;
-    store.write(&a.take_persist_delta()).unwrap();
+    store.write(&a.take_batch().save).unwrap();
     drop(a);
 
     let mut a = Engine::new(EngineConfig::new(A, 1), Some(store.load().unwrap()));
     a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW - 60_000);
-    let out = a.local_snapshot("f", vec![("k".into(), "1".into())], NOW - 60_000);
+    let out = outputs_of(&mut a, |a| {
+        a.local_snapshot("f", vec![("k".into(), "1".into())], NOW - 60_000)
+    });
     assert!(
         out.is_empty(),
         "unchanged data is not a change after a restart"
@@ -261,11 +295,13 @@ fn a_deleted_key_does_not_come_back_from_an_older_write() {
     a.local_snapshot("f", vec![("k".into(), "v".into())], NOW);
     a.peer_up(B, 2, NOW);
     a.local_change("f", "k", None, NOW + 100);
-    let out = a.receive(
-        B,
-        changes("f", Mode::Global, None, "k", NOW + 50, B, Some("old")),
-        NOW + 200,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("f", Mode::Global, None, "k", NOW + 50, B, Some("old")),
+            NOW + 200,
+        )
+    });
     assert!(applies(&out).is_empty());
     assert!(a.entry("f", None, "k").unwrap().is_tombstone());
 }
@@ -278,7 +314,7 @@ fn a_stale_copy_from_a_peer_that_missed_a_collected_tombstone_is_retired() {
     a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
     a.local_snapshot("f", vec![], NOW);
     a.peer_up(B, 2, NOW);
-    a.peer_down(B, NOW);
+    a.peer_down(B);
     a.receive(
         B,
         changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
@@ -291,11 +327,13 @@ fn a_stale_copy_from_a_peer_that_missed_a_collected_tombstone_is_retired() {
     assert!(a.entry("f", None, "k").is_none());
     // B comes back with its old copy: it is not applied, B is told to delete it.
     a.peer_up(B, 2, NOW + 6_000);
-    let out = a.receive(
-        B,
-        changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
-        NOW + 6_000,
-    );
+    let out = outputs_of(&mut a, |a| {
+        a.receive(
+            B,
+            changes("f", Mode::Global, None, "k", NOW, B, Some("v")),
+            NOW + 6_000,
+        )
+    });
     assert!(applies(&out).is_empty());
     let retire = out.iter().any(|o| matches!(o, Output::Send { to, msg: Message { body: Body::Changes(c), .. } } if *to == B && c[0].entry.value.is_none()));
     assert!(retire, "{out:?}");
@@ -346,22 +384,43 @@ fn a_large_push_still_in_flight_is_not_sent_again_until_the_connection_is_new() 
             .flatten()
             .collect()
     };
-    let first = pushed(&a.receive(B, summary(NOW + 10), NOW + 10));
+    let first = pushed(&outputs_of(&mut a, |a| {
+        a.receive(B, summary(NOW + 10), NOW + 10)
+    }));
     assert_eq!(first.len(), 3000);
     let mut sorted = first.clone();
     sorted.sort();
     assert_eq!(first, sorted, "a catch-up goes out in key order");
-    assert!(pushed(&a.receive(B, summary(NOW + 20), NOW + 20)).is_empty());
+    assert!(pushed(&outputs_of(&mut a, |a| a.receive(
+        B,
+        summary(NOW + 20),
+        NOW + 20
+    )))
+    .is_empty());
     // A key written since is sent all the same.
     a.local_change(family, "k00001", Some("new"), NOW + 30);
     a.tick(NOW + 30);
-    assert_eq!(pushed(&a.receive(B, summary(NOW + 40), NOW + 40)).len(), 1);
+    assert_eq!(
+        pushed(&outputs_of(&mut a, |a| a.receive(
+            B,
+            summary(NOW + 40),
+            NOW + 40
+        )))
+        .len(),
+        1
+    );
     // Once such a push cannot be in flight any more, or on a new connection, it is resent.
     let late = NOW + 40 + a.config().max_message_age_ms + 1;
-    assert_eq!(pushed(&a.receive(B, summary(late), late)).len(), 3000);
-    a.peer_down(B, late);
+    assert_eq!(
+        pushed(&outputs_of(&mut a, |a| a.receive(B, summary(late), late))).len(),
+        3000
+    );
+    a.peer_down(B);
     a.peer_up(B, 2, late);
-    assert_eq!(pushed(&a.receive(B, summary(late), late)).len(), 3000);
+    assert_eq!(
+        pushed(&outputs_of(&mut a, |a| a.receive(B, summary(late), late))).len(),
+        3000
+    );
 }
 
 #[test]
@@ -388,11 +447,18 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
             .flatten()
             .collect()
     };
-    let mut sent = pushed(&a.receive(B, summary(NOW + 10), NOW + 10));
+    let mut sent = pushed(&outputs_of(&mut a, |a| {
+        a.receive(B, summary(NOW + 10), NOW + 10)
+    }));
     assert_eq!(sent.len(), 500, "the first slice goes at once");
-    assert!(a.has_queued_pushes());
+    assert!(due(&a, NOW + 10), "the next slice is due at once");
     // The peer asks again before the rest arrived: nothing is added twice.
-    assert!(pushed(&a.receive(B, summary(NOW + 20), NOW + 20)).is_empty());
+    assert!(pushed(&outputs_of(&mut a, |a| a.receive(
+        B,
+        summary(NOW + 20),
+        NOW + 20
+    )))
+    .is_empty());
     // A key changed (here by a third node) before its slice goes out is sent as it is now.
     a.peer_up(C, 3, NOW + 25);
     a.receive(
@@ -409,8 +475,8 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
         NOW + 25,
     );
     let mut t = NOW + 30;
-    while a.has_queued_pushes() {
-        sent.extend(pushed(&a.tick(t)));
+    while due(&a, t) {
+        sent.extend(pushed(&outputs_of(&mut a, |a| a.tick(t))));
         t += 100;
     }
     let keys: Vec<&String> = sent.iter().map(|(k, _)| k).collect();
@@ -422,10 +488,12 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
     assert!(sent.contains(&("k02999".to_string(), Some("newer".to_string()))));
 
     // A connection lost mid-way drops the rest: the next connection starts afresh.
-    a.receive(B, summary(t + 100_000), t + 100_000);
-    assert!(a.has_queued_pushes());
-    a.peer_down(B, t + 100_000);
-    assert!(!a.has_queued_pushes());
+    let later = t + 100_000;
+    a.tick(later - 1); // the digest syncs due by then, out of the way
+    a.receive(B, summary(later), later);
+    assert!(due(&a, later));
+    a.peer_down(B);
+    assert!(!due(&a, later), "{:?}", a.next_deadline());
 }
 
 fn read(rows: &[(&str, &str)]) -> Contents {
@@ -576,4 +644,210 @@ fn slices_of_a_read_without_deletes_leave_nothing_for_the_whole_read_but_deletes
     assert!(e
         .entry("f", None, "k000")
         .is_some_and(|x| x.value.is_none()));
+}
+
+#[test]
+fn an_idle_engine_has_its_next_sync_as_deadline_and_a_tick_before_it_does_nothing() {
+    let mut a = node(A, 1);
+    assert_eq!(a.next_deadline(), None, "nothing shared, nothing scheduled");
+    let f = SharedFamily::from_dialplan("f", Mode::Global);
+    let interval = f.sync_interval_ms;
+    a.share(f, NOW);
+    a.local_snapshot("f", vec![("k".into(), "v".into())], NOW);
+    a.peer_up(B, 2, NOW);
+    a.take_batch();
+    assert_eq!(a.next_deadline(), Some(NOW + interval));
+    a.tick(NOW + interval - 1);
+    assert!(a.take_batch().is_empty());
+    assert_eq!(a.next_deadline(), Some(NOW + interval));
+
+    // A local change waits in the outbox: due at once, whatever the clock says.
+    a.local_change("f", "k", Some("w"), NOW + 10);
+    assert!(due(&a, 0));
+    a.tick(NOW + 10);
+    assert_eq!(sent_to(&a.take_batch().outputs), [B].into());
+    assert_eq!(a.next_deadline(), Some(NOW + interval));
+    // The sync goes at its deadline, and the next one is an interval later.
+    a.tick(NOW + interval);
+    assert_eq!(sent_to(&a.take_batch().outputs), [B].into());
+    assert_eq!(a.next_deadline(), Some(NOW + 2 * interval));
+}
+
+#[test]
+fn the_output_buffer_handed_back_serves_the_next_batch() {
+    let mut a = node(A, 1);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    let mut outputs = a.take_batch().outputs;
+    outputs.reserve(1000);
+    let capacity = outputs.capacity();
+    outputs.clear();
+    a.recycle(outputs);
+    assert_eq!(a.queued_outputs(), 0);
+    a.local_change("f", "k", Some("v"), NOW + 1);
+    a.tick(NOW + 1);
+    let batch = a.take_batch();
+    assert_eq!(batch.outputs.len(), 1);
+    assert_eq!(batch.outputs.capacity(), capacity);
+    // Too large a buffer is not kept.
+    a.recycle(Vec::with_capacity(70_000));
+    a.tick(NOW + 2);
+    assert!(a.take_batch().outputs.capacity() < 70_000);
+}
+
+/// Three nodes exchanging messages (each delivered 3 ms after it is sent, in order),
+/// driven either by a tick every 100 ms or only by a tick when a node's deadline comes.
+/// A holds 300 keys and deletes 50; B writes keys of its own and deletes some; C joins
+/// late and catches up in slices. Gives each node's AstDB at the end, the ticks made,
+/// and the nodes' counters.
+fn three_nodes(at_deadlines: bool) -> (Vec<BTreeMap<String, String>>, u64, Vec<Counters>) {
+    const END: u64 = 60_000;
+    let eids = [A, B, C];
+    let mut nodes: Vec<Engine> = eids
+        .iter()
+        .enumerate()
+        .map(|(i, &eid)| {
+            let mut cfg = EngineConfig::new(eid, i as u32 + 1);
+            cfg.max_clock_skew_ms = 1_000;
+            cfg.max_message_age_ms = 2_000;
+            cfg.batch_max_changes = 16;
+            cfg.push_slice = 50;
+            Engine::new(cfg, None)
+        })
+        .collect();
+    let mut dbs: Vec<BTreeMap<String, String>> = vec![BTreeMap::new(); 3];
+    let mut net: VecDeque<(u64, usize, usize, Message)> = VecDeque::new();
+    let mut ticks = 0;
+    // Runs what node `i` was handed at `t`.
+    let run = |i: usize,
+               t: u64,
+               nodes: &mut Vec<Engine>,
+               dbs: &mut Vec<BTreeMap<String, String>>,
+               net: &mut VecDeque<(u64, usize, usize, Message)>| {
+        for o in nodes[i].take_batch().outputs {
+            match o {
+                Output::Send { to, msg } => {
+                    let j = eids.iter().position(|&e| e == to).expect("a known peer");
+                    net.push_back((t + 3, i, j, msg));
+                }
+                Output::Apply(DbOp::Put { key, value, .. }) => {
+                    dbs[i].insert(key.to_string(), value.to_string());
+                }
+                Output::Apply(DbOp::Delete { key, .. }) => {
+                    dbs[i].remove(&*key);
+                }
+                Output::Warn(w) => panic!("{w}"),
+            }
+        }
+    };
+    let write = |i: usize,
+                 t: u64,
+                 key: &str,
+                 value: Option<&str>,
+                 nodes: &mut Vec<Engine>,
+                 dbs: &mut Vec<BTreeMap<String, String>>| {
+        match value {
+            Some(v) => dbs[i].insert(key.to_string(), v.to_string()),
+            None => dbs[i].remove(key),
+        };
+        nodes[i].local_change("f", key, value, NOW + t);
+    };
+    let mut family = SharedFamily::from_dialplan("f", Mode::Global);
+    family.sync_interval_ms = 1_000;
+    for (i, e) in nodes.iter_mut().enumerate() {
+        e.share(family.clone(), NOW);
+        let rows: Vec<(String, String)> = if i == 0 {
+            (0..300).map(|k| (format!("k{k:03}"), "a".into())).collect()
+        } else {
+            Vec::new()
+        };
+        dbs[i].extend(rows.iter().cloned());
+        e.local_snapshot("f", rows, NOW);
+    }
+    let mut next_tick = [0u64; 3];
+    for t in 0..=END {
+        // Links: A and B from the start, C with both at 3 s.
+        let links: &[(usize, usize)] = match t {
+            0 => &[(0, 1)],
+            3_000 => &[(0, 2), (1, 2)],
+            _ => &[],
+        };
+        for &(x, y) in links {
+            nodes[x].peer_up(eids[y], y as u32 + 1, NOW + t);
+            run(x, t, &mut nodes, &mut dbs, &mut net);
+            nodes[y].peer_up(eids[x], x as u32 + 1, NOW + t);
+            run(y, t, &mut nodes, &mut dbs, &mut net);
+        }
+        while net.front().is_some_and(|m| m.0 <= t) {
+            let Some((_, from, to, msg)) = net.pop_front() else {
+                break;
+            };
+            nodes[to].receive(eids[from], msg, NOW + t);
+            run(to, t, &mut nodes, &mut dbs, &mut net);
+        }
+        if (500..1_500).contains(&t) && t % 50 == 0 {
+            let key = format!("b{:02}", (t - 500) / 50);
+            write(1, t, &key, Some("b"), &mut nodes, &mut dbs);
+            run(1, t, &mut nodes, &mut dbs, &mut net);
+        }
+        if t == 2_000 {
+            for k in 0..50 {
+                write(0, t, &format!("k{k:03}"), None, &mut nodes, &mut dbs);
+            }
+            run(0, t, &mut nodes, &mut dbs, &mut net);
+        }
+        if t == 5_000 {
+            for k in 0..10 {
+                write(1, t, &format!("b{k:02}"), None, &mut nodes, &mut dbs);
+            }
+            run(1, t, &mut nodes, &mut dbs, &mut net);
+        }
+        for i in 0..3 {
+            let due = if at_deadlines {
+                nodes[i].next_deadline().is_some_and(|at| at <= NOW + t)
+            } else {
+                t >= next_tick[i]
+            };
+            if due {
+                next_tick[i] = t + 100;
+                ticks += 1;
+                nodes[i].tick(NOW + t);
+                run(i, t, &mut nodes, &mut dbs, &mut net);
+            }
+        }
+    }
+    if at_deadlines {
+        for e in &nodes {
+            let at = e.next_deadline().expect("syncs are scheduled");
+            assert!(at > NOW + END, "an idle node's deadline is not now");
+        }
+    }
+    let counters = nodes.iter().map(|e| e.counters().clone()).collect();
+    (dbs, ticks, counters)
+}
+
+#[test]
+fn a_cluster_driven_only_at_its_deadlines_converges_like_one_ticked_every_100_ms() {
+    let (every_100_ms, ticks_100, counters_100) = three_nodes(false);
+    let (at_deadlines, ticks_deadline, counters_deadline) = three_nodes(true);
+    let mut expected: BTreeMap<String, String> = (50..300)
+        .map(|k| (format!("k{k:03}"), "a".to_string()))
+        .collect();
+    expected.extend((10..20).map(|k| (format!("b{k:02}"), "b".to_string())));
+    for (i, (db_100, db_deadline)) in every_100_ms.iter().zip(&at_deadlines).enumerate() {
+        assert_eq!(db_100, &expected, "node {i}, ticked every 100 ms");
+        assert_eq!(db_deadline, &expected, "node {i}, ticked at its deadlines");
+    }
+    for counters in [&counters_100, &counters_deadline] {
+        for c in counters {
+            assert_eq!(c.tombstones, 0, "every tombstone is collected: {c:?}");
+            assert_eq!(c.collected, 60, "{c:?}");
+            assert_eq!(c.collected_by_age, 0, "{c:?}");
+        }
+    }
+    assert!(
+        ticks_deadline * 4 < ticks_100,
+        "{ticks_deadline} ticks at deadlines, {ticks_100} every 100 ms"
+    );
 }

@@ -185,11 +185,10 @@ impl Sim {
         self.nodes[i].engine = Some(Engine::new(cfg, restored));
         self.nodes[i].believed_up.clear();
         let now = self.now(i);
-        let mut out = Vec::new();
         let e = self.nodes[i].engine.as_mut().expect("started");
-        out.extend(e.share(family(GLOBAL, Mode::Global), now));
-        out.extend(e.share(family(UNIQUE, Mode::Unique), now));
-        self.commit(i, out, false);
+        e.share(family(GLOBAL, Mode::Global), now);
+        e.share(family(UNIQUE, Mode::Unique), now);
+        self.commit(i, false);
         self.snapshot(i);
     }
 
@@ -201,9 +200,9 @@ impl Sim {
         self.alive(a) && self.alive(b) && !self.cut.contains(&(a.min(b), a.max(b)))
     }
 
-    /// Persists the engine's delta, records committed versions, then runs the outputs.
-    /// `crash`: stop the node at a random point of that sequence.
-    fn commit(&mut self, i: usize, out: Vec<Output>, crash: bool) {
+    /// Takes the engine's batch: persists its state, records committed versions, then runs
+    /// its outputs. `crash`: stop the node at a random point of that sequence.
+    fn commit(&mut self, i: usize, crash: bool) {
         let point = if crash {
             self.rng.random_range(0..3)
         } else {
@@ -217,7 +216,8 @@ impl Sim {
         if point == 0 {
             return self.crash(i);
         }
-        let delta = engine.take_persist_delta();
+        let batch = engine.take_batch();
+        let delta = batch.save;
         if !delta.is_empty() {
             let log = node.disk.store(floor);
             log.write(&delta).expect("delta is written");
@@ -249,7 +249,7 @@ impl Sim {
         if point == 1 {
             return self.crash(i);
         }
-        for o in out {
+        for o in batch.outputs {
             match o {
                 Output::Send { to, msg } => {
                     let Some(j) = self.nodes.iter().position(|n| n.eid == to) else {
@@ -296,7 +296,6 @@ impl Sim {
 
     fn snapshot(&mut self, i: usize) {
         let now = self.now(i);
-        let mut out = Vec::new();
         for fam in [GLOBAL, UNIQUE] {
             let entries: Vec<(String, String)> = self.nodes[i]
                 .db
@@ -305,10 +304,10 @@ impl Sim {
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect();
             if let Some(e) = self.nodes[i].engine.as_mut() {
-                out.extend(e.local_snapshot(fam, entries, now));
+                e.local_snapshot(fam, entries, now);
             }
         }
-        self.commit(i, out, false);
+        self.commit(i, false);
     }
 
     fn local_write(&mut self, i: usize) {
@@ -341,8 +340,8 @@ impl Sim {
                     Some((sub, k)) => (format!("{fam}/{sub}"), k.to_string()),
                     None => (fam.to_string(), key.clone()),
                 };
-                let out = e.local_change(&f, &k, value.as_deref(), now);
-                self.commit(i, out, crash);
+                e.local_change(&f, &k, value.as_deref(), now);
+                self.commit(i, crash);
             }
         }
     }
@@ -365,15 +364,14 @@ impl Sim {
                 let (eid, number) = (self.nodes[j].eid, self.nodes[j].number);
                 let node = &mut self.nodes[i];
                 let e = node.engine.as_mut().expect("alive");
-                let out = if want {
+                if want {
                     node.believed_up.insert(j);
-                    e.peer_up(eid, number, now)
+                    e.peer_up(eid, number, now);
                 } else {
                     node.believed_up.remove(&j);
-                    e.peer_down(eid, now);
-                    Vec::new()
-                };
-                self.commit(i, out, false);
+                    e.peer_down(eid);
+                }
+                self.commit(i, false);
             }
         }
     }
@@ -393,8 +391,8 @@ impl Sim {
             let from = self.nodes[f.from].eid;
             let crash = chaos && self.rng.random_bool(0.001);
             if let Some(e) = self.nodes[f.to].engine.as_mut() {
-                let out = e.receive(from, msg, now);
-                self.commit(f.to, out, crash);
+                e.receive(from, msg, now);
+                self.commit(f.to, crash);
             }
         }
     }
@@ -450,8 +448,8 @@ impl Sim {
             if self.t >= self.nodes[i].next_tick {
                 self.nodes[i].next_tick = self.t + 100;
                 let now = self.now(i);
-                let out = self.nodes[i].engine.as_mut().expect("alive").tick(now);
-                self.commit(i, out, false);
+                self.nodes[i].engine.as_mut().expect("alive").tick(now);
+                self.commit(i, false);
             }
             if self.t >= self.nodes[i].next_snapshot {
                 self.nodes[i].next_snapshot = self.t + 500;

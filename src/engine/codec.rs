@@ -20,25 +20,25 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::family::{validate_family_name, Mode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 use super::store::MAX_DEPTH;
 use super::version::{Hlc, Version};
+use crate::eid::Eid;
 
 /// Bumped on any incompatible change of the layout.
-pub const WIRE_VERSION: u8 = 1;
+pub(crate) const WIRE_VERSION: u8 = 1;
 /// Largest encoded message accepted.
-pub const MAX_MESSAGE_LEN: usize = 1 << 20;
+pub(crate) const MAX_MESSAGE_LEN: usize = 1 << 20;
 /// Longest key below a family.
-pub const MAX_KEY_LEN: usize = 1024;
+pub(crate) const MAX_KEY_LEN: usize = 1024;
 /// Longest value.
-pub const MAX_VALUE_LEN: usize = 32 * 1024;
+pub(crate) const MAX_VALUE_LEN: usize = 32 * 1024;
 /// Most changes, acks, pulls, digest nodes or summary ranges in one message.
-pub const MAX_ITEMS: usize = 4096;
+pub(crate) const MAX_ITEMS: usize = 4096;
 /// Most items in all the summary ranges of one message.
-pub const MAX_SUMMARY_ITEMS: usize = 65_536;
+pub(crate) const MAX_SUMMARY_ITEMS: usize = 65_536;
 
 const TAG_CHANGES: u8 = 1;
 const TAG_ACKS: u8 = 2;
@@ -91,7 +91,7 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Whether `key` can travel: the engine declines to replicate items that cannot.
-pub fn check_key(key: &str) -> Result<(), &'static str> {
+pub(crate) fn check_key(key: &str) -> Result<(), &'static str> {
     if key.is_empty() {
         return Err("empty");
     }
@@ -105,7 +105,7 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
 }
 
 /// Whether `value` can travel.
-pub fn check_value(value: &str) -> Result<(), &'static str> {
+pub(crate) fn check_value(value: &str) -> Result<(), &'static str> {
     if value.len() > MAX_VALUE_LEN {
         return Err("longer than 32768 bytes");
     }

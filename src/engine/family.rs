@@ -49,7 +49,7 @@ pub enum SharingPolicy {
 
 impl SharingPolicy {
     /// Whether the node numbered `node` takes part in this family.
-    pub fn includes(&self, node: u32) -> bool {
+    pub(crate) fn includes(&self, node: u32) -> bool {
         match self {
             SharingPolicy::Broadcast => true,
             SharingPolicy::Multicast(nodes) => nodes.contains(&node),
@@ -132,7 +132,7 @@ impl FromStr for Origin {
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 5000;
 
 /// The longest family name accepted; AstDB keys are short in practice.
-pub const MAX_FAMILY_LEN: usize = 255;
+pub(crate) const MAX_FAMILY_LEN: usize = 255;
 
 /// A family marked shared, with its policy.
 #[derive(Clone, Debug, PartialEq, Eq)]

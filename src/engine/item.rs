@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::eid::Eid;
 use super::version::Version;
+use crate::eid::Eid;
 
 /// Which key of a shared family an item is.
 ///
@@ -43,7 +43,7 @@ impl ItemId {
 }
 
 /// [`ItemId::position`] without building an `ItemId`.
-pub fn position_of(owner: Option<Eid>, key: &str) -> u64 {
+pub(crate) fn position_of(owner: Option<Eid>, key: &str) -> u64 {
     match owner {
         None => xxh3_64(key.as_bytes()),
         Some(eid) => {
@@ -88,12 +88,12 @@ impl Contents {
         self.add_at(position_of(owner, key), value);
     }
 
-    pub fn add_at(&mut self, position: u64, value: &str) {
+    pub(crate) fn add_at(&mut self, position: u64, value: &str) {
         self.sum = self.sum.wrapping_add(Self::row_hash(position, value));
         self.rows += 1;
     }
 
-    pub fn remove_at(&mut self, position: u64, value: &str) {
+    pub(crate) fn remove_at(&mut self, position: u64, value: &str) {
         self.sum = self.sum.wrapping_sub(Self::row_hash(position, value));
         self.rows = self.rows.saturating_sub(1);
     }
@@ -116,7 +116,7 @@ impl Entry {
     /// The merge order: higher version wins; at an equal version a tombstone wins (that is
     /// how a stale copy is retired, see `Engine`); the value bytes break any remaining tie
     /// so that the order is total and merging is a join.
-    pub fn precedence(&self, other: &Entry) -> Ordering {
+    pub(crate) fn precedence(&self, other: &Entry) -> Ordering {
         self.version
             .cmp(&other.version)
             .then_with(|| self.is_tombstone().cmp(&other.is_tombstone()))
@@ -124,13 +124,13 @@ impl Entry {
     }
 
     /// True when `self` would replace `other`.
-    pub fn beats(&self, other: &Entry) -> bool {
+    pub(crate) fn beats(&self, other: &Entry) -> bool {
         self.precedence(other) == Ordering::Greater
     }
 
     /// The hash this entry contributes to the family digest (value excluded: the version
     /// names the value; summaries compare the same fields).
-    pub fn digest_hash(&self, position: u64) -> u64 {
+    pub(crate) fn digest_hash(&self, position: u64) -> u64 {
         let mut buf = [0u8; 8 + 8 + 6 + 1];
         buf[..8].copy_from_slice(&position.to_le_bytes());
         buf[8..16].copy_from_slice(&self.version.hlc.0.to_le_bytes());

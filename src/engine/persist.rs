@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::family::Mode;
 use super::item::{Entry, ItemId};
 use super::version::{Hlc, Version};
+use crate::eid::Eid;
 
 /// Replication state of one family (shared or not: unsharing keeps it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,13 +47,6 @@ impl ItemRef {
             family: family.into(),
             owner: item.owner,
             key: item.key.clone(),
-        }
-    }
-
-    pub fn item_id(&self) -> ItemId {
-        ItemId {
-            owner: self.owner,
-            key: self.key.clone(),
         }
     }
 }
@@ -97,11 +90,10 @@ impl ItemDelta {
     }
 }
 
-/// Everything that changed since the last delta, as one batch.
+/// Everything that changed since the last delta: the `save` of a `Batch`.
 ///
-/// Write it (in one transaction) before executing the outputs returned since the last
-/// delta was taken: then a crash never loses a version that a peer or AstDB has seen,
-/// and a restart never reissues one.
+/// Write it (in one record) before executing the batch's outputs: then a crash never
+/// loses a version that a peer or AstDB has seen, and a restart never reissues one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PersistDelta {
     /// The clock's high-water mark.

@@ -11,12 +11,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use crate::eid::Eid;
 use super::item::{position_of, Contents, Entry, ItemId};
 use super::persist::ItemState;
+use crate::eid::Eid;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
-pub const MAX_DEPTH: u8 = 16;
+pub(crate) const MAX_DEPTH: u8 = 16;
 /// Depth whose node hashes are maintained incrementally.
 const CACHED_DEPTH: u8 = 3;
 const CACHED_NODES: usize = 1 + 16 + 256 + 4096;
@@ -140,13 +140,13 @@ pub enum Merged {
 /// An item changed since the log was last taken, in its latest state (`None`: removed
 /// from the store). The strings are shared with whoever needs them for the same change.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Logged {
+pub(crate) struct Logged {
     pub owner: Option<Eid>,
     pub key: Arc<str>,
     pub state: Option<ItemState>,
 }
 
-pub type ChangeLog = Vec<Logged>;
+pub(crate) type ChangeLog = Vec<Logged>;
 
 /// One family's items with their digest tree.
 ///
@@ -198,12 +198,12 @@ impl Default for ItemStore {
 }
 
 /// Whether `prefix` has at most `depth` nibbles, as a digest-tree node's must.
-pub fn valid_node(depth: u8, prefix: u64) -> bool {
+pub(crate) fn valid_node(depth: u8, prefix: u64) -> bool {
     depth <= MAX_DEPTH && (depth == MAX_DEPTH || prefix >> (4 * u32::from(depth)) == 0)
 }
 
 /// The range of positions under the digest-tree node `prefix` at `depth`.
-pub fn node_range(depth: u8, prefix: u64) -> RangeInclusive<u64> {
+pub(crate) fn node_range(depth: u8, prefix: u64) -> RangeInclusive<u64> {
     if depth == 0 {
         return 0..=u64::MAX;
     }
@@ -223,7 +223,7 @@ impl ItemStore {
     }
 
     /// A store that records its changes in a log (see [`ItemStore::take_changes`]).
-    pub fn tracked() -> Self {
+    pub(crate) fn tracked() -> Self {
         ItemStore {
             tracking: true,
             ..Self::default()
@@ -232,7 +232,7 @@ impl ItemStore {
 
     /// Keeps a [`Contents`] summary of the live items of `owner` (`None`: a global
     /// family's items), which are the rows of this node's own AstDB family.
-    pub fn watch(&mut self, owner: Option<Eid>) {
+    pub(crate) fn watch(&mut self, owner: Option<Eid>) {
         self.watched = Some(owner);
         let mut contents = Contents::default();
         for slot in self.items.values() {
@@ -246,32 +246,24 @@ impl ItemStore {
     }
 
     /// The summary kept since [`ItemStore::watch`].
-    pub fn contents(&self) -> Contents {
+    pub(crate) fn contents(&self) -> Contents {
         self.contents
     }
 
-    pub fn live_count(&self) -> usize {
+    pub(crate) fn live_count(&self) -> usize {
         self.live
     }
 
-    pub fn tombstone_count(&self) -> usize {
+    pub(crate) fn tombstone_count(&self) -> usize {
         self.tombstones
     }
 
-    pub fn len(&self) -> usize {
-        self.live + self.tombstones
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn get(&self, owner: Option<Eid>, key: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, owner: Option<Eid>, key: &str) -> Option<&Entry> {
         self.get_at(position_of(owner, key), owner, key)
     }
 
     /// [`ItemStore::get`] for an item whose position is known.
-    pub fn get_at(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<&Entry> {
+    pub(crate) fn get_at(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<&Entry> {
         self.items.get(&pos)?.find(owner, key).map(|h| &h.entry)
     }
 
@@ -284,7 +276,7 @@ impl ItemStore {
     /// Like [`ItemStore::merge`], for an item at position `pos`, but an absent item is
     /// let in only if `refuse_new` says no (one lookup instead of a `get` and a `merge`).
     /// A new item keeps `key` itself rather than a copy.
-    pub fn merge_unless(
+    pub(crate) fn merge_unless(
         &mut self,
         pos: u64,
         owner: Option<Eid>,
@@ -297,13 +289,13 @@ impl ItemStore {
 
     /// Sets the item's state whatever was held (for local changes, already versioned
     /// above the held state).
-    pub fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
+    pub(crate) fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
         let pos = position_of(owner, key);
         self.write(pos, owner, key, None, entry, true, || false)
     }
 
     /// Like [`ItemStore::put`], without recording the change (restoring persisted state).
-    pub fn put_untracked(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
+    pub(crate) fn put_untracked(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
         let tracking = std::mem::replace(&mut self.tracking, false);
         let merged = self.put(owner, key, entry);
         self.tracking = tracking;
@@ -430,7 +422,7 @@ impl ItemStore {
     }
 
     /// Forgets the item entirely (a collected tombstone, or a family reset).
-    pub fn remove(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
         let pos = position_of(owner, key);
         let slot = self.items.get_mut(&pos)?;
         let held = match slot {
@@ -485,7 +477,7 @@ impl ItemStore {
 
     /// Like [`ItemStore::remove`], but an item not held is still recorded as removed
     /// (once) in the change log.
-    pub fn forget(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
+    pub(crate) fn forget(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
         let removed = self.remove(owner, key);
         if removed.is_none() && self.tracking {
             let id = ItemId {
@@ -514,7 +506,7 @@ impl ItemStore {
 
     /// The log record of the item last merged or put (when tracking): its strings are
     /// shared, so whoever acts on the same change need not copy them again.
-    pub fn last_logged(&self) -> Option<&Logged> {
+    pub(crate) fn last_logged(&self) -> Option<&Logged> {
         if !self.tracking {
             return None;
         }
@@ -522,7 +514,7 @@ impl ItemStore {
     }
 
     /// The items changed since the last call, each once, in its latest state.
-    pub fn take_changes(&mut self) -> ChangeLog {
+    pub(crate) fn take_changes(&mut self) -> ChangeLog {
         if self.log.is_empty() {
             return Vec::new();
         }
@@ -581,7 +573,7 @@ impl ItemStore {
     }
 
     /// Hash and item count of the digest-tree node `prefix` at `depth`.
-    pub fn node(&self, depth: u8, prefix: u64) -> (u64, usize) {
+    pub(crate) fn node(&self, depth: u8, prefix: u64) -> (u64, usize) {
         if self.cached.is_empty() {
             return (0, 0);
         }
@@ -606,7 +598,11 @@ impl ItemStore {
 
     /// The items under the digest-tree node `prefix` at `depth`, with their positions,
     /// in position order.
-    pub fn range(&self, depth: u8, prefix: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
+    pub(crate) fn range(
+        &self,
+        depth: u8,
+        prefix: u64,
+    ) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
         let range = node_range(depth, prefix);
         let first = (range.start() >> BUCKET_SHIFT) as usize;
         let last = (range.end() >> BUCKET_SHIFT) as usize;
@@ -623,12 +619,12 @@ impl ItemStore {
     }
 
     /// Every item, in position order.
-    pub fn iter(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
         self.range(0, 0).map(|(_, id, e)| (id, e))
     }
 
     /// Every item held, in no particular order (cheaper than [`ItemStore::iter`]).
-    pub fn iter_unordered(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
+    pub(crate) fn iter_unordered(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
         self.items
             .values()
             .flat_map(Slot::held)

@@ -64,18 +64,18 @@ impl fmt::Display for Version {
 /// the clock forward until the wall clock catches up. Readings seen from peers are folded
 /// in so that a change made after seeing another is ordered after it.
 #[derive(Clone, Debug, Default)]
-pub struct Clock {
+pub(crate) struct Clock {
     last: Hlc,
 }
 
 impl Clock {
     /// A clock that will never issue a reading at or below `high_water`.
-    pub fn resume_after(high_water: Hlc) -> Self {
+    pub(crate) fn resume_after(high_water: Hlc) -> Self {
         Clock { last: high_water }
     }
 
     /// A fresh reading, strictly above every earlier reading and every observed one.
-    pub fn tick(&mut self, wall_ms: u64) -> Hlc {
+    pub(crate) fn tick(&mut self, wall_ms: u64) -> Hlc {
         let candidate = Hlc::from_parts(wall_ms, 0);
         // Counter overflow carries into the millisecond part: still strictly increasing.
         self.last = if candidate > self.last {
@@ -87,14 +87,14 @@ impl Clock {
     }
 
     /// Folds in a reading seen from a peer (already checked against the skew bound).
-    pub fn observe(&mut self, seen: Hlc) {
+    pub(crate) fn observe(&mut self, seen: Hlc) {
         if seen > self.last {
             self.last = seen;
         }
     }
 
     /// The highest reading issued or observed: persisted so a restart never reissues one.
-    pub fn high_water(&self) -> Hlc {
+    pub(crate) fn high_water(&self) -> Hlc {
         self.last
     }
 }

@@ -1,0 +1,257 @@
+//! Anti-entropy: digest syncs started at each family's interval, and the digest,
+//! summary and pull exchange that finds and repairs what two nodes hold differently.
+
+use std::collections::HashMap;
+
+use super::engine::Engine;
+use super::item::{Entry, ItemId};
+use super::merge::Accepted;
+use super::message::{Body, Change, DigestNode, SummaryItem, SummaryRange};
+use super::output::Output;
+use super::pushes::item_order;
+use super::store::{valid_node, ItemStore, MAX_DEPTH};
+use super::version::Hlc;
+use crate::eid::Eid;
+
+/// A digest-tree node with at most this many items is answered with a summary.
+const LEAF_ITEMS: usize = 16;
+
+impl Engine {
+    pub(super) fn start_sync(
+        &mut self,
+        family: &str,
+        eligible: &[(Eid, bool)],
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get_mut(family) else {
+            return;
+        };
+        let interval = fs
+            .shared
+            .as_ref()
+            .map_or(5000, |s| s.sync_interval_ms.max(1));
+        fs.next_sync_ms = now_ms + interval;
+        // Tombstones some up peer has not acknowledged go to it again.
+        let resend = self.tombstones_to_resend(family, eligible, now_ms, interval);
+        for (peer, up) in eligible {
+            if *up {
+                self.sync_with(out, *peer, now_ms, family);
+            }
+        }
+        for (peer, changes) in resend {
+            self.send_batched(out, peer, now_ms, family, changes);
+        }
+    }
+
+    pub(super) fn sync_with(
+        &mut self,
+        out: &mut Vec<Output>,
+        peer: Eid,
+        now_ms: u64,
+        family: &str,
+    ) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let root = root_digest(&fs.store);
+        self.send(out, peer, now_ms, family, Body::Digest(vec![root]));
+    }
+
+    pub(super) fn on_digest(
+        &mut self,
+        from: Eid,
+        family: &str,
+        nodes: Vec<DigestNode>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let mut children = Vec::new();
+        let mut ranges = Vec::new();
+        for n in nodes {
+            if !valid_node(n.depth, n.prefix) {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            let (hash, count) = fs.store.node(n.depth, n.prefix);
+            if hash == n.hash {
+                continue;
+            }
+            if count <= LEAF_ITEMS || n.depth == MAX_DEPTH {
+                ranges.push(summary_range(&fs.store, n.depth, n.prefix));
+            } else {
+                for c in 0..16u64 {
+                    let prefix = (n.prefix << 4) | c;
+                    children.push(DigestNode {
+                        depth: n.depth + 1,
+                        prefix,
+                        hash: fs.store.node(n.depth + 1, prefix).0,
+                    });
+                }
+            }
+        }
+        self.send_batched(out, from, now_ms, family, children);
+        self.send_batched(out, from, now_ms, family, ranges);
+    }
+
+    pub(super) fn on_summary(
+        &mut self,
+        from: Eid,
+        family: &str,
+        ranges: Vec<SummaryRange>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let mut push = Vec::new();
+        // A push too large to send at once: (position, version) of its items, in key order.
+        let mut queued: Vec<(u64, Hlc)> = Vec::new();
+        let mut pull = Vec::new();
+        let mut take_tombstones = Vec::new();
+        let mut acks = Vec::new();
+        let mut nodes = Vec::new();
+        let push_slice = self.cfg.push_slice.max(1);
+        {
+            let Some(fs) = self.families.get_mut(family) else {
+                return;
+            };
+            let mut wanted: Vec<(u64, &ItemId, &Entry)> = Vec::new();
+            for r in ranges {
+                if !valid_node(r.depth, r.prefix) {
+                    self.counters.dropped_invalid += 1;
+                    continue;
+                }
+                nodes.push((r.depth, r.prefix));
+                let theirs: HashMap<&ItemId, &SummaryItem> =
+                    r.items.iter().map(|i| (&i.item, i)).collect();
+                let mut equal_tombstones = Vec::new();
+                for (pos, id, e) in fs.store.range(r.depth, r.prefix) {
+                    match theirs.get(id) {
+                        None => wanted.push((pos, id, e)),
+                        Some(t) => {
+                            let mine = (e.version, e.is_tombstone());
+                            let other = (t.version, t.tombstone);
+                            if mine > other {
+                                wanted.push((pos, id, e));
+                            } else if mine == other && e.is_tombstone() {
+                                equal_tombstones.push(id.clone());
+                            }
+                        }
+                    }
+                }
+                for id in equal_tombstones {
+                    fs.tombstones.ack_same(&id, from);
+                }
+                for t in r.items {
+                    let mine = fs
+                        .store
+                        .get(t.item.owner, &t.item.key)
+                        .map(|e| (e.version, e.is_tombstone()));
+                    if mine.is_some_and(|m| m >= (t.version, t.tombstone)) {
+                        continue;
+                    }
+                    if t.tombstone {
+                        // A tombstone needs no value: take it straight from the summary.
+                        take_tombstones.push(Change {
+                            item: t.item,
+                            entry: Entry {
+                                version: t.version,
+                                value: None,
+                            },
+                        });
+                    } else {
+                        pull.push(t.item);
+                    }
+                }
+            }
+            if wanted.len() > push_slice {
+                let order = item_order(wanted.len(), |i| (wanted[i].1.owner, &*wanted[i].1.key));
+                queued = order
+                    .into_iter()
+                    .map(|i| (wanted[i as usize].0, wanted[i as usize].2.version.hlc))
+                    .collect();
+            } else {
+                push = wanted
+                    .iter()
+                    .map(|&(_, id, e)| Change {
+                        item: id.clone(),
+                        entry: e.clone(),
+                    })
+                    .collect();
+            }
+        }
+        for change in take_tombstones {
+            if !self.valid_item(family, &change.item) {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            if change.entry.version.hlc.wall_ms()
+                > now_ms.saturating_add(self.cfg.max_clock_skew_ms)
+            {
+                self.counters.dropped_skew += 1;
+                continue;
+            }
+            let ack = (change.item.clone(), change.entry.version);
+            let stale_below = self.stale_below(from, family);
+            if let Accepted::Stored | Accepted::Kept =
+                self.accept(from, family, stale_below, change, now_ms, out)
+            {
+                acks.push(ack);
+            }
+        }
+        pull.retain(|i| self.valid_item(family, i));
+        self.send_batched(out, from, now_ms, family, acks);
+        if queued.is_empty() {
+            self.push(out, from, now_ms, family, push, &nodes);
+        } else {
+            self.queue_push(from, family, queued, &nodes, now_ms, out);
+        }
+        self.send_batched(out, from, now_ms, family, pull);
+    }
+
+    pub(super) fn on_pull(
+        &mut self,
+        from: Eid,
+        family: &str,
+        items: Vec<ItemId>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(fs) = self.families.get(family) else {
+            return;
+        };
+        let changes: Vec<Change> = items
+            .into_iter()
+            .filter_map(|item| {
+                let entry = fs.store.get(item.owner, &item.key)?.clone();
+                Some(Change { item, entry })
+            })
+            .collect();
+        self.push(out, from, now_ms, family, changes, &[]);
+    }
+}
+
+fn root_digest(store: &ItemStore) -> DigestNode {
+    DigestNode {
+        depth: 0,
+        prefix: 0,
+        hash: store.node(0, 0).0,
+    }
+}
+
+fn summary_range(store: &ItemStore, depth: u8, prefix: u64) -> SummaryRange {
+    SummaryRange {
+        depth,
+        prefix,
+        items: store
+            .range(depth, prefix)
+            .map(|(_, id, e)| SummaryItem {
+                item: id.clone(),
+                version: e.version,
+                tombstone: e.is_tombstone(),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,244 @@
+//! Receiving from a peer: the checks every message passes, and the merge of the changes
+//! it carries (the other bodies are handled in `anti_entropy` and `tombstones`).
+
+use super::codec::check_key;
+use super::engine::Engine;
+use super::family::{Mode, SyncMode};
+use super::item::{Entry, ItemId};
+use super::message::{Body, Change, Message};
+use super::output::Output;
+use super::store::Merged;
+use super::version::{Hlc, Version};
+use crate::eid::Eid;
+
+/// What became of one incoming change.
+pub(super) enum Accepted {
+    Stored,
+    Kept,
+    /// Refused as a stale copy; the sender is to be told.
+    Retired(ItemId),
+}
+
+impl Engine {
+    /// A message from `from`.
+    pub fn receive(&mut self, from: Eid, msg: Message, now_ms: u64) {
+        self.queue(|e, out| e.on_message(from, msg, now_ms, out));
+    }
+
+    fn on_message(&mut self, from: Eid, msg: Message, now_ms: u64, out: &mut Vec<Output>) {
+        let Some(peer_node) = self.peers.get(&from).map(|p| p.node) else {
+            self.counters.dropped_unknown_peer += 1;
+            return;
+        };
+        let weight = match &msg.body {
+            Body::Changes(c) => c.len() as u64,
+            _ => 1,
+        };
+        if msg.sent.wall_ms() > now_ms.saturating_add(self.cfg.max_clock_skew_ms) {
+            self.counters.dropped_skew += weight;
+            return;
+        }
+        if msg
+            .sent
+            .wall_ms()
+            .saturating_add(self.cfg.max_message_age_ms)
+            < now_ms
+        {
+            self.counters.dropped_stale += weight;
+            return;
+        }
+        let Some(fs) = self.families.get(&msg.family) else {
+            self.counters.dropped_unshared += weight;
+            return;
+        };
+        let Some(shared) = fs.shared.as_ref() else {
+            self.counters.dropped_unshared += weight;
+            return;
+        };
+        if fs.mode != msg.mode {
+            self.counters.dropped_mode += weight;
+            return;
+        }
+        if !shared.policy.includes(peer_node) {
+            self.counters.dropped_policy += weight;
+            return;
+        }
+        self.clock.observe(msg.sent);
+        let family = msg.family;
+        match msg.body {
+            Body::Changes(changes) => self.on_changes(from, &family, changes, now_ms, out),
+            Body::Acks(acks) => self.on_acks(from, &family, acks),
+            Body::Digest(nodes) => self.on_digest(from, &family, nodes, now_ms, out),
+            Body::Summary(ranges) => self.on_summary(from, &family, ranges, now_ms, out),
+            Body::Pull(items) => self.on_pull(from, &family, items, now_ms, out),
+        }
+        self.refresh_gauges();
+    }
+
+    pub(super) fn valid_item(&self, family: &str, item: &ItemId) -> bool {
+        let mode = self.families.get(family).map(|f| f.mode);
+        valid_in(mode, item)
+    }
+
+    fn on_changes(
+        &mut self,
+        from: Eid,
+        family: &str,
+        changes: Vec<Change>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let mut acks = Vec::new();
+        let mut retired = Vec::new();
+        // Neither changes while a message is merged.
+        let mode = self.families.get(family).map(|f| f.mode);
+        let stale_below = self.stale_below(from, family);
+        out.reserve(changes.len());
+        self.applies_started.reserve(changes.len());
+        for change in changes {
+            if !valid_in(mode, &change.item) || check_key(&change.item.key).is_err() {
+                self.counters.dropped_invalid += 1;
+                continue;
+            }
+            if change.entry.version.hlc.wall_ms()
+                > now_ms.saturating_add(self.cfg.max_clock_skew_ms)
+            {
+                self.counters.dropped_skew += 1;
+                continue;
+            }
+            self.counters.received_changes += 1;
+            let version = change.entry.version;
+            let ack = change
+                .entry
+                .is_tombstone()
+                .then(|| (change.item.clone(), version));
+            match self.accept(from, family, stale_below, change, now_ms, out) {
+                Accepted::Retired(item) => retired.push(Change {
+                    item,
+                    entry: Entry {
+                        version,
+                        value: None,
+                    },
+                }),
+                Accepted::Stored | Accepted::Kept => acks.extend(ack),
+            }
+        }
+        self.send_batched(out, from, now_ms, family, acks);
+        self.send_batched(out, from, now_ms, family, retired);
+    }
+
+    /// Merges one remote change (`stale_below` is [`Engine::stale_below`]).
+    pub(super) fn accept(
+        &mut self,
+        from: Eid,
+        family: &str,
+        stale_below: Option<Hlc>,
+        change: Change,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Accepted {
+        let local = self.cfg.local;
+        let Some(fs) = self.families.get_mut(family) else {
+            return Accepted::Kept;
+        };
+        let ro = fs
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.sync_mode == SyncMode::Ro);
+        let Change { item, entry } = change;
+
+        if item.owner == Some(local) {
+            let held = fs.store.get(item.owner, &item.key);
+            // Only this node writes its own unique items. A newer version of one coming
+            // back means this node lost its state: issue a newer version of what it holds.
+            let deleted_here = held.is_none_or(Entry::is_tombstone);
+            if (entry.is_tombstone() && deleted_here)
+                || held.is_some_and(|h| !entry.beats(h))
+                || ro
+                || !fs.baseline
+            {
+                return Accepted::Kept;
+            }
+            self.clock.observe(entry.version.hlc);
+            let reissued = Entry {
+                version: Version::new(self.clock.tick(now_ms), local),
+                value: held.and_then(|h| h.value.clone()),
+            };
+            fs.store.put(item.owner, &item.key, reissued.clone());
+            fs.tombstones.track(&item, &reissued);
+            self.publish(
+                family,
+                Change {
+                    item,
+                    entry: reissued,
+                },
+                now_ms,
+                out,
+            );
+            return Accepted::Kept;
+        }
+
+        let is_value = entry.value.is_some();
+        let version = entry.version;
+        let pos = item.position();
+        let (horizon, tombstones) = (fs.horizon, &fs.tombstones);
+        let refuse_new = || {
+            if is_value {
+                // A copy of a key whose tombstone was collected here must never come
+                // back: the sender is told to retire it.
+                (version.hlc == Hlc::ZERO && horizon > Hlc::ZERO)
+                    || stale_below.is_some_and(|h| version.hlc <= h)
+                    || tombstones.collected_since(&item, version)
+            } else {
+                tombstones.collected_since(&item, version)
+            }
+        };
+        match fs
+            .store
+            .merge_unless(pos, item.owner, &item.key, entry, refuse_new)
+        {
+            Merged::Kept => Accepted::Kept,
+            Merged::Refused if is_value => {
+                self.counters.retired += 1;
+                Accepted::Retired(item)
+            }
+            Merged::Refused => Accepted::Kept,
+            Merged::Inserted | Merged::Replaced(_) => {
+                self.clock.observe(version.hlc);
+                if is_value {
+                    fs.tombstones.remove(&item);
+                } else {
+                    fs.tombstones.hold_from(item.clone(), version, from);
+                }
+                fs.last_change_ms = Some(now_ms);
+                self.counters.applied += 1;
+                // The store has just logged the new state: share its strings.
+                let (op, applied) = match fs.store.last_logged() {
+                    Some(logged) => {
+                        let key = logged.key.clone();
+                        let value = logged.state.as_ref().and_then(|s| s.value.clone());
+                        fs.apply(item.owner, key, value)
+                    }
+                    None => {
+                        let value = fs
+                            .store
+                            .get_at(pos, item.owner, &item.key)
+                            .and_then(|e| e.value.clone());
+                        fs.apply_copy(&item, value)
+                    }
+                };
+                out.push(Output::Apply(op));
+                self.applies_started.push(applied);
+                Accepted::Stored
+            }
+        }
+    }
+}
+
+/// Whether `item` belongs in a family of `mode` (`None`: not held here).
+fn valid_in(mode: Option<Mode>, item: &ItemId) -> bool {
+    match item.owner {
+        None => mode == Some(Mode::Global),
+        Some(_) => mode == Some(Mode::Unique),
+    }
+}

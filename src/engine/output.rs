@@ -1,0 +1,137 @@
+//! What the engine hands the driver to do.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::message::Message;
+use super::persist::PersistDelta;
+use crate::eid::Eid;
+
+/// What the driver must do after a group of calls: write `save` durably (one record),
+/// then execute `outputs` in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub save: PersistDelta,
+    pub outputs: Vec<Output>,
+}
+
+impl Batch {
+    /// Nothing to save (see [`PersistDelta::is_empty`]) and nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.save.is_empty() && self.outputs.is_empty()
+    }
+}
+
+/// A write to the local AstDB, with the family as passed to `ast_db_put`. The strings
+/// are shared (with the persistence delta and other writes to the family), not copies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DbOp {
+    Put {
+        family: Arc<str>,
+        key: Arc<str>,
+        value: Arc<str>,
+    },
+    Delete {
+        family: Arc<str>,
+        key: Arc<str>,
+    },
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send {
+        to: Eid,
+        msg: Message,
+    },
+    Apply(DbOp),
+    /// Something an administrator should see in the log.
+    Warn(Warning),
+}
+
+/// Something an administrator should see in the log, about a family (and a key of it).
+/// Its [`Display`](fmt::Display) is the log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// The shared family.
+    pub family: String,
+    /// The key, within the shared family, the warning is about.
+    pub key: Option<String>,
+    pub kind: WarningKind,
+}
+
+/// Why the engine warns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarningKind {
+    /// A local change the wire cannot carry, so not shared: its key or value is `why`
+    /// (empty, too long, holds a NUL byte; see `codec::check_key`).
+    Unshareable { why: &'static str },
+    /// A local change to a `sync_mode = ro` global family: not shared, and AstDB is
+    /// given the cluster's value back.
+    ReadOnlyReverted,
+    /// A local change to a `sync_mode = ro` unique family: not shared (said once per
+    /// key and value).
+    ReadOnlyNotShared,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let family = &self.family;
+        let change = match &self.key {
+            Some(key) => format!("local change to key '{key}'"),
+            None => "local change".to_string(),
+        };
+        match self.kind {
+            WarningKind::Unshareable { why } => match &self.key {
+                Some(key) => write!(
+                    f,
+                    "family '{family}' key '{key}': not shared, the key or value is {why}"
+                ),
+                None => write!(
+                    f,
+                    "family '{family}': not shared, the key or value is {why}"
+                ),
+            },
+            WarningKind::ReadOnlyReverted => write!(
+                f,
+                "family '{family}' is sync_mode=ro here: {change} is not shared and is \
+                 replaced by the cluster's value"
+            ),
+            WarningKind::ReadOnlyNotShared => write!(
+                f,
+                "family '{family}' is sync_mode=ro here: {change} is not shared"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(kind: WarningKind) -> String {
+        Warning {
+            family: "f".into(),
+            key: Some("k".into()),
+            kind,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_warning_reads_as_the_log_line() {
+        assert_eq!(
+            text(WarningKind::Unshareable { why: "empty" }),
+            "family 'f' key 'k': not shared, the key or value is empty"
+        );
+        assert_eq!(
+            text(WarningKind::ReadOnlyReverted),
+            "family 'f' is sync_mode=ro here: local change to key 'k' is not shared and is \
+             replaced by the cluster's value"
+        );
+        assert_eq!(
+            text(WarningKind::ReadOnlyNotShared),
+            "family 'f' is sync_mode=ro here: local change to key 'k' is not shared"
+        );
+    }
+}
