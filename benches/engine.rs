@@ -112,7 +112,7 @@ fn end_to_end_throughput() {
         Metadata::open(&dir.path().join(metadata::FILE_NAME)).expect("open metadata");
     let mut e = engine(A, 1, None);
     e.peer_up(B, 2, NOW);
-    meta.write_replica(&e.take_batch().save).expect("write");
+    meta.replica.save(&e.take_batch().save).expect("write");
     let batches = change_batches(N, BATCH);
     let start = Instant::now();
     let cpu = cpu_secs();
@@ -121,12 +121,12 @@ fn end_to_end_throughput() {
         e.receive(B, m, NOW);
         let batch = e.take_batch();
         let w = cpu_secs();
-        meta.write_replica(&batch.save).expect("write");
+        meta.replica.save(&batch.save).expect("write");
         write_cpu += cpu_secs() - w;
         e.recycle(std::hint::black_box(batch.outputs));
     }
     // The Applies of the last batch are confirmed by the next one.
-    meta.write_replica(&e.take_batch().save).expect("write");
+    meta.replica.save(&e.take_batch().save).expect("write");
     let cpu = cpu_secs() - cpu;
     let secs = start.elapsed().as_secs_f64();
     println!(

@@ -1,18 +1,20 @@
 //! res_astdb_cluster: shares chosen AstDB families between Asterisk servers.
 //!
-//! Layers: `engine` (replication as plain data and functions), `config` and
-//! `metadata` (the config file and our own SQLite file), `asterisk` (the FFI
-//! border), and `module`, `dialplan`, `cli` (what Asterisk calls).
+//! Layers, each a folder: `engine` (replication as plain data and functions), `node`
+//! (the replication loop that drives it, with the seams to AstDB and to the other
+//! nodes), `transport` (the encrypted TCP mesh), `metadata` (the module's own files),
+//! `module` (load/unload/reload, CLI, dialplan, capture: what Asterisk calls) and
+//! `asterisk` (the FFI border, the only place with `unsafe`). `config` and `eid` are
+//! words every layer uses.
 
-pub mod asterisk;
-pub mod capture;
-pub mod cli;
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod asterisk;
 pub mod config;
-pub mod dialplan;
 pub mod eid;
 pub mod engine;
-pub mod mesh;
 pub mod metadata;
-pub mod module;
+mod module;
 pub mod node;
 pub mod transport;

@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 use std::ffi::{c_char, CStr};
 
-use super::{c_string, owned, sys};
+use super::{c_string, sys};
+use crate::node::db::{AstDb, Rows};
 
 /// A stamp of AstDB's committed state: the SQLite file change counter of
 /// `astdb.sqlite3` (bytes 24..28 of its header, which SQLite increments at every
@@ -30,29 +31,9 @@ pub fn committed_stamp() -> Option<(u32, u64)> {
     Some((u32::from_be_bytes(counter), len))
 }
 
-/// Reads `/family/key`.
-pub fn get(family: &str, key: &str) -> Option<String> {
-    let (family, key) = (c_string(family), c_string(key));
-    let mut out: *mut c_char = std::ptr::null_mut();
-    // SAFETY: Asterisk allocates `out` on success; we copy it and free it with ast_free.
-    unsafe {
-        if sys::ast_db_get_allocated(family.as_ptr(), key.as_ptr(), &mut out) != 0 {
-            return None;
-        }
-        let value = owned(out);
-        sys::astdb_cluster_free(out.cast());
-        value
-    }
-}
-
-/// Writes `/family/key` = `value`.
-pub fn put(family: &str, key: &str, value: &str) -> Result<(), String> {
-    put_with(&mut Vec::new(), family, key, value)
-}
-
-/// [`put`] for a run of writes: the three C strings are built in `scratch`, one buffer
-/// reused for every write instead of three allocations each.
-pub fn put_with(scratch: &mut Vec<u8>, family: &str, key: &str, value: &str) -> Result<(), String> {
+/// Writes `/family/key` = `value`. The three C strings are built in `scratch`, one
+/// buffer reused for every write instead of three allocations each.
+fn put_with(scratch: &mut Vec<u8>, family: &str, key: &str, value: &str) -> Result<(), String> {
     scratch.clear();
     let mut starts = [0usize; 3];
     for (i, s) in [family, key, value].into_iter().enumerate() {
@@ -146,7 +127,39 @@ pub fn read_tree(family: &str) -> Tree {
     }
 }
 
-/// Every `(key below family, value)` in `family`'s subtree.
-pub fn tree(family: &str) -> Vec<(String, String)> {
-    read_tree(family).to_vec()
+impl Rows for Tree {
+    fn each(&self, visit: &mut dyn FnMut(&str, &str)) {
+        for (key, value) in self.rows() {
+            visit(&key, &value);
+        }
+    }
+
+    fn to_vec(&self) -> Vec<(String, String)> {
+        Tree::to_vec(self)
+    }
+}
+
+/// AstDB through Asterisk's API, as the module's loop uses it.
+#[derive(Default)]
+pub struct AsteriskDb {
+    /// One buffer for the C strings of every write.
+    scratch: Vec<u8>,
+}
+
+impl AstDb for AsteriskDb {
+    fn read(&mut self, family: &str) -> Box<dyn Rows + '_> {
+        Box::new(read_tree(family))
+    }
+
+    fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        put_with(&mut self.scratch, family, key, value)
+    }
+
+    fn del(&mut self, family: &str, key: &str) -> bool {
+        del(family, key)
+    }
+
+    fn committed_stamp(&mut self) -> Option<(u32, u64)> {
+        committed_stamp()
+    }
 }

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::owned;
-use crate::{cli, dialplan, module};
+use crate::module::{self, cli, dialplan};
 
 /// Runs `f`; a panic is logged and turned into `fallback`.
 fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
@@ -179,11 +179,11 @@ pub extern "C" fn astdb_cluster_db_written(path: *const c_char, value: *const c_
         // SAFETY: the glue passes a NUL-terminated copy of the function argument
         // and the value written (NULL for a delete), alive for this call.
         let path = unsafe { CStr::from_ptr(path) }.to_string_lossy();
-        if !crate::capture::wanted(&path) {
+        if !crate::module::capture::wanted(&path) {
             return; // not a shared family: nothing to copy or wake anyone for
         }
         // SAFETY: as above.
         let value = (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy());
-        crate::capture::dialplan_wrote(&path, value.as_deref());
+        crate::module::capture::dialplan_wrote(&path, value.as_deref());
     })
 }

@@ -91,13 +91,6 @@ void astdb_cluster_log(int level, const char *file, int line, const char *func, 
 	ast_log(level, file, line, func, "%s\n", msg);
 }
 
-void astdb_cluster_verbose(int level, const char *msg)
-{
-	if (level <= ast_verb_sys_level) {
-		__ast_verbose(__FILE__, __LINE__, __func__, level, "%s\n", msg);
-	}
-}
-
 void astdb_cluster_cli_write(int fd, const char *text)
 {
 	ast_cli(fd, "%s", text);

@@ -21,10 +21,8 @@ void astdb_cluster_unregister_functions(void);
 int astdb_cluster_register_cli(void);
 void astdb_cluster_unregister_cli(void);
 
-/* level: 0 debug, 2 notice, 3 warning, 4 error. */
+/* level: 2 notice, 3 warning, 4 error. */
 void astdb_cluster_log(int level, const char *file, int line, const char *func, const char *msg);
-/* A verbose message shown at verbosity `level` or above. */
-void astdb_cluster_verbose(int level, const char *msg);
 void astdb_cluster_cli_write(int fd, const char *text);
 void astdb_cluster_manager_event(const char *event, const char *body);
 /* Frees memory that Asterisk allocated for us (ast_db_get_allocated). */

@@ -4,7 +4,6 @@ use super::{c_string, sys};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
-    Debug = 0,
     Notice = 2,
     Warning = 3,
     Error = 4,
@@ -23,13 +22,6 @@ pub fn log(level: Level, file: &str, line: u32, func: &str, msg: &str) {
             msg.as_ptr(),
         )
     }
-}
-
-/// A verbose line shown at verbosity `level` or above (`core set verbose`).
-pub fn verbose(level: i32, msg: &str) {
-    let msg = c_string(msg);
-    // SAFETY: the string outlives the call.
-    unsafe { sys::astdb_cluster_verbose(level, msg.as_ptr()) }
 }
 
 #[macro_export]

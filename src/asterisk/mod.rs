@@ -122,6 +122,26 @@ pub(crate) fn unregister_interfaces() {
     }
 }
 
+/// Local time as `YYYY-MM-DD HH:MM:SS`.
+pub fn local_time(unix_ms: u64) -> String {
+    let secs = (unix_ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r fills the zeroed struct we own.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 /// Which dialplan write paths are seen at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capture {

@@ -17,13 +17,12 @@
 //! (seen: SIGSEGV in __nptl_deallocate_tsd after `module unload`). Known
 //! culprits: `std::thread::spawn`, `std::thread::current()`, and crossbeam
 //! channels (even `try_send` calls `thread::current()` when a receiver waits).
-//! Hand work to our threads through [`Signal`]-style Mutex + Condvar pairs,
-//! which use only futexes.
+//! Hand work to our threads through Mutex + Condvar pairs (the loop's inbox) and
+//! atomics ([`Signal`]), which use only futexes.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A running thread of ours; `join` waits for it to end.
 pub struct OwnedThread {
@@ -78,11 +77,11 @@ impl OwnedThread {
     }
 }
 
-/// A stop request that an Asterisk thread can raise safely (no thread-locals).
+/// A stop request that an Asterisk thread can raise safely (no thread-locals). The
+/// thread it stops is woken through its inbox.
 #[derive(Default)]
 pub struct Signal {
-    raised: Mutex<bool>,
-    wake: Condvar,
+    raised: AtomicBool,
 }
 
 impl Signal {
@@ -90,24 +89,12 @@ impl Signal {
         Self::default()
     }
 
-    /// Raises the signal and wakes the waiter.
     pub fn raise(&self) {
-        *self.raised.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.wake.notify_all();
+        self.raised.store(true, Ordering::Release);
     }
 
     pub fn is_raised(&self) -> bool {
-        *self.raised.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits up to `timeout`; true when the signal has been raised.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let raised = self.raised.lock().unwrap_or_else(|p| p.into_inner());
-        let (raised, _) = self
-            .wake
-            .wait_timeout_while(raised, timeout, |r| !*r)
-            .unwrap_or_else(|p| p.into_inner());
-        *raised
+        self.raised.load(Ordering::Acquire)
     }
 }
 

@@ -21,12 +21,25 @@ use replica::ReplicaLog;
 pub const FILE_NAME: &str = "astdb_cluster.sqlite3";
 const SCHEMA_VERSION: i64 = 1;
 
+/// Both files, as opened at load.
 pub struct Metadata {
+    pub marks: Marks,
+    pub replica: Replica,
+    /// What the replica log held when opened, for the engine.
+    pub restored: RestoredState,
+}
+
+/// `astdb_cluster.sqlite3`: the families shared at run time and the module's run state.
+/// Used by the CLI and dialplan (share, unshare) and by load and unload.
+pub struct Marks {
     conn: Connection,
     path: PathBuf,
-    replica: ReplicaLog,
-    /// What the replica log held when opened, until the engine takes it.
-    restored: Option<RestoredState>,
+}
+
+/// `astdb_cluster.replica`: the replicated state, owned by the module's thread.
+pub struct Replica {
+    log: ReplicaLog,
+    path: PathBuf,
 }
 
 /// What opening found, for the caller to log.
@@ -86,7 +99,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// The replica log beside the metadata file at `path`.
-fn replica_path(path: &Path) -> PathBuf {
+pub fn replica_path(path: &Path) -> PathBuf {
     path.with_file_name(replica::FILE_NAME)
 }
 
@@ -178,62 +191,71 @@ impl Metadata {
         }
         Ok((
             Metadata {
-                conn,
-                path: path.to_path_buf(),
-                replica: log,
-                restored: Some(restored),
+                marks: Marks {
+                    conn,
+                    path: path.to_path_buf(),
+                },
+                replica: Replica {
+                    log,
+                    path: log_path,
+                },
+                restored,
             },
             report,
         ))
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
+impl Replica {
     /// Appends what the engine changed to the replica log.
-    pub fn write_replica(&mut self, delta: &PersistDelta) -> Result<(), String> {
-        self.replica.write(delta).map_err(|e| {
+    pub fn save(&mut self, delta: &PersistDelta) -> Result<(), String> {
+        self.log.write(delta).map_err(|e| {
             format!(
                 "could not save replication state to {}: {e}",
-                self.replica_path().display()
+                self.path.display()
             )
         })
     }
 
-    /// The replication state saved before the last stop (once; later calls get none).
-    pub fn take_restored(&mut self) -> RestoredState {
-        self.restored.take().unwrap_or_default()
-    }
-
     /// Whether the replica log is due to be rewritten from the engine's state.
-    pub fn replica_wants_compaction(&self) -> bool {
-        self.replica.wants_compaction()
+    pub fn wants_compaction(&self) -> bool {
+        self.log.wants_compaction()
     }
 
     /// Rewrites the replica log as `state` (the engine's, right after its delta was
     /// written).
-    pub fn compact_replica(&mut self, state: PersistedState<'_>) -> Result<(), String> {
-        self.replica.compact(state).map_err(|e| {
+    pub fn compact(&mut self, state: PersistedState<'_>) -> Result<(), String> {
+        self.log.compact(state).map_err(|e| {
             format!(
                 "could not compact {} (it keeps growing; retried later): {e}",
-                self.replica_path().display()
+                self.path.display()
             )
         })
     }
 
     /// The replica log's file.
-    pub fn replica_path(&self) -> PathBuf {
-        replica_path(&self.path)
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Bytes in the replica log.
-    pub fn replica_bytes(&self) -> u64 {
-        self.replica.len()
+    pub fn len(&self) -> u64 {
+        self.log.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
+}
+
+impl Marks {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    #[cfg(test)]
+    fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Marks the module running (at load) or cleanly stopped (at unload); returns
@@ -361,16 +383,19 @@ mod tests {
         {
             let (meta, report) = Metadata::open(&path).unwrap();
             assert!(report.set_aside.is_none());
-            meta.save_family(&SharedFamily::from_dialplan("blacklist", Mode::Global))
+            meta.marks
+                .save_family(&SharedFamily::from_dialplan("blacklist", Mode::Global))
                 .unwrap();
-            meta.save_family(&SharedFamily::from_dialplan("registrar", Mode::Unique))
+            meta.marks
+                .save_family(&SharedFamily::from_dialplan("registrar", Mode::Unique))
                 .unwrap();
-            meta.save_family(&SharedFamily::from_dialplan("gone", Mode::Unique))
+            meta.marks
+                .save_family(&SharedFamily::from_dialplan("gone", Mode::Unique))
                 .unwrap();
-            meta.remove_family("gone").unwrap();
+            meta.marks.remove_family("gone").unwrap();
         }
         let (meta, _) = Metadata::open(&path).unwrap();
-        let (families, bad) = meta.families().unwrap();
+        let (families, bad) = meta.marks.families().unwrap();
         assert!(bad.is_empty());
         let names: Vec<(&str, Mode)> = families.iter().map(|f| (f.name.as_str(), f.mode)).collect();
         assert_eq!(
@@ -391,7 +416,7 @@ mod tests {
             std::fs::read(&aside).unwrap(),
             b"this is not a database, it is a shopping list"
         );
-        assert!(meta.families().unwrap().0.is_empty());
+        assert!(meta.marks.families().unwrap().0.is_empty());
     }
 
     #[test]
@@ -399,18 +424,18 @@ mod tests {
         let path = temp_path("running");
         let (meta, _) = Metadata::open(&path).unwrap();
         assert!(
-            !meta.mark_running(true).unwrap(),
+            !meta.marks.mark_running(true).unwrap(),
             "a new file has no earlier run"
         );
         drop(meta);
         let (meta, _) = Metadata::open(&path).unwrap();
         assert!(
-            meta.mark_running(true).unwrap(),
+            meta.marks.mark_running(true).unwrap(),
             "the first run never stopped cleanly"
         );
-        assert!(meta.mark_running(false).unwrap());
+        assert!(meta.marks.mark_running(false).unwrap());
         assert!(
-            !meta.mark_running(true).unwrap(),
+            !meta.marks.mark_running(true).unwrap(),
             "a clean stop is not a crash"
         );
     }
@@ -450,7 +475,7 @@ mod tests {
             "{:?}",
             report.replica_moved
         );
-        let state = meta.take_restored();
+        let state = std::mem::take(&mut meta.restored);
         assert_eq!(state.clock.0, 123456);
         assert_eq!(state.families.len(), 2);
         assert_eq!(state.items.len(), 2);
@@ -459,11 +484,11 @@ mod tests {
             state.applies_unconfirmed,
             vec![("registrar".into(), ItemId::unique(Eid([9; 6]), "alice"))]
         );
-        assert!(!legacy::present(meta.connection()).unwrap());
+        assert!(!legacy::present(meta.marks.connection()).unwrap());
         drop(meta);
         let (mut meta, report) = Metadata::open(&path).unwrap();
         assert!(report.replica_notes.is_empty() && report.replica_moved.is_none());
-        let mut again = meta.take_restored();
+        let mut again = std::mem::take(&mut meta.restored);
         again.items.sort_by(|a, b| a.0.cmp(&b.0));
         let mut state = state;
         state.items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -476,11 +501,13 @@ mod tests {
     fn changing_a_familys_mode_replaces_its_record() {
         let path = temp_path("mode");
         let (meta, _) = Metadata::open(&path).unwrap();
-        meta.save_family(&SharedFamily::from_dialplan("foo", Mode::Global))
+        meta.marks
+            .save_family(&SharedFamily::from_dialplan("foo", Mode::Global))
             .unwrap();
-        meta.save_family(&SharedFamily::from_dialplan("foo", Mode::Unique))
+        meta.marks
+            .save_family(&SharedFamily::from_dialplan("foo", Mode::Unique))
             .unwrap();
-        let (families, _) = meta.families().unwrap();
+        let (families, _) = meta.marks.families().unwrap();
         assert_eq!(families.len(), 1);
         assert_eq!(families[0].mode, Mode::Unique);
     }

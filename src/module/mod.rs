@@ -1,44 +1,63 @@
-//! The running module: configuration, shared families, the metadata file and
-//! the scan thread, with `load`, `unload` and `reload` as Asterisk calls them.
+//! The running module, with `load`, `unload` and `reload` as Asterisk calls them.
+//!
+//! The module's thread owns the replication loop ([`Node`]: engine, replica log, link,
+//! read schedule). CLI commands and dialplan functions see only a small shared view:
+//! the shared families ([`Runtime`]), the status the loop publishes after each turn,
+//! and the loop's inbox, where they leave commands. None of them waits on the loop's
+//! disk I/O.
+
+pub(crate) mod capture;
+pub(crate) mod cli;
+pub(crate) mod dialplan;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::asterisk::thread::{self, OwnedThread, Signal};
-use crate::asterisk::{self, config::Loaded};
-use crate::capture::{self, Inbox};
+use crate::asterisk::{self, config::Loaded, db::AsteriskDb, Capture};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
+use crate::eid::Eid;
 use crate::engine::family::{validate_family_name, Mode, Registry, SharedFamily};
-use crate::engine::{Eid, Engine, EngineConfig};
-use crate::mesh::{Mesh, MeshStatus};
-use crate::metadata::{self, Metadata};
-use crate::node::{self, Node};
+use crate::engine::{Engine, EngineConfig};
+use crate::metadata::{self, Marks, Metadata};
+use crate::node::inbox::{Command, Inbox};
+use crate::node::mesh::Mesh;
+use crate::node::{self, Level, Node, Parts, Say, Status, SystemClock, Tuning};
 use crate::{error, notice, warning};
 
 /// Asterisk's load results.
 const LOAD_SUCCESS: i32 = 0;
 const LOAD_DECLINE: i32 = 1;
+/// How often the wrapping of DB()/DB_DELETE() is checked (func_db may be reloaded).
+const HOOK_CHECK: Duration = Duration::from_secs(1);
 
-pub struct Runtime {
-    pub config: ClusterConfig,
+/// What the CLI and dialplan share with the module's thread: the configuration and the
+/// shared families. The loop never takes this lock; it hears of changes through its
+/// inbox.
+pub(crate) struct Runtime {
+    pub config: Arc<ClusterConfig>,
     pub eid: Eid,
-    pub metadata: Metadata,
+    /// `astdb_cluster.sqlite3`: families marked from the dialplan or CLI.
+    marks_file: Marks,
     /// Families marked from the dialplan or CLI, as stored.
     marks: Vec<SharedFamily>,
     /// Presets unshared at run time; the next reload shares them again.
     unshared_presets: BTreeSet<String>,
     pub registry: Registry,
-    pub node: Node,
-    /// The network as the module's thread last saw it.
-    pub mesh: MeshStatus,
-    /// Where capture and the CLI leave work for the module's thread.
+    /// Where the CLI and dialplan leave commands for the module's thread.
     pub inbox: Arc<Inbox>,
     pub loaded_at_ms: u64,
     pub config_loaded_at_ms: u64,
-    /// Counts configurations applied, so the module's thread reconciles the network
-    /// only when one was.
-    pub config_generation: u64,
+}
+
+/// What the module's thread publishes after each turn.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Published {
+    pub node: Status,
+    /// Which dialplan write paths are seen at once.
+    pub capture: Capture,
 }
 
 struct Worker {
@@ -47,27 +66,36 @@ struct Worker {
 }
 
 static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+static STATUS: Mutex<Option<Arc<Published>>> = Mutex::new(None);
 static WORKER: Mutex<Option<Worker>> = Mutex::new(None);
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The runtime, if loaded. A panic elsewhere never leaves it unusable.
-fn runtime() -> MutexGuard<'static, Option<Runtime>> {
-    RUNTIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A lock that a panic elsewhere never leaves unusable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs `f` on the loaded runtime; Err when the module is not running.
-pub fn with_runtime<T>(f: impl FnOnce(&mut Runtime) -> T) -> Result<T, String> {
-    match runtime().as_mut() {
+pub(crate) fn with_runtime<T>(f: impl FnOnce(&mut Runtime) -> T) -> Result<T, String> {
+    match lock(&RUNTIME).as_mut() {
         Some(rt) => Ok(f(rt)),
         None => Err("res_astdb_cluster is not running".into()),
     }
+}
+
+/// What the module's thread last published (empty until its first turn).
+pub(crate) fn published() -> Arc<Published> {
+    lock(&STATUS).clone().unwrap_or_default()
+}
+
+/// The metadata file beside astdb.
+fn metadata_path() -> PathBuf {
+    asterisk::astdb_dir().join(metadata::FILE_NAME)
 }
 
 /// Reads and validates astdb_cluster.conf, logging every problem.
@@ -99,7 +127,8 @@ fn read_config(only_if_changed: bool) -> Option<Option<ClusterConfig>> {
 }
 
 impl Runtime {
-    /// Rebuilds the effective set: dialplan marks, overridden by presets.
+    /// Rebuilds the effective set: dialplan marks, overridden by presets, and tells the
+    /// module's thread.
     fn rebuild_registry(&mut self) {
         let mut registry = Registry::new();
         for mark in &self.marks {
@@ -110,13 +139,17 @@ impl Runtime {
                 registry.share(preset.clone());
             }
         }
+        self.inbox.push_command(Command::Families(registry.clone()));
         self.registry = registry;
-        // The module's thread tells the engine on its next turn.
-        self.inbox.poke();
     }
 
     fn is_preset(&self, name: &str) -> bool {
         self.config.presets.iter().any(|p| p.name == name)
+    }
+
+    /// The metadata file's path, for `astdb cluster show status`.
+    pub fn metadata_path(&self) -> &std::path::Path {
+        self.marks_file.path()
     }
 
     /// Shares `name` in `mode` (DB_SHARED(put) or `database shared put`).
@@ -140,7 +173,7 @@ impl Runtime {
         if previous.is_some_and(|i| self.marks[i].mode == mode) {
             return Ok(format!("family '{name}' is already shared {mode}"));
         }
-        self.metadata.save_family(&family)?;
+        self.marks_file.save_family(&family)?;
         match previous {
             Some(i) => self.marks[i] = family,
             None => self.marks.push(family),
@@ -162,7 +195,7 @@ impl Runtime {
         if self.registry.get(name).is_none() {
             return Err(format!("family '{name}' is not shared"));
         }
-        self.metadata.remove_family(name)?;
+        self.marks_file.remove_family(name)?;
         self.marks.retain(|m| m.name != name);
         let mut message = format!("family '{name}' is no longer shared; its keys are kept");
         if self.is_preset(name) {
@@ -177,53 +210,71 @@ impl Runtime {
     }
 }
 
-fn worker_loop(stop: &Signal, inbox: &Arc<Inbox>) {
-    let mut mesh = Mesh::new();
-    let mut reconciled = None;
+/// The loop's log lines, into Asterisk's logger.
+fn say() -> Say {
+    Arc::new(|level, text| match level {
+        Level::Notice => notice!("{text}"),
+        Level::Warning => warning!("{text}"),
+        Level::Error => error!("{text}"),
+    })
+}
+
+/// The module's thread: turns of the loop, each after waiting for work or the loop's
+/// next deadline, and the status published after each.
+fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
     let mut linger = Duration::ZERO;
+    let mut sleep = Duration::ZERO;
+    let mut capture = Capture::default();
+    let mut hooked_at: Option<Instant> = None;
     while !stop.is_raised() {
         // A turn that panics is logged and the next one starts afresh.
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let config = with_runtime(|rt| {
-                (reconciled != Some(rt.config_generation))
-                    .then(|| (rt.config.clone(), rt.eid, rt.config_generation))
-            });
-            if let Ok(Some((config, eid, generation))) = config {
-                mesh.reconcile(&config, eid, inbox);
-                reconciled = Some(generation);
-            }
-            let pending = inbox.take(node::TICK, linger);
+            let hook_in =
+                hooked_at.map_or(Duration::ZERO, |t| HOOK_CHECK.saturating_sub(t.elapsed()));
+            let pending = inbox.take(sleep.min(hook_in), linger);
             if stop.is_raised() {
                 return;
             }
-            // While dialplan writes keep coming, look for more a moment after each
-            // turn rather than being woken for each (a system call on the PBX thread).
+            // While dialplan writes keep coming, look for more a moment after each turn
+            // rather than being woken for each (a system call on the PBX thread).
             linger = if pending.writes.is_empty() {
                 Duration::ZERO
             } else {
                 node::LINGER
             };
-            node::turn(pending, &mut mesh);
-            let status = mesh.status();
-            let _ = with_runtime(|rt| rt.mesh = status);
+            if hooked_at.is_none_or(|t| t.elapsed() >= HOOK_CHECK) {
+                capture = asterisk::capture_hook();
+                hooked_at = Some(Instant::now());
+            }
+            let turned = node.turn(pending);
+            sleep = turned.sleep;
+            if let Some(names) = turned.shared {
+                capture::set_shared(names);
+            }
+            let status = Published {
+                node: node.status(),
+                capture,
+            };
+            *lock(&STATUS) = Some(Arc::new(status));
         }));
         if turn.is_err() {
             error!("the replication loop hit an internal error; continuing");
+            sleep = node::MAX_SLEEP.min(Duration::from_millis(100));
         }
     }
-    mesh.shutdown();
+    node.shutdown();
 }
 
-fn start_worker(inbox: Arc<Inbox>) -> Result<(), String> {
+fn start_worker(inbox: Arc<Inbox>, node: Node) -> Result<(), String> {
     let stop = Arc::new(Signal::new());
     let signal = Arc::clone(&stop);
-    let thread = thread::spawn("astdb-cl-node", move || worker_loop(&signal, &inbox))?;
-    *WORKER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Worker { stop, thread });
+    let thread = thread::spawn("astdb-cl-node", move || worker_loop(&signal, &inbox, node))?;
+    *lock(&WORKER) = Some(Worker { stop, thread });
     Ok(())
 }
 
 fn stop_worker() {
-    let worker = WORKER.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let worker = lock(&WORKER).take();
     if let Some(worker) = worker {
         worker.stop.raise();
         if let Ok(inbox) = with_runtime(|rt| Arc::clone(&rt.inbox)) {
@@ -239,8 +290,8 @@ pub fn load() -> i32 {
         error!("res_astdb_cluster declined to load: no valid configuration");
         return LOAD_DECLINE;
     };
-    let path = asterisk::astdb_dir().join(metadata::FILE_NAME);
-    let (mut metadata, report) = match Metadata::open(&path) {
+    let path = metadata_path();
+    let (metadata, report) = match Metadata::open(&path) {
         Ok(opened) => opened,
         Err(why) => {
             error!("cannot open {}: {why}; declining to load", path.display());
@@ -254,7 +305,12 @@ pub fn load() -> i32 {
             aside.display()
         );
     }
-    let (marks, bad) = metadata
+    let Metadata {
+        marks: marks_file,
+        replica,
+        restored,
+    } = metadata;
+    let (marks, bad) = marks_file
         .families()
         .unwrap_or_else(|e| (Vec::new(), vec![e]));
     for why in bad {
@@ -266,8 +322,7 @@ pub fn load() -> i32 {
     if let Some(moved) = &report.replica_moved {
         notice!("{moved}");
     }
-    let restored = Some(metadata.take_restored());
-    let crashed = match metadata.mark_running(true) {
+    let crashed = match marks_file.mark_running(true) {
         Ok(crashed) => crashed,
         Err(why) => {
             error!("{why}; declining to load");
@@ -277,29 +332,34 @@ pub fn load() -> i32 {
     let eid = asterisk::local_eid();
     let engine = Engine::new(
         EngineConfig::new(eid, config.general.cluster_node),
-        restored,
+        Some(restored),
     );
     let inbox = Arc::new(Inbox::default());
+    let node = Node::new(
+        Parts {
+            engine,
+            db: Box::new(AsteriskDb::default()),
+            link: Box::new(Mesh::new(Arc::clone(&inbox), say())),
+            log: Box::new(replica),
+            clock: Box::new(SystemClock::default()),
+            say: say(),
+            tuning: Tuning::default(),
+        },
+        crashed,
+    );
     let now = now_ms();
+    let config = Arc::new(config);
+    inbox.push_command(Command::Config(Arc::clone(&config)));
     let mut rt = Runtime {
         config,
         eid,
-        metadata,
+        marks_file,
         marks,
         unshared_presets: BTreeSet::new(),
         registry: Registry::new(),
-        node: {
-            let mut node = Node::new(engine);
-            if crashed {
-                node.repair_after_crash();
-            }
-            node
-        },
-        mesh: MeshStatus::default(),
         inbox: Arc::clone(&inbox),
         loaded_at_ms: now,
         config_loaded_at_ms: now,
-        config_generation: 0,
     };
     rt.rebuild_registry();
     let summary = format!(
@@ -314,12 +374,12 @@ pub fn load() -> i32 {
     if rt.config.general.cluster_secret.is_none() {
         warning!("no cluster_secret in [general] of {CONFIG_FILE}: the network stays closed until one is set");
     }
-    *runtime() = Some(rt);
+    *lock(&RUNTIME) = Some(rt);
     capture::set_inbox(Some(Arc::clone(&inbox)));
-    if let Err(why) = start_worker(inbox) {
+    if let Err(why) = start_worker(inbox, node) {
         error!("{why}; declining to load");
         capture::set_inbox(None);
-        runtime().take();
+        lock(&RUNTIME).take();
         return LOAD_DECLINE;
     }
     if let Err(why) = asterisk::register_interfaces() {
@@ -334,10 +394,11 @@ pub fn load() -> i32 {
 /// Stops the module's thread, gives func_db its callbacks back and drops the state.
 fn stop_and_release() {
     stop_worker();
-    node::release_capture();
+    asterisk::capture_unhook();
     capture::set_inbox(None);
-    if let Some(rt) = runtime().take() {
-        if let Err(why) = rt.metadata.mark_running(false) {
+    lock(&STATUS).take();
+    if let Some(rt) = lock(&RUNTIME).take() {
+        if let Err(why) = rt.marks_file.mark_running(false) {
             error!("{why}");
         }
     }
@@ -360,10 +421,11 @@ pub fn reload() -> i32 {
     };
     let applied = with_runtime(|rt| {
         let before: BTreeSet<String> = rt.registry.iter().map(|f| f.name.clone()).collect();
-        rt.config = config;
+        rt.config = Arc::new(config);
         rt.unshared_presets.clear();
         rt.config_loaded_at_ms = now_ms();
-        rt.config_generation += 1;
+        rt.inbox
+            .push_command(Command::Config(Arc::clone(&rt.config)));
         rt.rebuild_registry();
         let after: BTreeSet<String> = rt.registry.iter().map(|f| f.name.clone()).collect();
         let added: Vec<&String> = after.difference(&before).collect();

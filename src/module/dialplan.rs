@@ -1,8 +1,8 @@
 //! DB_SHARED and DB_SHARED_EXISTS. Bad arguments log a warning naming the
 //! function and what was wrong, and change nothing.
 
+use super::with_runtime;
 use crate::engine::family::{validate_family_name, Mode};
-use crate::module::with_runtime;
 use crate::{notice, warning};
 
 /// What `Set(DB_SHARED(<args>)=family)` asks for.

@@ -1,21 +1,27 @@
-//! Capture of writes to AstDB. Asterisk has no change notification, so there
-//! are two ways in:
-//!
-//! - Dialplan `DB()` / `DB_DELETE()`: func_db's callbacks are wrapped (see
-//!   glue.c) and each write is reported here at once, from the PBX thread.
-//! - Every other writer (CLI, AMI, other modules, edits while unloaded): the
-//!   module's thread reads each shared family every `sync_interval` and the
-//!   engine works out what changed.
-//!
-//! The PBX thread only pushes the path into [`Inbox`] and wakes the module's
-//! thread: a mutex and a condition variable, no thread-locals (see
-//! asterisk/thread.rs for why that matters).
+//! The loop's inbox: what Asterisk threads and the transport leave for the module's
+//! thread. Dialplan writes (from the PBX threads, via capture), commands from the CLI
+//! and dialplan (share, unshare, refresh, reload) and the transport's events, each in
+//! order. A mutex and a condition variable, no thread-locals (see asterisk/thread.rs
+//! for why that matters).
 
-use std::collections::BTreeSet;
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::engine::family::leading_parts;
+use super::link::LinkEvent;
+use crate::config::ClusterConfig;
+use crate::engine::Registry;
+
+/// What the CLI, the dialplan and `module reload` ask of the loop.
+#[derive(Debug)]
+pub enum Command {
+    /// The shared families are now these (a family was shared or unshared, or a
+    /// reload changed the presets).
+    Families(Registry),
+    /// A configuration was applied (at load or by `module reload`).
+    Config(Arc<ClusterConfig>),
+    /// `database shared refresh`: read these families now and pull them from the peers.
+    Refresh(Vec<String>),
+}
 
 /// Dialplan writes waiting beyond this many are dropped, and the module falls
 /// back to reading every family (nothing is lost, only later).
@@ -56,7 +62,7 @@ pub struct Writes {
 }
 
 impl Writes {
-    fn push(&mut self, path: &str, value: Option<&str>) {
+    pub fn push(&mut self, path: &str, value: Option<&str>) {
         self.bytes
             .extend_from_slice(&(path.len() as u32).to_le_bytes());
         self.bytes.extend_from_slice(path.as_bytes());
@@ -114,16 +120,22 @@ pub struct Pending {
     pub writes: Writes,
     /// Paths were dropped: every shared family must be read again.
     pub overflowed: bool,
-    /// Something else needs the thread's attention (registry change, stop).
+    /// Something else needs the thread's attention (a stop).
     pub poked: bool,
+    /// Commands, in order.
+    pub commands: Vec<Command>,
     /// Events from the transport, in order.
-    pub events: Vec<crate::transport::Event>,
+    pub events: Vec<LinkEvent>,
 }
 
 impl Pending {
     /// Nothing for the thread to do.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.events.is_empty() && !self.overflowed && !self.poked
+        self.writes.is_empty()
+            && self.events.is_empty()
+            && self.commands.is_empty()
+            && !self.overflowed
+            && !self.poked
     }
 }
 
@@ -149,8 +161,12 @@ impl Inbox {
         });
     }
 
-    pub fn push_event(&self, event: crate::transport::Event) {
+    pub fn push_event(&self, event: LinkEvent) {
         self.push(|pending| pending.events.push(event));
+    }
+
+    pub fn push_command(&self, command: Command) {
+        self.push(|pending| pending.commands.push(command));
     }
 
     pub fn poke(&self) {
@@ -177,44 +193,6 @@ impl Inbox {
             state.waiting = false;
         }
         std::mem::take(&mut state.pending)
-    }
-}
-
-static INBOX: RwLock<Option<std::sync::Arc<Inbox>>> = RwLock::new(None);
-
-/// The families the module's thread shares, for the PBX threads to leave other writes
-/// alone (no copy, no wake-up).
-static SHARED: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
-
-/// Sets (or clears) where dialplan writes go; clearing also forgets the shared names.
-pub fn set_inbox(inbox: Option<std::sync::Arc<Inbox>>) {
-    if inbox.is_none() {
-        set_shared(BTreeSet::new());
-    }
-    *INBOX.write().unwrap_or_else(|p| p.into_inner()) = inbox;
-}
-
-/// The families now shared (the module's thread calls this when they change). A write
-/// to a family shared a moment before this is called is not lost: a newly shared
-/// family is read whole at once.
-pub fn set_shared(names: BTreeSet<String>) {
-    *SHARED.write().unwrap_or_else(|p| p.into_inner()) = names;
-}
-
-/// Whether a dialplan write to `path` ("family/key", the family possibly nested) is in
-/// a shared family, by the rule the engine and registry use (`leading_parts`).
-pub fn wanted(path: &str) -> bool {
-    let Some((family, _)) = path.trim_matches('/').rsplit_once('/') else {
-        return false;
-    };
-    let shared = SHARED.read().unwrap_or_else(|p| p.into_inner());
-    leading_parts(family).any(|(part, _)| shared.contains(part))
-}
-
-/// A dialplan write of `value` to `path` ("family/key") succeeded (None: a delete).
-pub fn dialplan_wrote(path: &str, value: Option<&str>) {
-    if let Some(inbox) = INBOX.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        inbox.push_write(path, value);
     }
 }
 
@@ -284,38 +262,12 @@ mod wake_tests {
 
     #[test]
     fn a_message_from_a_peer_wakes_the_waiting_thread_at_once() {
-        let eid = crate::engine::Eid([2, 0, 0, 0, 0, 2]);
-        let (got, waited) =
-            wait_for(move |i| i.push_event(crate::transport::Event::PeerUp { node: 2, eid }));
+        let eid = crate::eid::Eid([2, 0, 0, 0, 0, 2]);
+        let (got, waited) = wait_for(move |i| i.push_event(LinkEvent::PeerUp { node: 2, eid }));
         assert_eq!(got.events.len(), 1);
         assert!(
             waited < Duration::from_secs(4),
             "woke only at the timeout: {waited:?}"
-        );
-    }
-
-    #[test]
-    fn only_writes_in_shared_families_are_wanted() {
-        set_shared(
-            ["blacklist", "foo/sub"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-        );
-        assert!(wanted("blacklist/5551234"));
-        assert!(wanted("/blacklist/a/b"), "a key with slashes");
-        assert!(wanted("foo/sub/k") && wanted("foo/sub/deeper/k"));
-        assert!(
-            !wanted("blacklist2/5551234"),
-            "a family that only begins alike"
-        );
-        assert!(!wanted("foo/k"), "the parent of a shared family");
-        assert!(!wanted("other/k") && !wanted("blacklist"));
-        assert!(!wanted("020000000001/blacklist/k"), "another node's copies");
-        set_inbox(None);
-        assert!(
-            !wanted("blacklist/5551234"),
-            "nothing once the module stops"
         );
     }
 }

@@ -3,12 +3,13 @@
 use std::ffi::CStr;
 use std::fmt::Write as _;
 
+use super::{now_ms, published, with_runtime};
 use crate::engine::family::Mode;
-use crate::mesh::{unix_ms, PeerState};
-use crate::module::{now_ms, with_runtime};
+use crate::node::inbox::Command as LoopCommand;
+use crate::node::link::PeerState;
 
 /// One registered command.
-pub struct Command {
+pub(crate) struct Command {
     pub command: &'static CStr,
     pub summary: &'static CStr,
     pub usage: &'static CStr,
@@ -16,7 +17,7 @@ pub struct Command {
 
 /// What a handler tells Asterisk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Success = 0,
     ShowUsage = 1,
     Failure = 2,
@@ -29,7 +30,7 @@ const REFRESH: usize = 3;
 const NODES: usize = 4;
 const STATUS: usize = 5;
 
-pub static COMMANDS: [Command; 6] = [
+pub(crate) static COMMANDS: [Command; 6] = [
     Command {
         command: c"database shared put",
         summary: c"Share an AstDB family with the cluster",
@@ -53,7 +54,7 @@ pub static COMMANDS: [Command; 6] = [
     Command {
         command: c"astdb cluster show nodes",
         summary: c"Show the cluster's nodes",
-        usage: c"Usage: astdb cluster show nodes [<node>|<EID>]\n       Lists each peer: node number, address, EID, state, last seen and lag.\n",
+        usage: c"Usage: astdb cluster show nodes [<node>|<EID>]\n       Lists each peer: node number, address, EID, state, last seen, lag,\n       traffic and the protocol version in use.\n",
     },
     Command {
         command: c"astdb cluster show status",
@@ -63,7 +64,7 @@ pub static COMMANDS: [Command; 6] = [
 ];
 
 /// Collects a handler's output and writes it to the CLI in one piece.
-pub struct Output {
+pub(crate) struct Output {
     fd: i32,
     buf: String,
 }
@@ -90,7 +91,7 @@ impl Output {
 }
 
 /// Formats rows as left-aligned columns, two spaces apart, like Asterisk's tables.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -117,23 +118,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 }
 
 /// Local time as `YYYY-MM-DD HH:MM:SS`.
-pub fn local_time(unix_ms: u64) -> String {
-    let secs = (unix_ms / 1000) as libc::time_t;
-    // SAFETY: localtime_r fills the zeroed struct we own.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
-        tm
-    };
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+fn local_time(unix_ms: u64) -> String {
+    crate::asterisk::local_time(unix_ms)
+}
+
+/// A peer-status time as Unix ms.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ago(since_ms: u64) -> String {
@@ -145,7 +137,7 @@ fn ago(since_ms: u64) -> String {
     }
 }
 
-pub fn exec(idx: usize, argv: &[String], out: &mut Output) -> Outcome {
+pub(crate) fn exec(idx: usize, argv: &[String], out: &mut Output) -> Outcome {
     let words = COMMANDS
         .get(idx)
         .map_or(0, |c| c.command.to_bytes().split(|b| *b == b' ').count());
@@ -196,6 +188,7 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
             (name, n)
         })
         .collect();
+    let status = published();
     let rows = with_runtime(|rt| {
         rt.registry
             .iter()
@@ -205,11 +198,7 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
                     .iter()
                     .find(|(n, _)| *n == f.name)
                     .map_or(0, |(_, k)| *k);
-                let last = rt
-                    .node
-                    .engine
-                    .family_stats(&f.name)
-                    .and_then(|s| s.last_change_ms);
+                let last = status.node.last_change_ms.get(&f.name).copied().flatten();
                 vec![
                     f.name.clone(),
                     f.mode.to_string(),
@@ -255,10 +244,7 @@ fn refresh(filter: Option<&str>) -> Result<String, String> {
     if let (Some(name), true) = (filter, names.is_empty()) {
         return Err(format!("family '{name}' is not shared"));
     }
-    with_runtime(|rt| {
-        rt.node.refresh(&names);
-        rt.inbox.poke();
-    })?;
+    with_runtime(|rt| rt.inbox.push_command(LoopCommand::Refresh(names.clone())))?;
     Ok(format!(
         "Reading {} famil{} now and syncing {} with the peers.",
         names.len(),
@@ -268,6 +254,8 @@ fn refresh(filter: Option<&str>) -> Result<String, String> {
 }
 
 fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    let status = published();
+    let link = &status.node.link;
     let (rows, rejects) = with_runtime(|rt| {
         let rows = rt
             .config
@@ -275,7 +263,7 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
             .iter()
             .filter(|n| filter.is_none_or(|f| f == n.node.to_string() || f == n.section))
             .map(|n| {
-                let peer = rt.mesh.peers.iter().find(|p| p.node == n.node);
+                let peer = link.peers.iter().find(|p| p.node == n.node);
                 let state = match peer.map(|p| p.state) {
                     Some(PeerState::Up) => "up",
                     Some(PeerState::Connecting) => "connecting",
@@ -302,12 +290,13 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
                         || "0 / 0".into(),
                         |p| format!("{} / {}", p.frames_in, p.frames_out),
                     ),
+                    peer.and_then(|p| p.protocol)
+                        .map_or_else(|| "-".into(), |v| v.to_string()),
                 ]
             })
             .collect::<Vec<_>>();
-        let rejects: Vec<String> = rt
-            .mesh
-            .rejects
+        let rejects: Vec<String> = link
+            .refusals
             .iter()
             .filter(|(_, n)| *n > 0)
             .map(|(cause, n)| format!("{cause}: {n}"))
@@ -327,6 +316,7 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
         "Lag",
         "Bytes in/out",
         "Frames in/out",
+        "Protocol",
     ];
     for line in table(&header, &rows) {
         out.line(&line);
@@ -342,10 +332,12 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
 }
 
 fn show_status(out: &mut Output) -> Result<String, String> {
+    let status = published();
+    let (node, link) = (&status.node, &status.node.link);
     let lines = with_runtime(|rt| {
         let g = &rt.config.general;
-        let c = rt.node.engine.counters();
-        let capture = match (rt.node.capture.db_write, rt.node.capture.db_delete) {
+        let c = &node.counters;
+        let capture = match (status.capture.db_write, status.capture.db_delete) {
             (true, true) => {
                 "DB() and DB_DELETE() seen at once; other writers at each family's read"
             }
@@ -364,17 +356,12 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             + c.dropped_stale
             + c.dropped_unknown_peer
             + c.dropped_invalid;
-        let up = rt
-            .mesh
+        let up = link
             .peers
             .iter()
             .filter(|p| p.state == PeerState::Up)
             .count();
-        let network = format!(
-            "{}; {up} of {} peers up",
-            rt.mesh.state,
-            rt.config.nodes.len()
-        );
+        let network = format!("{}; {up} of {} peers up", link.state, rt.config.nodes.len());
         vec![
             ("Entity ID", rt.eid.to_string()),
             ("Cluster", g.cluster_name.clone()),
@@ -383,12 +370,12 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             ("Peers configured", rt.config.nodes.len().to_string()),
             ("Shared families", rt.registry.len().to_string()),
             ("Capture", capture.to_string()),
-            ("Dialplan writes seen", rt.node.dialplan_writes.to_string()),
+            ("Dialplan writes seen", node.dialplan_writes.to_string()),
             (
                 "Family reads",
                 format!(
                     "{} ({} more skipped: AstDB unchanged)",
-                    rt.node.family_reads, rt.node.reads_skipped
+                    node.family_reads, node.reads_skipped
                 ),
             ),
             ("Local changes", c.local_changes.to_string()),
@@ -403,16 +390,12 @@ fn show_status(out: &mut Output) -> Result<String, String> {
                 ),
             ),
             ("Tombstones", c.tombstones.to_string()),
-            ("Sends not delivered", rt.mesh.send_errors.to_string()),
-            ("Undecodable messages", rt.mesh.undecodable.to_string()),
-            ("Metadata file", rt.metadata.path().display().to_string()),
+            ("Sends not delivered", link.send_errors.to_string()),
+            ("Undecodable messages", link.undecodable.to_string()),
+            ("Metadata file", rt.metadata_path().display().to_string()),
             (
                 "Replica log",
-                format!(
-                    "{} ({} bytes)",
-                    rt.metadata.replica_path().display(),
-                    rt.metadata.replica_bytes()
-                ),
+                format!("{} ({} bytes)", node.log.0, node.log.1),
             ),
             (
                 "Loaded",
@@ -430,7 +413,7 @@ fn show_status(out: &mut Output) -> Result<String, String> {
 }
 
 /// Completion candidates for the word at `pos` (0-based over the whole line).
-pub fn complete(idx: usize, _line: &str, word: &str, pos: usize) -> Vec<String> {
+pub(crate) fn complete(idx: usize, _line: &str, word: &str, pos: usize) -> Vec<String> {
     let Some(command) = COMMANDS.get(idx) else {
         return Vec::new();
     };

@@ -1,0 +1,524 @@
+//! This node's replication loop. It owns the engine, the replica log, the link to the
+//! other nodes and AstDB's access, all by value; one thread drives it turn by turn with
+//! what the inbox holds (dialplan writes at once, every other writer through a read of
+//! each family at its `sync_interval`, commands, the link's events). After a turn it
+//! publishes a [`Status`] for the CLI. Nothing here calls Asterisk: the module gives it
+//! its AstDB, link, log and clock, and the simulator gives it in-memory ones.
+//!
+//! Each group of engine calls ends in a flush: the engine's [`Batch`] is saved to the
+//! replica log, then its outputs run in order (AstDB writes, sends, log lines).
+
+pub mod db;
+pub mod inbox;
+pub mod link;
+pub mod mesh;
+pub mod persist;
+mod reads;
+mod repair;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::ClusterConfig;
+use crate::engine::{Batch, Contents, Counters, DbOp, Engine, Output, Registry, SharedFamily};
+use db::AstDb;
+use inbox::{Command, Pending};
+use link::{Link, LinkEvent, LinkStatus};
+use persist::StateLog;
+use reads::Reads;
+
+/// After a turn with dialplan writes, how long the thread looks for more before it asks
+/// to be woken (bounds the delay this adds to a write that arrives meanwhile).
+pub const LINGER: Duration = Duration::from_micros(200);
+/// The longest the thread sleeps between turns, whatever the deadlines say.
+pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// The largest output buffer kept from one turn to the next.
+const KEEP_OUTPUTS: usize = 65_536;
+/// Distinct warnings remembered before the set starts afresh.
+const MAX_WARNED: usize = 10_000;
+
+/// Log levels of the lines the loop writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Notice,
+    Warning,
+    Error,
+}
+
+/// Where the loop's log lines go (Asterisk's logger in the module).
+pub type Say = Arc<dyn Fn(Level, &str) + Send + Sync>;
+
+/// The loop's clocks: the wall clock the engine versions with, and a monotonic one in
+/// µs for the read schedule.
+pub trait Clock: Send {
+    fn wall_ms(&self) -> u64;
+    fn mono_us(&self) -> u64;
+}
+
+/// The system's clocks.
+pub struct SystemClock {
+    base: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            base: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn wall_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn mono_us(&self) -> u64 {
+        self.base.elapsed().as_micros() as u64
+    }
+}
+
+/// Sizes the loop works with; the simulator makes them small.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Outputs gathered before they are saved and executed within a turn. A turn may
+    /// find a whole catch-up waiting (a million changes): taken in slices, AstDB starts
+    /// receiving at once and the buffers stay small enough to be reused instead of being
+    /// mapped afresh, page by page, for each turn. Large reads go to the engine in
+    /// slices of this many rows.
+    pub flush_outputs: usize,
+    /// A family whose read takes this long (µs) is not read again while AstDB has
+    /// committed nothing; cheaper ones keep their exact interval.
+    pub costly_read_us: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            flush_outputs: 16_384,
+            costly_read_us: 5_000,
+        }
+    }
+}
+
+/// What the loop is given to work with.
+pub struct Parts {
+    pub engine: Engine,
+    pub db: Box<dyn AstDb>,
+    pub link: Box<dyn Link>,
+    pub log: Box<dyn StateLog>,
+    pub clock: Box<dyn Clock>,
+    pub say: Say,
+    pub tuning: Tuning,
+}
+
+/// What the CLI shows of the loop, published after each turn.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub counters: Counters,
+    pub dialplan_writes: u64,
+    pub family_reads: u64,
+    pub reads_skipped: u64,
+    /// Per shared family, when the engine last saw a change (Unix ms).
+    pub last_change_ms: BTreeMap<String, Option<u64>>,
+    pub link: LinkStatus,
+    /// The replica log's path and size.
+    pub log: (String, u64),
+}
+
+/// What a turn tells the thread that drives it.
+pub struct Turned {
+    /// How long the thread may sleep before the next turn if nothing arrives.
+    pub sleep: Duration,
+    /// The families now shared, when they changed (the PBX threads' filter).
+    pub shared: Option<BTreeSet<String>>,
+}
+
+/// The loop's state between turns.
+pub struct Node {
+    engine: Engine,
+    db: Box<dyn AstDb>,
+    link: Box<dyn Link>,
+    log: Box<dyn StateLog>,
+    clock: Box<dyn Clock>,
+    say: Say,
+    tuning: Tuning,
+    /// The shared families as last given, and as the engine was last told.
+    registry: Registry,
+    told: BTreeMap<String, SharedFamily>,
+    reads: Reads,
+    /// The previous run crashed: AstDB may have lost its last second of writes, so
+    /// before a family's first read AstDB is brought back to the saved replication
+    /// state. Holds the families repaired so far.
+    repaired: Option<BTreeSet<String>>,
+    /// Warnings already logged: the engine repeats one at every read of a family that
+    /// holds, say, a key it cannot share; the log says it once.
+    warned: HashSet<String>,
+    /// A batch whose save failed: it goes first, before any newer one (which confirms
+    /// its applies, so it must not reach the disk ahead of them).
+    unsaved: Option<Batch>,
+    dialplan_writes: u64,
+}
+
+/// Splits a DB() argument "family/key" into the AstDB family and key, at the last '/',
+/// so a nested shared family (`foo/sub`) is found by the engine.
+fn split_path(path: &str) -> Option<(&str, &str)> {
+    let path = path.trim_matches('/');
+    path.rsplit_once('/')
+        .filter(|(f, k)| !f.is_empty() && !k.is_empty())
+}
+
+impl Node {
+    /// The loop over `parts`; `crashed`: the previous run ended without unloading.
+    pub fn new(parts: Parts, crashed: bool) -> Node {
+        Node {
+            engine: parts.engine,
+            db: parts.db,
+            link: parts.link,
+            log: parts.log,
+            clock: parts.clock,
+            say: parts.say,
+            tuning: parts.tuning,
+            registry: Registry::new(),
+            told: BTreeMap::new(),
+            reads: Reads::default(),
+            repaired: crashed.then(BTreeSet::new),
+            warned: HashSet::new(),
+            unsaved: None,
+            dialplan_writes: 0,
+        }
+    }
+
+    /// The engine, for inspection (the simulator's checks).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops the link; the log and AstDB need nothing more (every batch was saved).
+    pub fn shutdown(mut self) {
+        self.link.shutdown();
+    }
+
+    /// One turn: the commands, the link's events, dialplan writes and the clock, then
+    /// the families due for a read.
+    pub fn turn(&mut self, pending: Pending) -> Turned {
+        let now = self.clock.wall_ms();
+        let at = self.clock.mono_us();
+        for command in pending.commands {
+            self.command(command, at);
+        }
+
+        // What the peers said, in order.
+        for event in pending.events {
+            match event {
+                LinkEvent::PeerUp { node, eid } => self.engine.peer_up(eid, node, now),
+                LinkEvent::PeerDown { eid } => self.engine.peer_down(eid),
+                LinkEvent::Received { from, msg } => self.engine.receive(from, msg, now),
+            }
+            if self.engine.queued_outputs() >= self.tuning.flush_outputs {
+                self.flush();
+            }
+        }
+
+        // Registry changes, dialplan writes and the clock.
+        let shared = self.sync_families(now, at);
+        // The wrapper hands over the value it wrote, so AstDB (and its lock, which the
+        // dialplan needs too) is not touched again. Should two channels race on one
+        // key, the family's next read settles it.
+        for (path, value) in pending.writes.iter() {
+            let Some((family, key)) = split_path(path) else {
+                continue;
+            };
+            self.dialplan_writes += 1;
+            self.touch(family);
+            self.engine.local_change(family, key, value, now);
+            if self.engine.queued_outputs() >= self.tuning.flush_outputs {
+                self.flush();
+            }
+        }
+        self.engine.tick(now);
+        self.flush();
+
+        // Then the families due for a read, one at a time: each read follows the
+        // execution of everything the engine returned before it.
+        if pending.overflowed {
+            // Dialplan writes were dropped from the inbox: every family is read.
+            self.reads.distrust_stamps();
+        }
+        let due = self.reads.due(&self.told, at, pending.overflowed);
+        if !due.is_empty() {
+            let stamp = self.db.committed_stamp();
+            for name in due {
+                self.read_family(&name, stamp);
+            }
+        }
+        Turned {
+            sleep: self.sleep(),
+            shared,
+        }
+    }
+
+    fn command(&mut self, command: Command, at: u64) {
+        match command {
+            Command::Families(registry) => self.registry = registry,
+            Command::Config(cfg) => self.configure(&cfg),
+            Command::Refresh(names) => {
+                for name in names {
+                    self.reads.now(&name, at);
+                    // Telling the engine again makes it pull the family from its peers.
+                    self.told.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn configure(&mut self, cfg: &ClusterConfig) {
+        let eid = self.engine.config().local;
+        self.link.configure(cfg, eid);
+    }
+
+    /// How long the thread may sleep: until the engine's next deadline or the next
+    /// read, at most [`MAX_SLEEP`].
+    fn sleep(&self) -> Duration {
+        let now = self.clock.wall_ms();
+        let at = self.clock.mono_us();
+        let engine = self
+            .engine
+            .next_deadline()
+            .map(|t| Duration::from_millis(t.saturating_sub(now)));
+        let read = self
+            .reads
+            .next_due(&self.told)
+            .map(|t| Duration::from_micros(t.saturating_sub(at)));
+        [engine, read]
+            .into_iter()
+            .flatten()
+            .fold(MAX_SLEEP, Duration::min)
+    }
+
+    /// Tells the engine about families shared or unshared since the last turn; the
+    /// shared names when they changed.
+    fn sync_families(&mut self, now: u64, at: u64) -> Option<BTreeSet<String>> {
+        let gone: Vec<String> = self
+            .told
+            .keys()
+            .filter(|n| self.registry.get(n).is_none())
+            .cloned()
+            .collect();
+        let mut changed = !gone.is_empty();
+        for name in gone {
+            self.engine.unshare(&name);
+            self.told.remove(&name);
+            self.reads.drop_family(&name);
+        }
+        let fresh: Vec<SharedFamily> = self
+            .registry
+            .iter()
+            .filter(|f| self.told.get(&f.name) != Some(f))
+            .cloned()
+            .collect();
+        for family in fresh {
+            // A newly shared family is read at once, and handed over whole.
+            self.reads.now(&family.name, at);
+            self.told.insert(family.name.clone(), family.clone());
+            self.engine.share(family, now);
+            changed = true;
+        }
+        changed.then(|| self.told.keys().cloned().collect())
+    }
+
+    /// Notes that the shared family covering AstDB family `family` changed since its
+    /// last read (its next read is then handed to the engine whatever its hash).
+    fn touch(&mut self, family: &str) {
+        if let Some(shared) = self.registry.covering(family) {
+            self.reads.touch(&shared.name);
+        }
+    }
+
+    /// Saves the engine's batch, then executes its outputs in order.
+    fn flush(&mut self) {
+        if let Some(batch) = self.unsaved.take() {
+            if let Err(why) = self.log.save(&batch.save) {
+                (self.say)(
+                    Level::Error,
+                    &format!("{why}; changes wait until it can be saved"),
+                );
+                self.unsaved = Some(batch);
+                return;
+            }
+            self.execute(batch.outputs);
+        }
+        let batch = self.engine.take_batch();
+        if !batch.save.is_empty() {
+            if let Err(why) = self.log.save(&batch.save) {
+                // Outputs whose state is not saved could move a version backwards after
+                // a crash: they wait with their state.
+                (self.say)(
+                    Level::Error,
+                    &format!("{why}; changes wait until it can be saved"),
+                );
+                self.unsaved = Some(batch);
+                return;
+            }
+            // Here the engine holds exactly what the log adds up to.
+            if self.log.wants_compaction() {
+                if let Err(why) = self.log.compact(self.engine.persisted_state()) {
+                    (self.say)(Level::Warning, &why);
+                }
+            }
+        }
+        self.execute(batch.outputs);
+    }
+
+    /// Executes the outputs of a saved batch, in order.
+    fn execute(&mut self, mut outputs: Vec<Output>) {
+        // The AstDB families applied to (a batch usually holds one).
+        let mut applied: Vec<&str> = Vec::new();
+        for o in &outputs {
+            if let Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) = o {
+                if !applied.contains(&&**family) {
+                    applied.push(family);
+                }
+            }
+        }
+        for family in applied {
+            if let Some(shared) = self.registry.covering(family) {
+                self.reads.touch(&shared.name);
+            }
+        }
+        for output in outputs.drain(..) {
+            match output {
+                Output::Apply(DbOp::Put { family, key, value }) => {
+                    if let Err(why) = self.db.put(&family, &key, &value) {
+                        (self.say)(Level::Error, &why);
+                    }
+                }
+                Output::Apply(DbOp::Delete { family, key }) => {
+                    self.db.del(&family, &key);
+                }
+                Output::Send { to, msg } => self.link.send(to, &msg),
+                Output::Warn(warning) => {
+                    let text = warning.to_string();
+                    if self.first_time(&text) {
+                        (self.say)(Level::Warning, &text);
+                    }
+                }
+            }
+        }
+        // The emptied buffer serves the next batch: a fresh one of a catch-up's size
+        // would be mapped and faulted in page by page each time.
+        if outputs.capacity() <= KEEP_OUTPUTS {
+            self.engine.recycle(outputs);
+        }
+    }
+
+    /// Whether `text` is new (and so worth logging).
+    fn first_time(&mut self, text: &str) -> bool {
+        if self.warned.contains(text) {
+            return false;
+        }
+        if self.warned.len() >= MAX_WARNED {
+            self.warned.clear();
+        }
+        self.warned.insert(text.to_string())
+    }
+
+    /// Reads family `name` from AstDB and hands it to the engine if it may hold
+    /// something new. `stamp`: AstDB's commit stamp taken before this turn's reads.
+    fn read_family(&mut self, name: &str, stamp: Option<(u32, u64)>) {
+        if let Some(repaired) = &mut self.repaired {
+            if repaired.insert(name.to_string()) {
+                repair::repair_family(name, &self.engine, self.db.as_mut(), &self.say);
+            }
+        }
+        // Nothing to read while AstDB has committed nothing since a read found nothing.
+        if self.reads.unchanged_since(name, stamp) {
+            return;
+        }
+        let owner = self.engine.own_owner(name);
+        let began = self.clock.mono_us();
+        let rows = self.db.read(name);
+        let mut read = Contents::default();
+        rows.each(&mut |key, value| read.add(owner, key, value));
+        let took = self.clock.mono_us().saturating_sub(began);
+        let holds = self.engine.holds_contents(name, read);
+        if !self.reads.is_new(name, read, holds) {
+            drop(rows);
+            if took >= self.tuning.costly_read_us {
+                self.reads.found_nothing(name, stamp);
+            }
+            self.flush();
+            return;
+        }
+        let rows = {
+            let read = rows;
+            read.to_vec()
+        };
+        let before = self.engine.counters().local_changes;
+        // A large read goes to the engine a slice at a time first, each slice's changes
+        // saved and sent before the next is compared (a bulk import then starts reaching
+        // the peers at once); the whole read follows, for the keys that are gone, unless
+        // the engine then holds exactly what was read.
+        let slice = self.tuning.flush_outputs.max(1);
+        let sliced = rows.len() > slice;
+        if sliced {
+            for part in rows.chunks(slice) {
+                let now = self.clock.wall_ms();
+                self.engine.local_rows(name, part, now);
+                self.flush();
+            }
+        }
+        if !(sliced && self.engine.holds_contents(name, read)) {
+            let now = self.clock.wall_ms();
+            self.engine.local_snapshot(name, rows, now);
+        }
+        if self.engine.counters().local_changes > before {
+            let at = self.clock.mono_us();
+            self.reads.follow_up(name, at, took);
+        }
+        self.flush();
+    }
+
+    /// What the CLI shows of the loop now.
+    pub fn status(&self) -> Status {
+        Status {
+            counters: self.engine.counters().clone(),
+            dialplan_writes: self.dialplan_writes,
+            family_reads: self.reads.done,
+            reads_skipped: self.reads.skipped,
+            last_change_ms: self
+                .told
+                .keys()
+                .map(|name| {
+                    let last = self
+                        .engine
+                        .family_stats(name)
+                        .and_then(|s| s.last_change_ms);
+                    (name.clone(), last)
+                })
+                .collect(),
+            link: self.link.status(),
+            log: self.log.describe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_path;
+
+    #[test]
+    fn dialplan_paths_split_at_the_last_slash() {
+        assert_eq!(
+            split_path("blacklist/5551234"),
+            Some(("blacklist", "5551234"))
+        );
+        assert_eq!(split_path("foo/sub/key"), Some(("foo/sub", "key")));
+        assert_eq!(split_path("/foo/key/"), Some(("foo", "key")));
+        assert_eq!(split_path("nokey"), None);
+        assert_eq!(split_path("/key"), None);
+    }
+}

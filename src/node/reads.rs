@@ -1,0 +1,135 @@
+//! When each shared family is read, and which reads can be skipped.
+//!
+//! Every writer but the dialplan is found by reading the family at its
+//! `sync_interval`. Two things keep that cheap: a read is handed to the engine only when
+//! it may hold something new (its contents summary differs from what the engine holds,
+//! and from the previous read unless an apply or captured write touched the family
+//! since); and a family whose read is costly is not read again while AstDB has committed
+//! nothing (its commit stamp is unchanged), since every write made meanwhile is at most
+//! about a second from its commit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::engine::{Contents, SharedFamily};
+
+/// The soonest a family whose last read found local changes is read again (µs).
+const FOLLOW_UP_US: u64 = 100_000;
+
+/// Per family, the read schedule and what earlier reads found. Times are the loop's
+/// monotonic clock in µs.
+#[derive(Default)]
+pub(crate) struct Reads {
+    next: HashMap<String, u64>,
+    /// A summary of the contents last read.
+    hash: HashMap<String, Contents>,
+    /// AstDB's commit stamp taken just before a costly read that found nothing new.
+    stamp: HashMap<String, (u32, u64)>,
+    /// Families whose AstDB contents changed through an apply or a captured write since
+    /// their last read.
+    touched: HashSet<String>,
+    pub done: u64,
+    pub skipped: u64,
+}
+
+impl Reads {
+    /// Forgets what earlier reads of `name` found, so that its next read is done and
+    /// handed to the engine whole.
+    pub fn forget(&mut self, name: &str) {
+        self.hash.remove(name);
+        self.stamp.remove(name);
+    }
+
+    /// `name` is no longer shared.
+    pub fn drop_family(&mut self, name: &str) {
+        self.next.remove(name);
+        self.touched.remove(name);
+        self.forget(name);
+    }
+
+    /// Reads `name` at the next turn, whole.
+    pub fn now(&mut self, name: &str, at: u64) {
+        self.next.insert(name.to_string(), at);
+        self.forget(name);
+    }
+
+    /// Notes that shared family `name` changed in AstDB other than by a read.
+    pub fn touch(&mut self, name: &str) {
+        if !self.touched.contains(name) {
+            self.touched.insert(name.to_string());
+        }
+    }
+
+    /// Dialplan writes were lost from the inbox: every family is read, whatever its stamp.
+    pub fn distrust_stamps(&mut self) {
+        self.stamp.clear();
+    }
+
+    /// The families whose read is due (all of them with `everything`), each then
+    /// scheduled one interval on.
+    pub fn due(
+        &mut self,
+        told: &BTreeMap<String, SharedFamily>,
+        at: u64,
+        everything: bool,
+    ) -> Vec<String> {
+        let mut due = Vec::new();
+        for (name, family) in told {
+            let next = self.next.entry(name.clone()).or_insert(at);
+            if everything || *next <= at {
+                *next = at + family.sync_interval_ms.saturating_mul(1000);
+                due.push(name.clone());
+            }
+        }
+        due
+    }
+
+    /// When the next read is due.
+    pub fn next_due(&self, told: &BTreeMap<String, SharedFamily>) -> Option<u64> {
+        told.keys()
+            .map(|name| self.next.get(name).copied().unwrap_or(0))
+            .min()
+    }
+
+    /// Whether a read of `name` can be skipped: AstDB has committed nothing since a
+    /// costly read that found nothing new.
+    pub fn unchanged_since(&mut self, name: &str, stamp: Option<(u32, u64)>) -> bool {
+        let same = stamp.is_some() && self.stamp.get(name) == stamp.as_ref();
+        if same {
+            self.skipped += 1;
+        }
+        same
+    }
+
+    /// Records a read of `name` that found `read`; whether it may hold something new
+    /// (`engine_holds`: the engine already holds exactly these contents).
+    pub fn is_new(&mut self, name: &str, read: Contents, engine_holds: bool) -> bool {
+        self.done += 1;
+        let touched = self.touched.remove(name);
+        let known = engine_holds || (!touched && self.hash.get(name) == Some(&read));
+        self.hash.insert(name.to_string(), read);
+        !known
+    }
+
+    /// A costly read of `name` found nothing new: skip the next ones while `stamp` holds.
+    pub fn found_nothing(&mut self, name: &str, stamp: Option<(u32, u64)>) {
+        if let Some(stamp) = stamp {
+            self.stamp.insert(name.to_string(), stamp);
+        }
+    }
+
+    /// A read of `name` (which took `took` µs) found local changes: some writer other
+    /// than the dialplan is busy with it (a script loading numbers through AMI, say).
+    /// It is read again soon rather than a whole interval later, so the rest of its
+    /// burst follows quickly; the wait is at least twice the read, so that reading never
+    /// takes more than a third of the thread. Once a read finds nothing new the family
+    /// is back to its interval.
+    pub fn follow_up(&mut self, name: &str, at: u64, took: u64) {
+        self.stamp.remove(name);
+        let soon = at + FOLLOW_UP_US.max(took * 2);
+        if let Some(next) = self.next.get_mut(name) {
+            if soon < *next {
+                *next = soon;
+            }
+        }
+    }
+}
