@@ -1,37 +1,47 @@
 //! Crash repair. AstDB commits about once a second, the replica log every batch: after a
 //! `kill -9` AstDB can have lost writes the cluster already has. Before a family's first
 //! read after an unclean stop, AstDB is brought back to the saved replication state, so
-//! the loss is not taken for local deletes and spread.
+//! the loss is not taken for local deletes and spread, and copies the engine counts as
+//! applied are really there.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::db::AstDb;
 use super::{Level, Say};
-use crate::engine::Engine;
+use crate::engine::{Engine, Entry, ItemId};
 
-/// Puts back this node's own keys of `family` (all keys of a global family) whose last
-/// write or delete AstDB lost.
+/// Puts back the keys of `family` whose last write or delete AstDB lost: this node's
+/// own (all keys of a global family), and the copies of other servers' keys of a unique
+/// family under `/<EID>/family`, which the engine counts as applied once the batch after
+/// theirs was saved, whether or not AstDB had committed them.
 pub(super) fn repair_family(family: &str, engine: &Engine, db: &mut dyn AstDb, say: &Say) {
     let me = engine.config().local;
-    let current: HashMap<String, String> = db.read(family).to_vec().into_iter().collect();
-    let (mut restored, mut removed) = (0usize, 0usize);
+    let mut by_place: BTreeMap<String, Vec<(ItemId, Entry)>> = BTreeMap::new();
     for (id, entry) in engine.items(family) {
-        if id.owner.is_some_and(|owner| owner != me) {
-            continue; // other servers' copies live elsewhere; the engine re-applies those
-        }
-        match (&entry.value, current.get(&*id.key)) {
-            (Some(value), Some(now)) if now.as_str() == &**value => {}
-            (Some(value), _) => {
-                if db.put(family, &id.key, value).is_ok() {
-                    restored += 1;
+        let place = match id.owner {
+            Some(owner) if owner != me => format!("{owner}/{family}"),
+            _ => family.to_string(),
+        };
+        by_place.entry(place).or_default().push((id, entry));
+    }
+    let (mut restored, mut removed) = (0usize, 0usize);
+    for (place, items) in by_place {
+        let current: HashMap<String, String> = db.read(&place).to_vec().into_iter().collect();
+        for (id, entry) in items {
+            match (&entry.value, current.get(&*id.key)) {
+                (Some(value), Some(now)) if now.as_str() == &**value => {}
+                (Some(value), _) => {
+                    if db.put(&place, &id.key, value).is_ok() {
+                        restored += 1;
+                    }
                 }
-            }
-            (None, Some(_)) => {
-                if db.del(family, &id.key) {
-                    removed += 1;
+                (None, Some(_)) => {
+                    if db.del(&place, &id.key) {
+                        removed += 1;
+                    }
                 }
+                (None, None) => {}
             }
-            (None, None) => {}
         }
     }
     if restored + removed > 0 {
