@@ -338,39 +338,45 @@ impl Node {
         }
     }
 
-    /// Saves the engine's batch, then executes its outputs in order.
+    /// Saves the engine's batch, then executes its outputs in order. A batch whose save
+    /// failed earlier goes first: the newer one confirms its applies, so it must not
+    /// reach the disk ahead of them.
     fn flush(&mut self) {
         if let Some(batch) = self.unsaved.take() {
-            if let Err(why) = self.log.save(&batch.save) {
-                (self.say)(
-                    Level::Error,
-                    &format!("{why}; changes wait until it can be saved"),
-                );
-                self.unsaved = Some(batch);
+            let Some(outputs) = self.save(batch) else {
                 return;
-            }
-            self.execute(batch.outputs);
+            };
+            self.execute(outputs);
         }
         let batch = self.engine.take_batch();
+        let saved = !batch.save.is_empty();
+        let Some(outputs) = self.save(batch) else {
+            return;
+        };
+        // Here the engine holds exactly what the log adds up to.
+        if saved && self.log.wants_compaction() {
+            if let Err(why) = self.log.compact(self.engine.persisted_state()) {
+                (self.say)(Level::Warning, &why);
+            }
+        }
+        self.execute(outputs);
+    }
+
+    /// Saves `batch`'s state; its outputs, or None when the save failed: outputs whose
+    /// state is not saved could move a version backwards after a crash, so they wait
+    /// with it for the next flush.
+    fn save(&mut self, batch: Batch) -> Option<Vec<Output>> {
         if !batch.save.is_empty() {
             if let Err(why) = self.log.save(&batch.save) {
-                // Outputs whose state is not saved could move a version backwards after
-                // a crash: they wait with their state.
                 (self.say)(
                     Level::Error,
                     &format!("{why}; changes wait until it can be saved"),
                 );
                 self.unsaved = Some(batch);
-                return;
-            }
-            // Here the engine holds exactly what the log adds up to.
-            if self.log.wants_compaction() {
-                if let Err(why) = self.log.compact(self.engine.persisted_state()) {
-                    (self.say)(Level::Warning, &why);
-                }
+                return None;
             }
         }
-        self.execute(batch.outputs);
+        Some(batch.outputs)
     }
 
     /// Executes the outputs of a saved batch, in order.
