@@ -17,6 +17,8 @@ use crate::eid::Eid;
 const LEAF_ITEMS: usize = 16;
 
 impl Engine {
+    /// The sync of `family` is due: each up peer of `eligible` is sent the digest root
+    /// and the tombstones it has not acknowledged; the next sync is an interval later.
     pub(super) fn start_sync(
         &mut self,
         family: &str,
@@ -44,6 +46,7 @@ impl Engine {
         }
     }
 
+    /// Sends `peer` the root of this node's digest tree of `family`.
     pub(super) fn sync_with(
         &mut self,
         out: &mut Vec<Output>,
@@ -58,6 +61,8 @@ impl Engine {
         self.send(out, peer, now_ms, family, Body::Digest(vec![root]));
     }
 
+    /// Digest-tree nodes from `from`: each that differs here is answered with its
+    /// children, or with a summary of its items when it is small.
     pub(super) fn on_digest(
         &mut self,
         from: Eid,
@@ -97,6 +102,9 @@ impl Engine {
         self.send_batched(out, from, now_ms, family, ranges);
     }
 
+    /// The items `from` holds under some digest-tree nodes: what it lacks or holds older
+    /// is pushed (queued if large), what this node lacks is pulled (tombstones are taken
+    /// from the summary itself), equal tombstones count as acknowledged.
     pub(super) fn on_summary(
         &mut self,
         from: Eid,
@@ -211,6 +219,7 @@ impl Engine {
         self.send_batched(out, from, now_ms, family, pull);
     }
 
+    /// `from` asks for these items: sent as a push.
     pub(super) fn on_pull(
         &mut self,
         from: Eid,

@@ -328,7 +328,8 @@ impl Engine {
             .sum();
     }
 
-    /// Flushes batches, starts digest syncs that are due, and collects tombstones.
+    /// Flushes the outbox, sends the next slice of a queued push, starts the digest syncs
+    /// that are due and collects the tombstones that are (see [`Engine::next_deadline`]).
     pub fn tick(&mut self, now_ms: u64) {
         self.queue(|e, out| e.on_tick(now_ms, out));
     }
@@ -401,18 +402,15 @@ impl Engine {
         }
         let grace = self.cfg.collect_grace_ms();
         let max_age = self.cfg.tombstone_max_age_ms;
-        let mut next: Option<u64> = None;
-        for (name, fs) in &self.families {
-            if fs.shared.is_none() {
-                continue;
-            }
-            let eligible = self.eligible(name);
-            let tombstones = fs.tombstones.next_deadline(&eligible, grace, max_age);
-            for at in [Some(fs.next_sync_ms), tombstones].into_iter().flatten() {
-                next = Some(next.map_or(at, |n| n.min(at)));
-            }
-        }
-        next
+        self.families
+            .iter()
+            .filter(|(_, fs)| fs.shared.is_some())
+            .map(|(name, fs)| {
+                let eligible = self.eligible(name);
+                let tombstones = fs.tombstones.next_deadline(&eligible, grace, max_age);
+                tombstones.map_or(fs.next_sync_ms, |at| at.min(fs.next_sync_ms))
+            })
+            .min()
     }
 
     /// Runs `f` with the queue of outputs to add to.

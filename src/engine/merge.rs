@@ -25,6 +25,9 @@ impl Engine {
         self.queue(|e, out| e.on_message(from, msg, now_ms, out));
     }
 
+    /// [`Engine::receive`]: a message from an unknown peer, stamped too far ahead or
+    /// sent too long ago, for a family not shared here or in the other mode, or from a
+    /// peer outside the family's policy is dropped and counted.
     fn on_message(&mut self, from: Eid, msg: Message, now_ms: u64, out: &mut Vec<Output>) {
         let Some(peer_node) = self.peers.get(&from).map(|p| p.node) else {
             self.counters.dropped_unknown_peer += 1;
@@ -80,6 +83,8 @@ impl Engine {
         valid_in(mode, item)
     }
 
+    /// Changes from `from`, merged one by one: received tombstones are acknowledged, and
+    /// stale copies of keys whose tombstones were collected here are retired.
     fn on_changes(
         &mut self,
         from: Eid,

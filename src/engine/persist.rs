@@ -1,7 +1,8 @@
 //! What the engine needs written to disk, and what it is given back at start.
 //!
-//! The engine does no I/O: it hands out a [`PersistDelta`] and is given a
-//! [`RestoredState`]. `metadata::replica` stores them in SQLite.
+//! The engine does no I/O: it hands out a [`PersistDelta`] (the `save` of each `Batch`)
+//! and is given a [`RestoredState`]. `metadata::replica` appends the deltas to the
+//! replica log and folds them back.
 
 use std::sync::Arc;
 
