@@ -1,7 +1,7 @@
 //! Tombstones: who acknowledged each, resending them to peers that did not, and
 //! collecting them once every peer did (or they grew too old).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::engine::{Engine, AT_ONCE};
 use super::item::{Entry, ItemId};
@@ -33,11 +33,11 @@ impl TombstoneAcks {
 /// The tombstones of one family.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Tombstones {
-    held: HashMap<ItemId, TombstoneAcks>,
+    held: BTreeMap<ItemId, TombstoneAcks>,
     /// Recently collected tombstones, and until when they are remembered, so that a peer
     /// still resending one is answered with an acknowledgement instead of the tombstone
     /// being stored again.
-    collected: HashMap<ItemId, (Version, u64)>,
+    collected: BTreeMap<ItemId, (Version, u64)>,
 }
 
 impl Tombstones {
