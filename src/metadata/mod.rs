@@ -54,7 +54,22 @@ pub struct OpenReport {
     pub replica_moved: Option<String>,
 }
 
-fn open_checked(path: &Path) -> Result<Connection, String> {
+/// Why the metadata file could not be used.
+enum Unusable {
+    /// Damaged: set aside and started afresh.
+    Damaged(String),
+    /// Written by a newer build: left as it is (a downgrade must not lose it).
+    Newer(String),
+}
+
+fn open_checked(path: &Path) -> Result<Connection, Unusable> {
+    open_with_schema(path)
+        .map_err(Unusable::Damaged)?
+        .map_err(Unusable::Newer)
+}
+
+/// The connection, or (inside) why a newer build's file is not ours to change.
+fn open_with_schema(path: &Path) -> Result<Result<Connection, String>, String> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -72,9 +87,9 @@ fn open_checked(path: &Path) -> Result<Connection, String> {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
     if version > SCHEMA_VERSION {
-        return Err(format!("written by a newer res_astdb_cluster (schema {version}, this one knows {SCHEMA_VERSION})"));
+        return Ok(Err(format!("it was written by a newer res_astdb_cluster (schema {version}; this build knows {SCHEMA_VERSION}) and is left untouched")));
     }
-    Ok(conn)
+    Ok(Ok(conn))
 }
 
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
@@ -111,14 +126,18 @@ fn now_ms() -> i64 {
 
 impl Metadata {
     /// Opens (or creates) the file. A damaged file is renamed aside with a time
-    /// suffix and a fresh one is made; the report says so.
+    /// suffix and a fresh one is made; the report says so. A file of a newer build is
+    /// refused and left as it is.
     pub fn open(path: &Path) -> Result<(Metadata, OpenReport), String> {
         let mut report = OpenReport::default();
-        let conn = match open_checked(path)
-            .and_then(|c| create_schema(&c).map(|_| c).map_err(|e| e.to_string()))
-        {
+        let conn = match open_checked(path).and_then(|c| {
+            create_schema(&c)
+                .map(|_| c)
+                .map_err(|e| Unusable::Damaged(e.to_string()))
+        }) {
             Ok(conn) => conn,
-            Err(why) => {
+            Err(Unusable::Newer(why)) => return Err(why),
+            Err(Unusable::Damaged(why)) => {
                 let aside =
                     PathBuf::from(format!("{}.damaged-{}", path.display(), now_ms() / 1000));
                 std::fs::rename(path, &aside).map_err(|e| {
@@ -132,7 +151,9 @@ impl Metadata {
                     let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
                 }
                 report.set_aside = Some((aside, why));
-                let conn = open_checked(path)?;
+                let conn = open_checked(path).map_err(|e| match e {
+                    Unusable::Damaged(why) | Unusable::Newer(why) => why,
+                })?;
                 create_schema(&conn).map_err(|e| e.to_string())?;
                 conn
             }
@@ -417,6 +438,36 @@ mod tests {
             b"this is not a database, it is a shopping list"
         );
         assert!(meta.marks.families().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn a_file_of_a_newer_build_is_refused_and_left_untouched() {
+        let path = temp_path("newer");
+        {
+            let (meta, _) = Metadata::open(&path).unwrap();
+            meta.marks
+                .save_family(&SharedFamily::from_dialplan("blacklist", Mode::Global))
+                .unwrap();
+            meta.marks
+                .conn
+                .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let why = Metadata::open(&path)
+            .err()
+            .expect("a newer file is refused");
+        assert!(why.contains("newer"), "{why}");
+        assert!(
+            why.contains(&format!("schema {}", SCHEMA_VERSION + 1)),
+            "{why}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "left as it was");
+        let aside = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().contains(".damaged-"));
+        assert!(!aside, "nothing set aside");
     }
 
     #[test]
