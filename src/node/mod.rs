@@ -11,7 +11,7 @@
 pub mod db;
 pub mod inbox;
 pub mod link;
-pub mod mesh;
+pub(crate) mod mesh;
 pub mod persist;
 mod reads;
 mod repair;
