@@ -479,6 +479,7 @@ impl Sim {
                 offset: Arc::clone(&sim_node.offset),
             }),
             say,
+            shared: Box::new(|_| {}),
             tuning: self.tuning.clone(),
         };
         sim_node.node = Some(Node::new(parts, sim_node.crashed));

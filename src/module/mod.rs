@@ -246,11 +246,7 @@ fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
                 capture = asterisk::capture_hook();
                 hooked_at = Some(Instant::now());
             }
-            let turned = node.turn(pending);
-            sleep = turned.sleep;
-            if let Some(names) = turned.shared {
-                capture::set_shared(names);
-            }
+            sleep = node.turn(pending).sleep;
             let status = Published {
                 node: node.status(),
                 capture,
@@ -343,6 +339,7 @@ pub fn load() -> i32 {
             log: Box::new(replica),
             clock: Box::new(SystemClock::default()),
             say: say(),
+            shared: Box::new(capture::set_shared),
             tuning: Tuning::default(),
         },
         crashed,

@@ -112,8 +112,14 @@ pub struct Parts {
     pub log: Box<dyn StateLog>,
     pub clock: Box<dyn Clock>,
     pub say: Say,
+    /// Told the shared families' names whenever they change, before any of them is
+    /// read (the PBX threads' filter of dialplan writes).
+    pub shared: SharedNames,
     pub tuning: Tuning,
 }
+
+/// Where the loop announces the names of the shared families.
+pub type SharedNames = Box<dyn Fn(BTreeSet<String>) + Send>;
 
 /// What the CLI shows of the loop, published after each turn.
 #[derive(Clone, Debug, Default)]
@@ -133,8 +139,6 @@ pub struct Status {
 pub struct Turned {
     /// How long the thread may sleep before the next turn if nothing arrives.
     pub sleep: Duration,
-    /// The families now shared, when they changed (the PBX threads' filter).
-    pub shared: Option<BTreeSet<String>>,
 }
 
 /// The loop's state between turns.
@@ -145,6 +149,7 @@ pub struct Node {
     log: Box<dyn StateLog>,
     clock: Box<dyn Clock>,
     say: Say,
+    shared: SharedNames,
     tuning: Tuning,
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
@@ -181,6 +186,7 @@ impl Node {
             log: parts.log,
             clock: parts.clock,
             say: parts.say,
+            shared: parts.shared,
             tuning: parts.tuning,
             registry: Registry::new(),
             told: BTreeMap::new(),
@@ -224,7 +230,7 @@ impl Node {
         }
 
         // Registry changes, dialplan writes and the clock.
-        let shared = self.sync_families(now, at);
+        self.sync_families(now, at);
         // The wrapper hands over the value it wrote, so AstDB (and its lock, which the
         // dialplan needs too) is not touched again. Should two channels race on one
         // key, the family's next read settles it.
@@ -257,7 +263,6 @@ impl Node {
         }
         Turned {
             sleep: self.sleep(),
-            shared,
         }
     }
 
@@ -299,9 +304,9 @@ impl Node {
             .fold(MAX_SLEEP, Duration::min)
     }
 
-    /// Tells the engine about families shared or unshared since the last turn; the
-    /// shared names when they changed.
-    fn sync_families(&mut self, now: u64, at: u64) -> Option<BTreeSet<String>> {
+    /// Tells the engine about families shared or unshared since the last turn, and
+    /// announces the names when they changed.
+    fn sync_families(&mut self, now: u64, at: u64) {
         let gone: Vec<String> = self
             .told
             .keys()
@@ -327,7 +332,9 @@ impl Node {
             self.engine.share(family, now);
             changed = true;
         }
-        changed.then(|| self.told.keys().cloned().collect())
+        if changed {
+            (self.shared)(self.told.keys().cloned().collect());
+        }
     }
 
     /// Notes that the shared family covering AstDB family `family` changed since its
