@@ -315,7 +315,12 @@ fn updates_run(
             s.spawn(move || progress(nodes, done));
         }
         // The waiters look at an empty family first; give their -rx a moment to connect.
-        std::thread::sleep(Duration::from_millis(200));
+        // Then a different moment of the family's read interval each run: the loop reads
+        // at exact intervals from the share, and a fixed start would always land the
+        // writes at the same place in it (a writer found at once, or always an interval
+        // late), so the CLI path's median would be luck of the phase.
+        let phase = interval * ((run as u64 - 1) % 7) / 7;
+        std::thread::sleep(Duration::from_millis(200 + phase));
         let write = nodes[0].cli(cmd);
         let arrivals: Vec<Option<i64>> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
