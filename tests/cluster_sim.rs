@@ -530,8 +530,8 @@ impl Sim {
             return;
         };
         let pending = std::mem::take(&mut node.pending);
-        let turned = n.turn(pending);
-        node.wake_at = t + (turned.sleep.as_millis() as u64).max(1);
+        let sleep = n.turn(pending);
+        node.wake_at = t + (sleep.as_millis() as u64).max(1);
         if node.doom.dead.load(Ordering::Relaxed) {
             self.exercised.crashes_mid_turn += 1;
             return self.crash(i);

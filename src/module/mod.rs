@@ -246,7 +246,7 @@ fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
                 capture = asterisk::capture_hook();
                 hooked_at = Some(Instant::now());
             }
-            sleep = node.turn(pending).sleep;
+            sleep = node.turn(pending);
             let status = Published {
                 node: node.status(),
                 capture,

@@ -135,12 +135,6 @@ pub struct Status {
     pub log: (String, u64),
 }
 
-/// What a turn tells the thread that drives it.
-pub struct Turned {
-    /// How long the thread may sleep before the next turn if nothing arrives.
-    pub sleep: Duration,
-}
-
 /// The loop's state between turns.
 pub struct Node {
     engine: Engine,
@@ -209,8 +203,9 @@ impl Node {
     }
 
     /// One turn: the commands, the link's events, dialplan writes and the clock, then
-    /// the families due for a read.
-    pub fn turn(&mut self, pending: Pending) -> Turned {
+    /// the families due for a read. Returns how long the thread may sleep before the
+    /// next turn if nothing arrives.
+    pub fn turn(&mut self, pending: Pending) -> Duration {
         let now = self.clock.wall_ms();
         let at = self.clock.mono_us();
         for command in pending.commands {
@@ -261,9 +256,7 @@ impl Node {
                 self.read_family(&name, stamp);
             }
         }
-        Turned {
-            sleep: self.sleep(),
-        }
+        self.sleep()
     }
 
     fn command(&mut self, command: Command, at: u64) {
@@ -398,9 +391,7 @@ impl Node {
             }
         }
         for family in applied {
-            if let Some(shared) = self.registry.covering(family) {
-                self.reads.touch(&shared.name);
-            }
+            self.touch(family);
         }
         for output in outputs.drain(..) {
             match output {
