@@ -7,6 +7,7 @@ use super::{now_ms, published, with_runtime};
 use crate::engine::family::Mode;
 use crate::node::inbox::Command as LoopCommand;
 use crate::node::link::PeerState;
+use crate::node::unix_ms;
 
 /// One registered command.
 pub(crate) struct Command {
@@ -120,12 +121,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
 /// Local time as `YYYY-MM-DD HH:MM:SS`.
 fn local_time(unix_ms: u64) -> String {
     crate::asterisk::local_time(unix_ms)
-}
-
-/// A peer-status time as Unix ms.
-fn unix_ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn ago(since_ms: u64) -> String {

@@ -13,7 +13,7 @@ pub(crate) mod dialplan;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded, db::AsteriskDb, Capture};
@@ -70,9 +70,7 @@ static STATUS: Mutex<Option<Arc<Published>>> = Mutex::new(None);
 static WORKER: Mutex<Option<Worker>> = Mutex::new(None);
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    node::unix_ms(SystemTime::now())
 }
 
 /// A lock that a panic elsewhere never leaves unusable.

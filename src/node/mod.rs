@@ -56,6 +56,12 @@ pub trait Clock: Send {
     fn mono_us(&self) -> u64;
 }
 
+/// `t` as milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The system's clocks.
 pub struct SystemClock {
     base: Instant,
@@ -71,9 +77,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn wall_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        unix_ms(SystemTime::now())
     }
 
     fn mono_us(&self) -> u64 {
