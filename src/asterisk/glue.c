@@ -102,11 +102,6 @@ void astdb_cluster_manager_event(const char *event, const char *body)
 		__func__, "%s", body);
 }
 
-void astdb_cluster_free(void *ptr)
-{
-	ast_free(ptr);
-}
-
 int astdb_cluster_cli_completion_add(const char *candidate)
 {
 	char *copy = ast_strdup(candidate);

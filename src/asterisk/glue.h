@@ -25,8 +25,6 @@ void astdb_cluster_unregister_cli(void);
 void astdb_cluster_log(int level, const char *file, int line, const char *func, const char *msg);
 void astdb_cluster_cli_write(int fd, const char *text);
 void astdb_cluster_manager_event(const char *event, const char *body);
-/* Frees memory that Asterisk allocated for us (ast_db_get_allocated). */
-void astdb_cluster_free(void *ptr);
 /* Adds one completion candidate (copied with Asterisk's allocator). */
 int astdb_cluster_cli_completion_add(const char *candidate);
 /*
