@@ -76,6 +76,7 @@ impl Engine {
         };
         let mut children = Vec::new();
         let mut ranges = Vec::new();
+        let (mut equal_root, mut differs) = (false, false);
         for n in nodes {
             if !valid_node(n.depth, n.prefix) {
                 self.counters.dropped_invalid += 1;
@@ -83,8 +84,10 @@ impl Engine {
             }
             let (hash, count) = fs.store.node(n.depth, n.prefix);
             if hash == n.hash {
+                equal_root |= n.depth == 0;
                 continue;
             }
+            differs = true;
             if count <= LEAF_ITEMS || n.depth == MAX_DEPTH {
                 ranges.push(summary_range(&fs.store, n.depth, n.prefix));
             } else {
@@ -97,6 +100,11 @@ impl Engine {
                     });
                 }
             }
+        }
+        if equal_root {
+            self.catch_up_equal(from, family, out);
+        } else if differs {
+            self.catch_up_differs(from, family, now_ms, out);
         }
         self.send_batched(out, from, now_ms, family, children);
         self.send_batched(out, from, now_ms, family, ranges);
@@ -113,6 +121,7 @@ impl Engine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
+        self.catch_up_differs(from, family, now_ms, out);
         let mut push = Vec::new();
         // A push too large to send at once: (position, version) of its items, in key order.
         let mut queued: Vec<(u64, Hlc)> = Vec::new();
@@ -203,10 +212,13 @@ impl Engine {
             }
             let ack = (change.item.clone(), change.entry.version);
             let stale_below = self.stale_below(from, family);
-            if let Accepted::Stored | Accepted::Kept =
-                self.accept(from, family, stale_below, change, now_ms, out)
-            {
-                acks.push(ack);
+            match self.accept(from, family, stale_below, change, now_ms, out) {
+                Accepted::Stored => {
+                    self.catch_up_progress(from, family, 0, 1, now_ms);
+                    acks.push(ack);
+                }
+                Accepted::Kept => acks.push(ack),
+                Accepted::Retired(_) => {}
             }
         }
         pull.retain(|i| self.valid_item(family, i));
@@ -228,6 +240,7 @@ impl Engine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) {
+        self.catch_up_progress(from, family, 0, 0, now_ms);
         let Some(fs) = self.families.get(family) else {
             return;
         };

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::mem;
 use std::sync::Arc;
 
+use super::catch_up::CatchUps;
 use super::family::{Mode, SharedFamily};
 use super::item::{Entry, ItemId};
 use super::outbox::Outbox;
@@ -42,6 +43,9 @@ pub struct EngineConfig {
     /// An anti-entropy push of more changes than this is sent a slice of this many at
     /// each [`Engine::tick`] (see [`Engine::next_deadline`]) rather than all at once.
     pub push_slice: usize,
+    /// Changes and catch-ups are reported as outputs ([`Output::Changed`],
+    /// [`Output::CatchUp`]) for the driver's events.
+    pub events: bool,
 }
 
 impl EngineConfig {
@@ -54,6 +58,7 @@ impl EngineConfig {
             max_message_age_ms: 30_000,
             batch_max_changes: 512,
             push_slice: 32_768,
+            events: false,
         }
     }
 
@@ -192,6 +197,7 @@ pub struct Engine {
     pub(super) peers: BTreeMap<Eid, Peer>,
     pub(super) outbox: Outbox,
     pub(super) pushes: Pushes,
+    pub(super) catch_ups: CatchUps,
     pub(super) counters: Counters,
     pub(super) reset_families: Vec<String>,
     pub(super) peers_dirty: BTreeSet<Eid>,
@@ -218,6 +224,7 @@ impl Engine {
             peers: BTreeMap::new(),
             outbox: Outbox::default(),
             pushes: Pushes::default(),
+            catch_ups: CatchUps::default(),
             counters: Counters::default(),
             reset_families: Vec::new(),
             peers_dirty: BTreeSet::new(),
@@ -296,6 +303,28 @@ impl Engine {
         self.families.get(family)?.store.get(owner, key)
     }
 
+    /// The copies of `key` of unique family `family` held here, this node's own first
+    /// and then each other node's that this node holds (tombstones included).
+    pub fn copies(&self, family: &str, key: &str) -> Vec<(Eid, &Entry)> {
+        let Some(fs) = self.families.get(family) else {
+            return Vec::new();
+        };
+        let mut owners: Vec<Eid> = vec![self.cfg.local];
+        owners.extend(self.peers.keys().copied());
+        owners.extend(fs.owner_names.keys().copied());
+        let mut seen = BTreeSet::new();
+        owners
+            .into_iter()
+            .filter(|o| seen.insert(*o))
+            .filter_map(|o| fs.store.get(Some(o), key).map(|e| (o, e)))
+            .collect()
+    }
+
+    /// Turns the reporting of changes and catch-ups on or off (see [`EngineConfig`]).
+    pub fn set_events(&mut self, on: bool) {
+        self.cfg.events = on;
+    }
+
     /// Every item held for `family`, tombstones included.
     pub fn items(&self, family: &str) -> Vec<(ItemId, Entry)> {
         self.families.get(family).map_or_else(Vec::new, |fs| {
@@ -336,6 +365,7 @@ impl Engine {
 
     fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         self.continue_pushes(now_ms, out);
+        self.catch_ups_tick(now_ms, out);
         for (peer, family, batch) in self.outbox.take_all() {
             self.send_batched(out, peer, now_ms, &family, batch);
         }
@@ -402,7 +432,8 @@ impl Engine {
         }
         let grace = self.cfg.collect_grace_ms();
         let max_age = self.cfg.tombstone_max_age_ms;
-        self.families
+        let families = self
+            .families
             .iter()
             .filter(|(_, fs)| fs.shared.is_some())
             .map(|(name, fs)| {
@@ -410,7 +441,20 @@ impl Engine {
                 let tombstones = fs.tombstones.next_deadline(&eligible, grace, max_age);
                 tombstones.map_or(fs.next_sync_ms, |at| at.min(fs.next_sync_ms))
             })
+            .min();
+        [families, self.catch_ups.next_deadline()]
+            .into_iter()
+            .flatten()
             .min()
+    }
+
+    /// The cluster node number of `eid`: this node's, or a peer's as last known.
+    pub fn node_of(&self, eid: Eid) -> Option<u32> {
+        if eid == self.cfg.local {
+            Some(self.cfg.local_node)
+        } else {
+            self.peers.get(&eid).map(|p| p.node)
+        }
     }
 
     /// Runs `f` with the queue of outputs to add to.

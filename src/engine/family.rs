@@ -143,6 +143,8 @@ pub struct SharedFamily {
     pub sync_interval_ms: u64,
     pub sync_mode: SyncMode,
     pub origin: Origin,
+    /// An event per changed key (else only summary events).
+    pub key_events: bool,
 }
 
 impl SharedFamily {
@@ -155,6 +157,7 @@ impl SharedFamily {
             sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
             sync_mode: SyncMode::Rw,
             origin: Origin::Dialplan,
+            key_events: true,
         }
     }
 }

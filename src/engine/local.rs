@@ -9,7 +9,7 @@ use super::engine::{own_owner, Engine, FamilyState};
 use super::family::{leading_parts, Mode, SharedFamily, SyncMode};
 use super::item::{Contents, Entry, ItemId};
 use super::message::Change;
-use super::output::{Output, Warning, WarningKind};
+use super::output::{Changed, Output, Source, Warning, WarningKind};
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
@@ -67,6 +67,7 @@ impl Engine {
             fs.shared = None;
         }
         self.outbox.drop_family(name);
+        self.queue(|e, out| e.catch_ups_interrupted(None, Some(name), out));
     }
 
     /// The shared family covering the AstDB family `astdb_family`, and the key prefix
@@ -347,6 +348,21 @@ impl Engine {
         fs.tombstones.track(&item, &entry);
         fs.last_change_ms = Some(now_ms);
         self.counters.local_changes += 1;
+        if self.cfg.events {
+            out.push(Output::Changed(Changed {
+                family: fs.name.clone(),
+                mode: fs.mode,
+                owner,
+                key: item.key.clone(),
+                value: entry.value.clone(),
+                version: entry.version,
+                source: if from_snapshot {
+                    Source::Local
+                } else {
+                    Source::Dialplan
+                },
+            }));
+        }
         self.publish(family, Change { item, entry }, now_ms, out);
     }
 }

@@ -6,7 +6,7 @@ use super::engine::Engine;
 use super::family::{Mode, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, Message};
-use super::output::Output;
+use super::output::{Changed, DbOp, Output, Source};
 use super::store::Merged;
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
@@ -95,6 +95,7 @@ impl Engine {
     ) {
         let mut acks = Vec::new();
         let mut retired = Vec::new();
+        let (mut received, mut deleted) = (0, 0);
         // Neither changes while a message is merged.
         let mode = self.families.get(family).map(|f| f.mode);
         let stale_below = self.stale_below(from, family);
@@ -125,9 +126,18 @@ impl Engine {
                         value: None,
                     },
                 }),
-                Accepted::Stored | Accepted::Kept => acks.extend(ack),
+                Accepted::Stored => {
+                    if ack.is_some() {
+                        deleted += 1;
+                    } else {
+                        received += 1;
+                    }
+                    acks.extend(ack);
+                }
+                Accepted::Kept => acks.extend(ack),
             }
         }
+        self.catch_up_progress(from, family, received, deleted, now_ms);
         self.send_batched(out, from, now_ms, family, acks);
         self.send_batched(out, from, now_ms, family, retired);
     }
@@ -232,7 +242,23 @@ impl Engine {
                         fs.apply_copy(&item, value)
                     }
                 };
+                let changed = self.cfg.events.then(|| {
+                    let value = match &op {
+                        DbOp::Put { value, .. } => Some(value.clone()),
+                        DbOp::Delete { .. } => None,
+                    };
+                    Changed {
+                        family: fs.name.clone(),
+                        mode: fs.mode,
+                        owner: item.owner,
+                        key: applied.key.clone(),
+                        value,
+                        version,
+                        source: Source::Peer(from),
+                    }
+                });
                 out.push(Output::Apply(op));
+                out.extend(changed.map(Output::Changed));
                 self.applies_started.push(applied);
                 Accepted::Stored
             }

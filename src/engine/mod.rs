@@ -41,6 +41,7 @@
 pub mod family;
 
 mod anti_entropy;
+mod catch_up;
 pub mod codec;
 #[allow(clippy::module_inception)]
 mod engine;
@@ -63,7 +64,9 @@ pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
 pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
-pub use output::{Batch, DbOp, Output, Warning, WarningKind};
+pub use output::{
+    Batch, CatchUp, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,
+};
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,

@@ -3,8 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::family::Mode;
 use super::message::Message;
 use super::persist::PersistDelta;
+use super::version::Version;
 use crate::eid::Eid;
 
 /// What the driver must do after a group of calls: write `save` durably (one record),
@@ -47,6 +49,63 @@ pub enum Output {
     Apply(DbOp),
     /// Something an administrator should see in the log.
     Warn(Warning),
+    /// A key of a shared family changed on this node (only with `EngineConfig::events`),
+    /// after the `Apply` that writes it, if any.
+    Changed(Changed),
+    /// A catch-up of a family with a peer started or finished (with `events`).
+    CatchUp(CatchUp),
+}
+
+/// Where a change came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A write the driver captured as it happened (the dialplan's DB()).
+    Dialplan,
+    /// Any other writer on this node, found by a read of the family.
+    Local,
+    /// Applied from this peer.
+    Peer(Eid),
+}
+
+/// One key that changed on this node. Its strings are shared with the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changed {
+    /// The shared family.
+    pub family: Arc<str>,
+    pub mode: Mode,
+    /// Whose copy, for a unique family (this node's or another's).
+    pub owner: Option<Eid>,
+    /// The key within the shared family.
+    pub key: Arc<str>,
+    /// None: deleted.
+    pub value: Option<Arc<str>>,
+    pub version: Version,
+    pub source: Source,
+}
+
+/// A catch-up of `family` with `peer`: an exchange that found the two nodes holding it
+/// differently, from its first difference until the peer's digest equals this node's or
+/// nothing more came for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    pub family: String,
+    pub peer: Eid,
+    pub node: u32,
+    pub phase: CatchUpPhase,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpPhase {
+    Started,
+    /// `received`: keys that came (values), `deleted`: keys that went (tombstones);
+    /// `complete`: false when it ended because the peer went down or the family was
+    /// unshared.
+    Finished {
+        received: u64,
+        deleted: u64,
+        duration_ms: u64,
+        complete: bool,
+    },
 }
 
 /// Something an administrator should see in the log, about a family (and a key of it).

@@ -77,6 +77,7 @@ impl Engine {
         }
         self.outbox.drop_peer(peer);
         self.pushes.forget_peer(peer);
+        self.queue(|e, out| e.catch_ups_interrupted(Some(peer), None, out));
     }
 
     /// Peers that take part in `family`, up or not.
