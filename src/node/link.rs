@@ -17,6 +17,14 @@ pub enum LinkEvent {
     PeerDown { eid: Eid },
     /// A message from a peer, already opened and decoded.
     Received { from: Eid, msg: Message },
+    /// A connection with a peer was refused (said once per peer and cause until it
+    /// connects): `peer` names it ("node 3", or an address), `cause` is the short name.
+    Refused {
+        peer: String,
+        node: Option<u32>,
+        cause: String,
+        detail: String,
+    },
 }
 
 /// How the loop reaches the other nodes.

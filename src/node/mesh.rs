@@ -92,6 +92,17 @@ impl Mesh {
                             LinkEvent::PeerUp { node, eid }
                         }
                         Event::PeerDown { eid, .. } => LinkEvent::PeerDown { eid },
+                        Event::Refused {
+                            who,
+                            node,
+                            cause,
+                            detail,
+                        } => LinkEvent::Refused {
+                            peer: who,
+                            node,
+                            cause,
+                            detail,
+                        },
                         Event::Received { node, eid, payload } => match codec::decode(&payload) {
                             Ok(msg) => LinkEvent::Received { from: eid, msg },
                             Err(why) => {

@@ -94,6 +94,14 @@ pub enum Event {
         eid: Eid,
         payload: Vec<u8>,
     },
+    /// A connection was refused or broken for `cause`; sent when it is logged, once per
+    /// peer and cause until the peer connects. `who`: "node 3", or the remote IP.
+    Refused {
+        who: String,
+        node: Option<u32>,
+        cause: String,
+        detail: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +184,19 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    /// Counts a refused or broken connection, logs it and tells the owner once per
+    /// peer and cause (see [`Rejects::record`]).
+    pub fn refused(&self, who: &str, node: Option<u32>, context: &str, reject: &wire::Reject) {
+        if self.rejects.record(&self.log, who, context, reject) {
+            let _ = self.events.send(Event::Refused {
+                who: who.to_string(),
+                node,
+                cause: reject.cause.as_str().to_string(),
+                detail: reject.detail.clone(),
+            });
+        }
     }
 
     fn peer(&self, node: u32) -> Option<Arc<Peer>> {
@@ -527,7 +548,7 @@ fn accept_one(shared: &Arc<Shared>, mut stream: TcpStream, from: SocketAddr) {
                 Some(n) => format!("astdb cluster: connection from node {n} at {from} refused"),
                 None => format!("astdb cluster: connection from {from} refused"),
             };
-            shared.rejects.record(&shared.log, &who, &ctx, &reject);
+            shared.refused(&who, node, &ctx, &reject);
         }
     }
 }
@@ -645,9 +666,7 @@ fn dial_once(shared: &Arc<Shared>, peer: &Arc<Peer>, gone: &dyn Fn() -> bool) {
 
 fn dial_problem(shared: &Shared, peer: &Peer, reject: &wire::Reject) {
     let ctx = format!("astdb cluster: connection to {} refused", peer.describe());
-    shared
-        .rejects
-        .record(&shared.log, &peer.who(), &ctx, reject);
+    shared.refused(&peer.who(), Some(peer.addr.node), &ctx, reject);
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ pub(crate) fn run(
             Ok(f) => first.push(f),
             Err(r) => {
                 let ctx = format!("connection from {} closed", peer.describe());
-                shared.rejects.record(&shared.log, &peer.who(), &ctx, &r);
+                shared.refused(&peer.who(), Some(peer.addr.node), &ctx, &r);
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
@@ -345,7 +345,7 @@ fn read_loop(
                 Ok(None) => break,
                 Err(r) => {
                     let ctx = format!("connection with {} closed", peer.describe());
-                    shared.rejects.record(&shared.log, &peer.who(), &ctx, &r);
+                    shared.refused(&peer.who(), Some(peer.addr.node), &ctx, &r);
                     return r.to_string();
                 }
             }

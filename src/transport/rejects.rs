@@ -13,10 +13,10 @@ pub(crate) struct Rejects {
 }
 
 impl Rejects {
-    /// Counts `reject` and logs it unless this `who` was already logged with this cause.
-    /// `who` names the peer stably across retries: "node 3", or the remote IP before
-    /// its hello said who it is.
-    pub fn record(&self, log: &LogFn, who: &str, context: &str, reject: &Reject) {
+    /// Counts `reject` and logs it unless this `who` was already logged with this cause;
+    /// whether it was logged. `who` names the peer stably across retries: "node 3", or
+    /// the remote IP before its hello said who it is.
+    pub fn record(&self, log: &LogFn, who: &str, context: &str, reject: &Reject) -> bool {
         *self
             .counts
             .lock()
@@ -34,6 +34,7 @@ impl Rejects {
                 format!("{context}: {reject} (logged once until it connects)"),
             );
         }
+        first
     }
 
     /// After a good connection, its next problem is news again.
