@@ -17,6 +17,9 @@ pub const DEFAULT_PORT: u16 = 5039;
 pub const MIN_SECRET_LEN: usize = 16;
 pub const SYNC_INTERVAL_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 pub const NODE_NUMBERS: std::ops::RangeInclusive<u32> = 1..=65535;
+/// `event_batch_limit` unless set, and what it may be.
+pub const DEFAULT_EVENT_BATCH_LIMIT: usize = 100;
+pub const EVENT_BATCH_LIMITS: std::ops::RangeInclusive<u64> = 1..=1_000_000;
 
 /// One `[section]` as the config loader read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +44,11 @@ pub struct General {
     pub cluster_secret: Option<String>,
     pub bindaddr: IpAddr,
     pub bindport: u16,
+    /// Change and peer events (Stasis messages, AMI events) are published.
+    pub events: bool,
+    /// A batch of more changes than this to one family gives one summary event instead
+    /// of one event per key.
+    pub event_batch_limit: usize,
 }
 
 /// A `type = node` section: one peer.
@@ -201,6 +209,15 @@ fn number_in<T: TryFrom<u64> + Copy + fmt::Display>(
         })
 }
 
+/// A yes/no option, as Asterisk's `ast_true`/`ast_false` spell it.
+fn yes_no(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "y" | "t" | "1" | "on" => Ok(true),
+        "no" | "false" | "n" | "f" | "0" | "off" => Ok(false),
+        _ => Err(format!("'{text}' is not yes or no")),
+    }
+}
+
 fn node_number(text: &str) -> Result<u32, String> {
     number_in(
         text,
@@ -251,6 +268,8 @@ const GENERAL_OPTIONS: &[&str] = &[
     "cluster_secret",
     "bindaddr",
     "bindport",
+    "events",
+    "event_batch_limit",
 ];
 const NODE_OPTIONS: &[&str] = &["type", "node", "host"];
 const FAMILY_OPTIONS: &[&str] = &[
@@ -260,6 +279,7 @@ const FAMILY_OPTIONS: &[&str] = &[
     "sharing_nodes",
     "sync_interval",
     "sync_mode",
+    "key_events",
 ];
 
 fn parse_general(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<General> {
@@ -297,12 +317,18 @@ fn parse_general(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Gene
         },
     );
     let bindport = s.parsed("bindport", Some(DEFAULT_PORT), port);
+    let events = s.parsed("events", Some(true), yes_no);
+    let event_batch_limit = s.parsed("event_batch_limit", Some(DEFAULT_EVENT_BATCH_LIMIT), |t| {
+        number_in(t, EVENT_BATCH_LIMITS, "a number of changes")
+    });
     Some(General {
         cluster_name: cluster_name?,
         cluster_node: cluster_node?,
         cluster_secret,
         bindaddr: bindaddr?,
         bindport: bindport?,
+        events: events?,
+        event_batch_limit: event_batch_limit?,
     })
 }
 
@@ -372,6 +398,7 @@ fn parse_family(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Share
         |t| number_in(t, SYNC_INTERVAL_MS, "an interval in milliseconds"),
     );
     let sync_mode = s.parsed("sync_mode", Some(SyncMode::Rw), |t| t.parse());
+    let key_events = s.parsed("key_events", Some(true), yes_no);
     Some(SharedFamily {
         name: raw.name.clone(),
         mode: mode?,
@@ -379,6 +406,7 @@ fn parse_family(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Share
         sync_interval_ms: sync_interval_ms?,
         sync_mode: sync_mode?,
         origin: Origin::Preset,
+        key_events: key_events?,
     })
 }
 

@@ -41,6 +41,7 @@ use res_astdb_cluster::engine::{
 };
 use res_astdb_cluster::metadata::replica::ReplicaLog;
 use res_astdb_cluster::node::db::{AstDb, Rows};
+use res_astdb_cluster::node::events::{Event, EventSink};
 use res_astdb_cluster::node::inbox::{Command, Pending};
 use res_astdb_cluster::node::link::{Link, LinkEvent, LinkStatus};
 use res_astdb_cluster::node::persist::StateLog;
@@ -294,6 +295,47 @@ impl Clock for SimClock {
 struct Heard {
     repairs: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Key change and summary events, and finished catch-ups, over all nodes.
+    change_events: AtomicU64,
+    catch_ups: AtomicU64,
+}
+
+/// A node's events: a catch-up with a peer must start before it ends, and not start
+/// again while open.
+struct SimEvents {
+    node: usize,
+    open: BTreeSet<(String, u32)>,
+    heard: Arc<Heard>,
+}
+
+impl EventSink for SimEvents {
+    fn publish(&mut self, event: Event) {
+        let wrong = match &event {
+            Event::KeyChange { .. } | Event::ChangeSummary { .. } => {
+                self.heard.change_events.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Event::CatchupStart {
+                shared_family,
+                node,
+                ..
+            } => (!self.open.insert((shared_family.clone(), *node))).then_some("started twice"),
+            Event::CatchupEnd {
+                shared_family,
+                node,
+                ..
+            } => {
+                self.heard.catch_ups.fetch_add(1, Ordering::Relaxed);
+                (!self.open.remove(&(shared_family.clone(), *node)))
+                    .then_some("ended without starting")
+            }
+            _ => None,
+        };
+        if let Some(wrong) = wrong {
+            lock(&self.heard.errors)
+                .push(format!("node {}: a catch-up {wrong}: {event:?}", self.node));
+        }
+    }
 }
 
 struct SimNode {
@@ -376,7 +418,10 @@ impl Sim {
             // Reads take no time here: every read that finds nothing new lets the next
             // ones be skipped while AstDB commits nothing.
             costly_read_us: 0,
+            watch_us: rng.random_range(50_000..=500_000),
+            quick_read_max_keys: rng.random_range(0..=100),
         };
+        cfg.events = rng.random_bool(0.5);
         let nodes = (0..n)
             .map(|i| {
                 let path = dir.path().join(format!("node{i}.replica"));
@@ -480,6 +525,11 @@ impl Sim {
             }),
             say,
             shared: Box::new(|_| {}),
+            events: Box::new(SimEvents {
+                node: i,
+                open: BTreeSet::new(),
+                heard: Arc::clone(&self.heard),
+            }),
             tuning: self.tuning.clone(),
         };
         sim_node.node = Some(Node::new(parts, sim_node.crashed));

@@ -375,6 +375,7 @@ impl Marks {
                     sync_interval_ms: u64::try_from(interval).map_err(|e| e.to_string())?,
                     sync_mode: sync_mode.parse::<SyncMode>()?,
                     origin: origin.parse::<Origin>()?,
+                    key_events: true,
                 })
             })();
             match parsed {

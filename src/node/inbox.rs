@@ -21,6 +21,13 @@ pub enum Command {
     Config(Arc<ClusterConfig>),
     /// `database shared refresh`: read these families now and pull them from the peers.
     Refresh(Vec<String>),
+    /// `database shared show key`: what the loop holds for AstDB family `family`, key
+    /// `key`, answered on `reply`.
+    Inspect {
+        family: String,
+        key: String,
+        reply: crossbeam_channel::Sender<super::KeyInfo>,
+    },
 }
 
 /// Dialplan writes waiting beyond this many are dropped, and the module falls

@@ -9,6 +9,7 @@
 //! replica log, then its outputs run in order (AstDB writes, sends, log lines).
 
 pub mod db;
+pub mod events;
 pub mod inbox;
 pub mod link;
 pub(crate) mod mesh;
@@ -21,8 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ClusterConfig;
-use crate::engine::{Batch, Contents, Counters, DbOp, Engine, Output, Registry, SharedFamily};
+use crate::eid::{looks_like_eid, Eid};
+use crate::engine::family::leading_parts;
+use crate::engine::{
+    Batch, CatchUp, CatchUpPhase, Changed, Contents, Counters, DbOp, Engine, Mode, Output,
+    Registry, SharedFamily, Version,
+};
 use db::AstDb;
+use events::{Event, EventPolicy, EventSink};
 use inbox::{Command, Pending};
 use link::{Link, LinkEvent, LinkStatus};
 use persist::StateLog;
@@ -97,6 +104,12 @@ pub struct Tuning {
     /// A family whose read takes this long (µs) is not read again while AstDB has
     /// committed nothing; cheaper ones keep their exact interval.
     pub costly_read_us: u64,
+    /// How often AstDB's commit stamp is looked at (µs): when it moved, every shared
+    /// family of at most `quick_read_max_keys` keys is read at once rather than at its
+    /// `sync_interval`, so that a CLI, AMI or other module's write reaches the peers
+    /// about as soon as AstDB commits it (within about a second).
+    pub watch_us: u64,
+    pub quick_read_max_keys: usize,
 }
 
 impl Default for Tuning {
@@ -104,6 +117,8 @@ impl Default for Tuning {
         Tuning {
             flush_outputs: 16_384,
             costly_read_us: 5_000,
+            watch_us: 100_000,
+            quick_read_max_keys: 10_000,
         }
     }
 }
@@ -119,6 +134,8 @@ pub struct Parts {
     /// Told the shared families' names whenever they change, before any of them is
     /// read (the PBX threads' filter of dialplan writes).
     pub shared: SharedNames,
+    /// Where change, peer and catch-up events go.
+    pub events: Box<dyn EventSink>,
     pub tuning: Tuning,
 }
 
@@ -139,6 +156,21 @@ pub struct Status {
     pub log: (String, u64),
 }
 
+/// What `database shared show key` shows: what the loop holds for one AstDB key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The shared family covering the key, its mode, and the key within it.
+    pub shared: Option<(String, Mode, String)>,
+    /// Whose copy the AstDB family asked about holds (a unique family's).
+    pub owner: Option<Eid>,
+    /// The version held for that item, with its origin's node number, and whether it
+    /// is a tombstone (the key was deleted and the deletion is still remembered).
+    pub held: Option<(Version, Option<u32>, bool)>,
+    /// For a unique family: every node's copy of the key held here, with its node
+    /// number, version and whether it is a tombstone.
+    pub copies: Vec<(Eid, Option<u32>, Version, bool)>,
+}
+
 /// The loop's state between turns.
 pub struct Node {
     engine: Engine,
@@ -148,6 +180,10 @@ pub struct Node {
     clock: Box<dyn Clock>,
     say: Say,
     shared: SharedNames,
+    events: Box<dyn EventSink>,
+    policy: EventPolicy,
+    /// Changes executed in the current batch, published after it.
+    changes: Vec<Changed>,
     tuning: Tuning,
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
@@ -164,6 +200,9 @@ pub struct Node {
     /// its applies, so it must not reach the disk ahead of them).
     unsaved: Option<Batch>,
     dialplan_writes: u64,
+    /// AstDB's commit stamp as last watched, and when to look again (µs).
+    watched: Option<(u32, u64)>,
+    next_watch_us: u64,
 }
 
 /// Splits a DB() argument "family/key" into the AstDB family and key, at the last '/',
@@ -185,6 +224,9 @@ impl Node {
             clock: parts.clock,
             say: parts.say,
             shared: parts.shared,
+            events: parts.events,
+            policy: EventPolicy::default(),
+            changes: Vec::new(),
             tuning: parts.tuning,
             registry: Registry::new(),
             told: BTreeMap::new(),
@@ -193,6 +235,8 @@ impl Node {
             warned: HashSet::new(),
             unsaved: None,
             dialplan_writes: 0,
+            watched: None,
+            next_watch_us: 0,
         }
     }
 
@@ -219,8 +263,31 @@ impl Node {
         // What the peers said, in order.
         for event in pending.events {
             match event {
-                LinkEvent::PeerUp { node, eid } => self.engine.peer_up(eid, node, now),
-                LinkEvent::PeerDown { eid } => self.engine.peer_down(eid),
+                LinkEvent::PeerUp { node, eid } => {
+                    self.engine.peer_up(eid, node, now);
+                    let protocol = self.policy.enabled.then(|| self.protocol_of(node));
+                    self.event(Event::PeerUp {
+                        node,
+                        eid,
+                        protocol: protocol.flatten(),
+                    });
+                }
+                LinkEvent::PeerDown { eid } => {
+                    self.engine.peer_down(eid);
+                    let node = self.engine.node_of(eid);
+                    self.event(Event::PeerDown { node, eid });
+                }
+                LinkEvent::Refused {
+                    peer,
+                    node,
+                    cause,
+                    detail,
+                } => self.event(Event::PeerRefused {
+                    peer,
+                    node,
+                    cause,
+                    detail,
+                }),
                 LinkEvent::Received { from, msg } => self.engine.receive(from, msg, now),
             }
             if self.engine.queued_outputs() >= self.tuning.flush_outputs {
@@ -253,6 +320,7 @@ impl Node {
             // Dialplan writes were dropped from the inbox: every family is read.
             self.reads.distrust_stamps();
         }
+        self.watch_commits(at);
         let due = self.reads.due(&self.told, at, pending.overflowed);
         if !due.is_empty() {
             let stamp = self.db.committed_stamp();
@@ -274,12 +342,120 @@ impl Node {
                     self.told.remove(&name);
                 }
             }
+            Command::Inspect { family, key, reply } => {
+                let _ = reply.send(self.inspect(&family, &key));
+            }
         }
     }
 
     fn configure(&mut self, cfg: &ClusterConfig) {
         let eid = self.engine.config().local;
+        self.policy = EventPolicy {
+            enabled: cfg.general.events,
+            batch_limit: cfg.general.event_batch_limit,
+        };
+        self.engine.set_events(cfg.general.events);
         self.link.configure(cfg, eid);
+    }
+
+    /// Publishes `event` unless events are off.
+    fn event(&mut self, event: Event) {
+        if self.policy.enabled {
+            self.events.publish(event);
+        }
+    }
+
+    /// The protocol version in use with `node`, as the link says.
+    fn protocol_of(&self, node: u32) -> Option<u8> {
+        self.link
+            .status()
+            .peers
+            .iter()
+            .find(|p| p.node == node)
+            .and_then(|p| p.protocol)
+    }
+
+    /// What the loop holds for AstDB family `family` (possibly `<EID>/family` for
+    /// another node's copy), key `key`.
+    pub fn inspect(&self, family: &str, key: &str) -> KeyInfo {
+        let family = family.trim_matches('/');
+        let (owner, rest) = match family.split_once('/') {
+            Some((first, rest)) if looks_like_eid(first) => (first.parse::<Eid>().ok(), rest),
+            _ => (None, family),
+        };
+        let Some((name, below)) = leading_parts(rest)
+            .filter(|(part, _)| self.told.contains_key(*part))
+            .last()
+        else {
+            return KeyInfo::default();
+        };
+        let mode = self.told[name].mode;
+        let key = if below.is_empty() {
+            key.to_string()
+        } else {
+            format!("{below}/{key}")
+        };
+        let local = self.engine.config().local;
+        let owner = match mode {
+            Mode::Global => None,
+            Mode::Unique => Some(owner.unwrap_or(local)),
+        };
+        let held = self.engine.entry(name, owner, &key).map(|e| {
+            (
+                e.version,
+                self.engine.node_of(e.version.origin),
+                e.is_tombstone(),
+            )
+        });
+        let copies = match mode {
+            Mode::Global => Vec::new(),
+            Mode::Unique => self
+                .engine
+                .copies(name, &key)
+                .into_iter()
+                .map(|(o, e)| (o, self.engine.node_of(o), e.version, e.is_tombstone()))
+                .collect(),
+        };
+        KeyInfo {
+            shared: Some((name.to_string(), mode, key)),
+            owner,
+            held,
+            copies,
+        }
+    }
+
+    /// The small shared families (read at once when AstDB commits).
+    fn small_families(&self) -> Vec<String> {
+        self.told
+            .keys()
+            .filter(|name| {
+                self.engine
+                    .family_stats(name)
+                    .is_none_or(|s| s.keys <= self.tuning.quick_read_max_keys)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Looks at AstDB's commit stamp when it is time: if it moved, the small families
+    /// are read in this turn. An unknown stamp (no file, a WAL journal) leaves them to
+    /// their interval.
+    fn watch_commits(&mut self, at: u64) {
+        if at < self.next_watch_us || self.told.is_empty() {
+            return;
+        }
+        self.next_watch_us = at + self.tuning.watch_us;
+        let small = self.small_families();
+        if small.is_empty() {
+            return;
+        }
+        let stamp = self.db.committed_stamp();
+        let before = std::mem::replace(&mut self.watched, stamp);
+        if stamp.is_some() && before.is_some() && stamp != before {
+            for name in small {
+                self.reads.soon(&name, at);
+            }
+        }
     }
 
     /// How long the thread may sleep: until the engine's next deadline or the next
@@ -295,7 +471,9 @@ impl Node {
             .reads
             .next_due(&self.told)
             .map(|t| Duration::from_micros(t.saturating_sub(at)));
-        [engine, read]
+        let watch = (!self.told.is_empty())
+            .then(|| Duration::from_micros(self.next_watch_us.saturating_sub(at)));
+        [engine, read, watch]
             .into_iter()
             .flatten()
             .fold(MAX_SLEEP, Duration::min)
@@ -315,6 +493,7 @@ impl Node {
             self.engine.unshare(&name);
             self.told.remove(&name);
             self.reads.drop_family(&name);
+            self.event(Event::FamilyUnshared { family: name });
         }
         let fresh: Vec<SharedFamily> = self
             .registry
@@ -325,7 +504,13 @@ impl Node {
         for family in fresh {
             // A newly shared family is read at once, and handed over whole.
             self.reads.now(&family.name, at);
-            self.told.insert(family.name.clone(), family.clone());
+            let before = self.told.insert(family.name.clone(), family.clone());
+            if before.is_none_or(|b| b.mode != family.mode) {
+                self.event(Event::FamilyShared {
+                    family: family.name.clone(),
+                    mode: family.mode,
+                });
+            }
             self.engine.share(family, now);
             changed = true;
         }
@@ -414,13 +599,69 @@ impl Node {
                         (self.say)(Level::Warning, &text);
                     }
                 }
+                Output::Changed(change) => self.changes.push(change),
+                Output::CatchUp(catch_up) => {
+                    // The changes before it are told first.
+                    self.publish_changes();
+                    self.catch_up_event(catch_up);
+                }
             }
         }
+        self.publish_changes();
         // The emptied buffer serves the next batch: a fresh one of a catch-up's size
         // would be mapped and faulted in page by page each time.
         if outputs.capacity() <= KEEP_OUTPUTS {
             self.engine.recycle(outputs);
         }
+    }
+
+    /// The events for the changes executed since the last call.
+    fn publish_changes(&mut self) {
+        if self.changes.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.changes);
+        if !self.policy.enabled {
+            return;
+        }
+        let told = &self.told;
+        let engine = &self.engine;
+        let key_events = |family: &str| told.get(family).is_none_or(|f| f.key_events);
+        let node_of = |eid: Eid| engine.node_of(eid);
+        for event in events::change_events(
+            changes,
+            self.policy.batch_limit,
+            &key_events,
+            &node_of,
+            engine.config().local,
+        ) {
+            self.events.publish(event);
+        }
+    }
+
+    fn catch_up_event(&mut self, c: CatchUp) {
+        let event = match c.phase {
+            CatchUpPhase::Started => Event::CatchupStart {
+                shared_family: c.family,
+                node: c.node,
+                eid: c.peer,
+            },
+            CatchUpPhase::Finished {
+                received,
+                deleted,
+                duration_ms,
+                complete,
+            } => Event::CatchupEnd {
+                shared_family: c.family,
+                node: c.node,
+                eid: c.peer,
+                received,
+                deleted,
+                duration_ms,
+                complete,
+            },
+        };
+        self.event(event);
     }
 
     /// Whether `text` is new (and so worth logging).

@@ -52,6 +52,14 @@ impl Reads {
         self.forget(name);
     }
 
+    /// Reads `name` at the next turn, keeping what earlier reads found (so a read that
+    /// finds the same contents is not handed to the engine).
+    pub fn soon(&mut self, name: &str, at: u64) {
+        if let Some(next) = self.next.get_mut(name) {
+            *next = (*next).min(at);
+        }
+    }
+
     /// Notes that shared family `name` changed in AstDB other than by a read.
     pub fn touch(&mut self, name: &str) {
         if !self.touched.contains(name) {
