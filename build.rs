@@ -101,12 +101,12 @@ fn generate_bindings(manifest: &Path, include_dir: &Path, installed: bool, out: 
         .allowlist_function("ast_config_load2|ast_config_destroy|ast_category_browse|ast_variable_browse")
         .allowlist_function("ast_eid_to_str")
         .allowlist_function("astdb_cluster_.*")
-        .allowlist_var("ASTDB_CLUSTER_CAPTURE_.*")
+        .allowlist_var("ASTDB_CLUSTER_(CAPTURE|EVENT)_.*")
         .allowlist_var("ast_eid_default|ast_config_AST_DB|ast_config_AST_CONFIG_DIR|ast_config_AST_DATA_DIR")
         .allowlist_type("ast_db_entry|ast_variable|ast_flags|ast_eid")
         // The callbacks Rust itself defines for the glue.
         .blocklist_function(
-            "astdb_cluster_(load|unload|reload|function_read|function_write|cli_count|cli_command|cli_summary|cli_usage|cli_exec|cli_complete|db_written)",
+            "astdb_cluster_(load|unload|reload|function_read|function_write|cli_count|cli_command|cli_summary|cli_usage|cli_exec|cli_complete|db_written|ami_count|ami_name|ami_authority|ami_exec)",
         )
         .layout_tests(false)
         .generate_comments(false);

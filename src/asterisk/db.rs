@@ -52,6 +52,21 @@ fn put_with(scratch: &mut Vec<u8>, family: &str, key: &str, value: &str) -> Resu
     }
 }
 
+/// The value of `/family/key`, if it exists.
+pub fn get(family: &str, key: &str) -> Option<String> {
+    let (f, k) = (c_string(family), c_string(key));
+    // SAFETY: the strings outlive the call; the value returned is Asterisk's to free,
+    // copied then freed once here.
+    unsafe {
+        let value = sys::astdb_cluster_db_get(f.as_ptr(), k.as_ptr());
+        let copy = super::owned(value);
+        if !value.is_null() {
+            sys::astdb_cluster_free(value.cast());
+        }
+        copy
+    }
+}
+
 /// Deletes `/family/key`; false when it did not exist.
 pub fn del(family: &str, key: &str) -> bool {
     let (f, k) = (c_string(family), c_string(key));

@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::owned;
-use crate::module::{self, cli, dialplan};
+use crate::module::{self, ami, cli, dialplan};
 
 /// Runs `f`; a panic is logged and turned into `fallback`.
 fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
@@ -185,5 +185,43 @@ pub extern "C" fn astdb_cluster_db_written(path: *const c_char, value: *const c_
         // SAFETY: as above.
         let value = (!value.is_null()).then(|| unsafe { CStr::from_ptr(value) }.to_string_lossy());
         crate::module::capture::dialplan_wrote(&path, value.as_deref());
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_ami_count() -> c_int {
+    ami::ACTIONS.len() as c_int
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_ami_name(idx: c_int) -> *const c_char {
+    usize::try_from(idx)
+        .ok()
+        .and_then(|i| ami::ACTIONS.get(i))
+        .map_or(std::ptr::null(), |a| a.name.as_ptr())
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_ami_authority(idx: c_int) -> c_int {
+    usize::try_from(idx)
+        .ok()
+        .and_then(|i| ami::ACTIONS.get(i))
+        .map_or(0, |a| a.authority)
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_ami_exec(
+    idx: c_int,
+    s: *mut super::sys::mansession,
+    m: *const super::sys::message,
+) -> c_int {
+    guard("AMI action", 0, || {
+        let Some(action) = usize::try_from(idx).ok().and_then(|i| ami::ACTIONS.get(i)) else {
+            return 0;
+        };
+        let request = super::ami::AmiRequest { s, m };
+        let reply = (action.run)(&request);
+        request.send(reply);
+        0
     })
 }

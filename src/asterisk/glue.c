@@ -16,10 +16,16 @@
 #include "asterisk/pbx.h"
 #include "asterisk/utils.h"
 #include "asterisk/manager.h"
+#include "asterisk/astdb.h"
+#include "asterisk/astobj2.h"
+#include "asterisk/json.h"
+#include "asterisk/stasis.h"
+#include "asterisk/stasis_system.h"
 #ifdef ASTDB_CLUSTER_INSTALLED_HEADERS
 #include "asterisk/buildopts.h"
 #endif
 
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <alloca.h>
@@ -96,10 +102,19 @@ void astdb_cluster_cli_write(int fd, const char *text)
 	ast_cli(fd, "%s", text);
 }
 
-void astdb_cluster_manager_event(const char *event, const char *body)
+char *astdb_cluster_db_get(const char *family, const char *key)
 {
-	__ast_manager_event_multichan(EVENT_FLAG_SYSTEM, event, 0, NULL, __FILE__, __LINE__,
-		__func__, "%s", body);
+	char *value = NULL;
+
+	if (ast_db_get_allocated(family, key, &value)) {
+		return NULL;
+	}
+	return value;
+}
+
+void astdb_cluster_free(void *ptr)
+{
+	ast_free(ptr);
 }
 
 int astdb_cluster_cli_completion_add(const char *candidate)
@@ -338,4 +353,238 @@ void astdb_cluster_capture_unhook(void)
 		usleep(1000);
 	}
 	usleep(20000);
+}
+
+/* ---- change events: Stasis messages on the system topic ----
+ *
+ * Each message's data is an ao2 object holding the AMI body and the JSON text
+ * the module rendered. Messages are delivered on Stasis threads after
+ * stasis_publish returns, and both the type's vtable and the data destructor
+ * are code in this library: unload stops publishing and waits for every data
+ * object to be destroyed before the library can be unmapped.
+ */
+
+struct cluster_event {
+	const char *name; /* one of event_names: AMI keeps the pointer */
+	char *ami;
+	char *json;
+};
+
+static const char *const event_names[] = {
+	"AstDBClusterKeyChange",
+	"AstDBClusterChangeSummary",
+	"AstDBClusterPeerUp",
+	"AstDBClusterPeerDown",
+	"AstDBClusterPeerRefused",
+	"AstDBClusterCatchupStart",
+	"AstDBClusterCatchupEnd",
+	"AstDBClusterFamilyShared",
+	"AstDBClusterFamilyUnshared",
+};
+
+static struct stasis_message_type *event_types[2];
+static int events_open;
+static int events_alive;
+
+static void cluster_event_destroy(void *obj)
+{
+	struct cluster_event *event = obj;
+
+	free(event->ami);
+	free(event->json);
+	__atomic_sub_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
+}
+
+static struct ast_json *cluster_event_to_json(struct stasis_message *message,
+	const struct stasis_message_sanitizer *sanitize)
+{
+	struct cluster_event *event = stasis_message_data(message);
+
+	(void)sanitize;
+	return event && event->json ? ast_json_load_string(event->json, NULL) : NULL;
+}
+
+static struct ast_manager_event_blob *cluster_event_to_ami(struct stasis_message *message)
+{
+	struct cluster_event *event = stasis_message_data(message);
+
+	if (!event || !event->ami) {
+		return NULL;
+	}
+	return ast_manager_event_blob_create(EVENT_FLAG_SYSTEM, event->name, "%s", event->ami);
+}
+
+static struct stasis_message_vtable cluster_event_vtable = {
+	.to_json = cluster_event_to_json,
+	.to_ami = cluster_event_to_ami,
+};
+
+int astdb_cluster_events_start(void)
+{
+	static const char *const type_names[2] = {
+		"astdb_cluster_change_type",
+		"astdb_cluster_node_type",
+	};
+	int i, declined = 0;
+
+	for (i = 0; i < 2; i++) {
+		switch (stasis_message_type_create(type_names[i], &cluster_event_vtable, &event_types[i])) {
+		case STASIS_MESSAGE_TYPE_SUCCESS:
+			break;
+		case STASIS_MESSAGE_TYPE_DECLINED:
+			event_types[i] = NULL;
+			declined = 1;
+			break;
+		default:
+			event_types[i] = NULL;
+			astdb_cluster_events_stop(0);
+			return -1;
+		}
+	}
+	__atomic_store_n(&events_open, 1, __ATOMIC_SEQ_CST);
+	return declined;
+}
+
+int astdb_cluster_event_publish(int class, const char *name, const char *ami, const char *json)
+{
+	struct stasis_message_type *type;
+	struct stasis_message *message;
+	struct cluster_event *event;
+	const char *static_name = NULL;
+	size_t i;
+
+	if (!__atomic_load_n(&events_open, __ATOMIC_SEQ_CST) || class < 0 || class > 1
+		|| !(type = event_types[class])) {
+		return -1;
+	}
+	for (i = 0; i < sizeof(event_names) / sizeof(event_names[0]); i++) {
+		if (!strcmp(event_names[i], name)) {
+			static_name = event_names[i];
+		}
+	}
+	if (!static_name) {
+		return -1;
+	}
+	event = ao2_alloc_options(sizeof(*event), cluster_event_destroy, AO2_ALLOC_OPT_LOCK_NOLOCK);
+	if (!event) {
+		return -1;
+	}
+	__atomic_add_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
+	event->name = static_name;
+	event->ami = strdup(ami);
+	event->json = strdup(json);
+	message = (event->ami && event->json) ? stasis_message_create(type, event) : NULL;
+	ao2_cleanup(event);
+	if (!message) {
+		return -1;
+	}
+	stasis_publish(ast_system_topic(), message);
+	ao2_cleanup(message);
+	return 0;
+}
+
+int astdb_cluster_events_stop(int wait_ms)
+{
+	int i, waited;
+
+	__atomic_store_n(&events_open, 0, __ATOMIC_SEQ_CST);
+	for (waited = 0; __atomic_load_n(&events_alive, __ATOMIC_SEQ_CST) && waited < wait_ms; waited++) {
+		usleep(1000);
+	}
+	for (i = 0; i < 2; i++) {
+		ao2_cleanup(event_types[i]);
+		event_types[i] = NULL;
+	}
+	return __atomic_load_n(&events_alive, __ATOMIC_SEQ_CST);
+}
+
+/* ---- AMI actions ----
+ *
+ * ast_manager_register2 takes a handler without context, so each slot of the
+ * table has its own trampoline. Registered with NULL texts: the help comes
+ * from the XML documentation, as for ast_manager_register_xml.
+ */
+
+#define MAX_AMI_ACTIONS 10
+
+#define AMI_TRAMPOLINE(i) \
+	static int ami_action_##i(struct mansession *s, const struct message *m) \
+	{ \
+		return astdb_cluster_ami_exec(i, s, m); \
+	}
+AMI_TRAMPOLINE(0)
+AMI_TRAMPOLINE(1)
+AMI_TRAMPOLINE(2)
+AMI_TRAMPOLINE(3)
+AMI_TRAMPOLINE(4)
+AMI_TRAMPOLINE(5)
+AMI_TRAMPOLINE(6)
+AMI_TRAMPOLINE(7)
+AMI_TRAMPOLINE(8)
+AMI_TRAMPOLINE(9)
+
+static int (*const ami_handlers[MAX_AMI_ACTIONS])(struct mansession *, const struct message *) = {
+	ami_action_0, ami_action_1, ami_action_2, ami_action_3, ami_action_4,
+	ami_action_5, ami_action_6, ami_action_7, ami_action_8, ami_action_9,
+};
+
+static int ami_registered;
+
+int astdb_cluster_register_ami(void)
+{
+	int count = astdb_cluster_ami_count();
+
+	if (count > MAX_AMI_ACTIONS) {
+		count = MAX_AMI_ACTIONS;
+	}
+	for (ami_registered = 0; ami_registered < count; ami_registered++) {
+		int i = ami_registered;
+
+		if (ast_manager_register2(astdb_cluster_ami_name(i), astdb_cluster_ami_authority(i),
+				ami_handlers[i], AST_MODULE_SELF, NULL, NULL)) {
+			astdb_cluster_unregister_ami();
+			return -1;
+		}
+	}
+	return 0;
+}
+
+void astdb_cluster_unregister_ami(void)
+{
+	while (ami_registered > 0) {
+		ami_registered--;
+		ast_manager_unregister(astdb_cluster_ami_name(ami_registered));
+	}
+}
+
+const char *astdb_cluster_ami_header(const struct message *m, const char *name)
+{
+	return astman_get_header(m, (char *)name);
+}
+
+void astdb_cluster_ami_error(struct mansession *s, const struct message *m, const char *text)
+{
+	astman_send_error(s, m, (char *)text);
+}
+
+void astdb_cluster_ami_ack(struct mansession *s, const struct message *m, const char *text)
+{
+	astman_send_ack(s, m, (char *)text);
+}
+
+void astdb_cluster_ami_listack(struct mansession *s, const struct message *m, const char *text)
+{
+	astman_send_listack(s, m, (char *)text, "start");
+}
+
+void astdb_cluster_ami_append(struct mansession *s, const char *text)
+{
+	astman_append(s, "%s", text);
+}
+
+void astdb_cluster_ami_complete(struct mansession *s, const struct message *m, const char *event,
+	int count)
+{
+	astman_send_list_complete_start(s, m, event, count);
+	astman_send_list_complete_end(s);
 }

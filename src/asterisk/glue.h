@@ -24,7 +24,6 @@ void astdb_cluster_unregister_cli(void);
 /* level: 2 notice, 3 warning, 4 error. */
 void astdb_cluster_log(int level, const char *file, int line, const char *func, const char *msg);
 void astdb_cluster_cli_write(int fd, const char *text);
-void astdb_cluster_manager_event(const char *event, const char *body);
 /* Adds one completion candidate (copied with Asterisk's allocator). */
 int astdb_cluster_cli_completion_add(const char *candidate);
 /*
@@ -43,6 +42,43 @@ void astdb_cluster_capture_unhook(void);
 
 /* The build's Asterisk headers: "installed" or "bundled". */
 const char *astdb_cluster_headers(void);
+
+/* A value from AstDB (NULL when absent), released with astdb_cluster_free. */
+char *astdb_cluster_db_get(const char *family, const char *key);
+void astdb_cluster_free(void *ptr);
+
+/*
+ * Change events as Stasis messages on the system topic. start: creates the
+ * message types; 0 on success, 1 when stasis.conf declines them, -1 on error.
+ * publish: `name` must be one of the event names glue.c knows (its AMI name
+ * must outlive the message, so a static copy is used); class 0 = change, 1 =
+ * node; `ami` is the body ("Name: value\r\n" lines), `json` a JSON object.
+ * 0 when published. stop: publishes nothing more, waits up to `wait_ms` for
+ * every message data object to be destroyed (their code is in this library),
+ * then releases the types; returns how many were still alive.
+ */
+#define ASTDB_CLUSTER_EVENT_CHANGE 0
+#define ASTDB_CLUSTER_EVENT_NODE 1
+int astdb_cluster_events_start(void);
+int astdb_cluster_event_publish(int class, const char *name, const char *ami, const char *json);
+int astdb_cluster_events_stop(int wait_ms);
+
+/*
+ * AMI actions described by the astdb_cluster_ami_* callbacks, registered with
+ * their help taken from the XML documentation. The helpers below answer a
+ * request; `s` and `m` are the session and message the handler was given.
+ */
+struct mansession;
+struct message;
+int astdb_cluster_register_ami(void);
+void astdb_cluster_unregister_ami(void);
+const char *astdb_cluster_ami_header(const struct message *m, const char *name);
+void astdb_cluster_ami_error(struct mansession *s, const struct message *m, const char *text);
+void astdb_cluster_ami_ack(struct mansession *s, const struct message *m, const char *text);
+void astdb_cluster_ami_listack(struct mansession *s, const struct message *m, const char *text);
+void astdb_cluster_ami_append(struct mansession *s, const char *text);
+void astdb_cluster_ami_complete(struct mansession *s, const struct message *m, const char *event,
+	int count);
 
 /* ---- provided by Rust, called from glue.c ---- */
 
@@ -67,5 +103,11 @@ const char *astdb_cluster_cli_usage(int idx);
 int astdb_cluster_cli_exec(int idx, int fd, int argc, const char *const *argv);
 /* Offers completions for word `word` at position `pos` through astdb_cluster_cli_completion_add. */
 void astdb_cluster_cli_complete(int idx, const char *line, const char *word, int pos);
+
+/* AMI table: action name (static), authority; exec answers the request. */
+int astdb_cluster_ami_count(void);
+const char *astdb_cluster_ami_name(int idx);
+int astdb_cluster_ami_authority(int idx);
+int astdb_cluster_ami_exec(int idx, struct mansession *s, const struct message *m);
 
 #endif

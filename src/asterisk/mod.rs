@@ -14,9 +14,11 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 }
 
+pub(crate) mod ami;
 pub mod config;
 pub mod db;
 mod entry;
+pub mod events;
 pub mod log;
 pub mod thread;
 
@@ -87,17 +89,6 @@ pub fn cli_complete_offer(candidate: &str) {
     unsafe { sys::astdb_cluster_cli_completion_add(candidate.as_ptr()) };
 }
 
-/// Sends an AMI event (category "system").
-pub fn manager_event(event: &str, fields: &[(&str, &str)]) {
-    let body: String = fields
-        .iter()
-        .map(|(k, v)| format!("{k}: {v}\r\n"))
-        .collect();
-    let (event, body) = (c_string(event), c_string(&body));
-    // SAFETY: both strings outlive the call; the glue formats with "%s".
-    unsafe { sys::astdb_cluster_manager_event(event.as_ptr(), body.as_ptr()) }
-}
-
 /// Registers the dialplan functions and CLI commands.
 pub(crate) fn register_interfaces() -> Result<(), String> {
     // SAFETY: the glue's static records are registered once per load.
@@ -110,6 +101,17 @@ pub(crate) fn register_interfaces() -> Result<(), String> {
         unsafe { sys::astdb_cluster_unregister_functions() };
         return Err("could not register the CLI commands".into());
     }
+    // SAFETY: as above.
+    if unsafe { sys::astdb_cluster_register_ami() } != 0 {
+        // SAFETY: undoing the registrations just made.
+        unsafe {
+            sys::astdb_cluster_unregister_cli();
+            sys::astdb_cluster_unregister_functions();
+        }
+        return Err(
+            "could not register the AMI actions (already registered by another module?)".into(),
+        );
+    }
     Ok(())
 }
 
@@ -117,6 +119,7 @@ pub(crate) fn unregister_interfaces() {
     // SAFETY: unregistering what register_interfaces registered; Asterisk waits
     // for handlers in progress.
     unsafe {
+        sys::astdb_cluster_unregister_ami();
         sys::astdb_cluster_unregister_cli();
         sys::astdb_cluster_unregister_functions();
     }

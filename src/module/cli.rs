@@ -30,8 +30,9 @@ const SHOW: usize = 2;
 const REFRESH: usize = 3;
 const NODES: usize = 4;
 const STATUS: usize = 5;
+const SHOW_KEY: usize = 6;
 
-pub(crate) static COMMANDS: [Command; 6] = [
+pub(crate) static COMMANDS: [Command; 7] = [
     Command {
         command: c"database shared put",
         summary: c"Share an AstDB family with the cluster",
@@ -61,6 +62,11 @@ pub(crate) static COMMANDS: [Command; 6] = [
         command: c"astdb cluster show status",
         summary: c"Show this node's cluster status",
         usage: c"Usage: astdb cluster show status\n       Shows this node's EID, cluster, network state and counters.\n",
+    },
+    Command {
+        command: c"database shared show key",
+        summary: c"Show how one key of a shared family is held",
+        usage: c"Usage: database shared show key <family> <key>\n       Shows the key's value, its version and when it was made, the node\n       that made it, whether a tombstone is held for it and, for a unique\n       family, which nodes' copies of it this server holds. <family> is the\n       AstDB family (<EID>/<family> for another server's copy).\n",
     },
 ];
 
@@ -147,6 +153,10 @@ pub(crate) fn exec(idx: usize, argv: &[String], out: &mut Output) -> Outcome {
         (REFRESH, [] | [_]) => refresh(args.first().copied()),
         (NODES, [] | [_]) => show_nodes(args.first().copied(), out),
         (STATUS, []) => show_status(out),
+        (SHOW_KEY, [family, key]) => key_lines(family, key).map(|lines| {
+            aligned(out, lines);
+            String::new()
+        }),
         _ => return Outcome::ShowUsage,
     };
     match result {
@@ -174,7 +184,32 @@ fn family_names(filter: Option<&str>) -> Result<Vec<String>, String> {
     })
 }
 
+/// The columns of `database shared show`.
+pub(crate) const FAMILY_HEADER: [&str; 8] = [
+    "Family",
+    "Mode",
+    "Origin",
+    "Policy",
+    "Sync",
+    "Interval",
+    "Keys",
+    "Last change",
+];
+
 fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    let rows = family_rows(filter)?;
+    for line in table(&FAMILY_HEADER, &rows) {
+        out.line(&line);
+    }
+    Ok(format!(
+        "{} shared famil{}.",
+        rows.len(),
+        if rows.len() == 1 { "y" } else { "ies" }
+    ))
+}
+
+/// The shared families matching `filter`, as [`FAMILY_HEADER`] rows.
+pub(crate) fn family_rows(filter: Option<&str>) -> Result<Vec<Vec<String>>, String> {
     // Key counts are read from AstDB now; the last change is the engine's.
     let counts: Vec<(String, usize)> = family_names(filter)?
         .into_iter()
@@ -212,29 +247,10 @@ fn show_families(filter: Option<&str>, out: &mut Output) -> Result<String, Strin
             return Err(format!("family '{name}' is not shared"));
         }
     }
-    for line in table(
-        &[
-            "Family",
-            "Mode",
-            "Origin",
-            "Policy",
-            "Sync",
-            "Interval",
-            "Keys",
-            "Last change",
-        ],
-        &rows,
-    ) {
-        out.line(&line);
-    }
-    Ok(format!(
-        "{} shared famil{}.",
-        rows.len(),
-        if rows.len() == 1 { "y" } else { "ies" }
-    ))
+    Ok(rows)
 }
 
-fn refresh(filter: Option<&str>) -> Result<String, String> {
+pub(crate) fn refresh(filter: Option<&str>) -> Result<String, String> {
     let names = family_names(filter)?;
     if let (Some(name), true) = (filter, names.is_empty()) {
         return Err(format!("family '{name}' is not shared"));
@@ -248,7 +264,38 @@ fn refresh(filter: Option<&str>) -> Result<String, String> {
     ))
 }
 
+/// The columns of `astdb cluster show nodes`.
+pub(crate) const NODE_HEADER: [&str; 10] = [
+    "Node",
+    "Name",
+    "Address",
+    "EID",
+    "State",
+    "Last seen",
+    "Lag",
+    "Bytes in/out",
+    "Frames in/out",
+    "Protocol",
+];
+
 fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> {
+    let (rows, rejects) = node_rows(filter)?;
+    for line in table(&NODE_HEADER, &rows) {
+        out.line(&line);
+    }
+    if !rejects.is_empty() {
+        out.line(&format!("Refused connections: {}", rejects.join(", ")));
+    }
+    Ok(format!(
+        "{} node{} configured.",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ))
+}
+
+/// The configured nodes matching `filter` (number or name), as [`NODE_HEADER`] rows,
+/// and the refused connections by cause.
+pub(crate) fn node_rows(filter: Option<&str>) -> Result<(Vec<Vec<String>>, Vec<String>), String> {
     let status = published();
     let link = &status.node.link;
     let (rows, rejects) = with_runtime(|rt| {
@@ -301,32 +348,110 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
     if let (Some(f), true) = (filter, rows.is_empty()) {
         return Err(format!("no configured node matches '{f}'"));
     }
-    let header = [
-        "Node",
-        "Name",
-        "Address",
-        "EID",
-        "State",
-        "Last seen",
-        "Lag",
-        "Bytes in/out",
-        "Frames in/out",
-        "Protocol",
-    ];
-    for line in table(&header, &rows) {
-        out.line(&line);
-    }
-    if !rejects.is_empty() {
-        out.line(&format!("Refused connections: {}", rejects.join(", ")));
-    }
-    Ok(format!(
-        "{} node{} configured.",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
-    ))
+    Ok((rows, rejects))
 }
 
 fn show_status(out: &mut Output) -> Result<String, String> {
+    aligned(out, status_lines()?);
+    Ok(String::new())
+}
+
+/// `Name: value` lines, the values aligned.
+fn aligned(out: &mut Output, lines: Vec<(&'static str, String)>) {
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in lines {
+        out.line(&format!("{:<width$} {v}", format!("{k}:")));
+    }
+}
+
+/// How long `database shared show key` waits for the module's thread.
+const INSPECT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What `database shared show key` shows of AstDB family `family`, key `key`.
+pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, String)>, String> {
+    let family = family.trim_matches('/');
+    if family.is_empty() || key.is_empty() {
+        return Err("a family and a key are needed".into());
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    with_runtime(|rt| {
+        rt.inbox.push_command(LoopCommand::Inspect {
+            family: family.to_string(),
+            key: key.to_string(),
+            reply: tx,
+        })
+    })?;
+    let info = rx.recv_timeout(INSPECT_WAIT).map_err(|_| {
+        "the replication loop did not answer within 3 s (busy with a large read or catch-up); try again".to_string()
+    })?;
+    let Some((shared, mode, _)) = &info.shared else {
+        return Err(format!("family '{family}' is not shared"));
+    };
+    let node_name = |node: Option<u32>, eid: crate::eid::Eid| match node {
+        Some(n) => format!("node {n} ({eid})"),
+        None => format!("unknown node ({eid})"),
+    };
+    let version = |v: &crate::engine::Version| {
+        let wall = v.hlc.wall_ms();
+        if wall == 0 {
+            "0 (found in AstDB before it was shared)".to_string()
+        } else {
+            format!("{} ({})", v.hlc, local_time(wall))
+        }
+    };
+    let value = crate::asterisk::db::get(family, key);
+    let mut lines = vec![
+        ("Family", family.to_string()),
+        ("Key", key.to_string()),
+        ("Value", value.unwrap_or_else(|| "(not in AstDB)".into())),
+        ("Shared family", shared.clone()),
+        ("Mode", mode.to_string()),
+    ];
+    match &info.held {
+        Some((v, node, tombstone)) => {
+            lines.push(("Version", version(v)));
+            lines.push(("Origin", node_name(*node, v.origin)));
+            lines.push((
+                "Tombstone",
+                if *tombstone {
+                    "yes (deleted; remembered until every peer has the delete)".into()
+                } else {
+                    "no".into()
+                },
+            ));
+        }
+        None => {
+            lines.push(("Version", "none held (not yet read or received)".into()));
+            lines.push(("Tombstone", "no".into()));
+        }
+    }
+    if *mode == Mode::Unique {
+        let copies: Vec<String> = info
+            .copies
+            .iter()
+            .map(|(eid, node, v, tombstone)| {
+                format!(
+                    "{} {}{}",
+                    node_name(*node, *eid),
+                    v.hlc,
+                    if *tombstone { " (deleted)" } else { "" }
+                )
+            })
+            .collect();
+        lines.push((
+            "Copies held",
+            if copies.is_empty() {
+                "none".into()
+            } else {
+                copies.join("; ")
+            },
+        ));
+    }
+    Ok(lines)
+}
+
+/// What `astdb cluster show status` shows, line by line.
+pub(crate) fn status_lines() -> Result<Vec<(&'static str, String)>, String> {
     let status = published();
     let (node, link) = (&status.node, &status.node.link);
     let lines = with_runtime(|rt| {
@@ -400,15 +525,11 @@ fn show_status(out: &mut Output) -> Result<String, String> {
             ("Built with headers", crate::asterisk::headers()),
         ]
     })?;
-    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    for (k, v) in lines {
-        out.line(&format!("{:<width$} {v}", format!("{k}:")));
-    }
-    Ok(String::new())
+    Ok(lines)
 }
 
 /// Completion candidates for the word at `pos` (0-based over the whole line).
-pub(crate) fn complete(idx: usize, _line: &str, word: &str, pos: usize) -> Vec<String> {
+pub(crate) fn complete(idx: usize, line: &str, word: &str, pos: usize) -> Vec<String> {
     let Some(command) = COMMANDS.get(idx) else {
         return Vec::new();
     };
@@ -424,7 +545,18 @@ pub(crate) fn complete(idx: usize, _line: &str, word: &str, pos: usize) -> Vec<S
     };
     let candidates: Vec<String> = match (idx, arg) {
         (PUT, Some(0)) => vec!["global".into(), "unique".into()],
-        (DELETE | SHOW | REFRESH, Some(0)) => families(),
+        (DELETE | SHOW | REFRESH | SHOW_KEY, Some(0)) => families(),
+        (SHOW_KEY, Some(1)) => line
+            .split_whitespace()
+            .nth(pos - 1)
+            .map(|family| {
+                crate::asterisk::db::read_tree(family)
+                    .rows()
+                    .take(1000)
+                    .map(|(k, _)| k.into_owned())
+                    .collect()
+            })
+            .unwrap_or_default(),
         (NODES, Some(0)) => with_runtime(|rt| {
             rt.config
                 .nodes

@@ -6,6 +6,7 @@
 //! and the loop's inbox, where they leave commands. None of them waits on the loop's
 //! disk I/O.
 
+pub(crate) mod ami;
 pub(crate) mod capture;
 pub(crate) mod cli;
 pub(crate) mod dialplan;
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::asterisk::events::StasisEvents;
 use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded, db::AsteriskDb, Capture};
 use crate::config::{self, ClusterConfig, CONFIG_FILE};
@@ -22,6 +24,7 @@ use crate::eid::Eid;
 use crate::engine::family::{validate_family_name, Mode, Registry, SharedFamily};
 use crate::engine::{Engine, EngineConfig};
 use crate::metadata::{self, Marks, Metadata};
+use crate::node::events::{EventSink, NoEvents};
 use crate::node::inbox::{Command, Inbox};
 use crate::node::mesh::Mesh;
 use crate::node::{self, Level, Node, Parts, Say, Status, SystemClock, Tuning};
@@ -178,10 +181,6 @@ impl Runtime {
         }
         self.unshared_presets.remove(name);
         self.rebuild_registry();
-        asterisk::manager_event(
-            "AstDBClusterFamilyShared",
-            &[("Family", name), ("Mode", &mode.to_string())],
-        );
         Ok(match previous {
             Some(_) => format!("family '{name}' is now shared {mode} (was shared otherwise)"),
             None => format!("family '{name}' is now shared {mode}"),
@@ -203,7 +202,6 @@ impl Runtime {
             ));
         }
         self.rebuild_registry();
-        asterisk::manager_event("AstDBClusterFamilyUnshared", &[("Family", name)]);
         Ok(message)
     }
 }
@@ -324,10 +322,22 @@ pub fn load() -> i32 {
         }
     };
     let eid = asterisk::local_eid();
-    let engine = Engine::new(
-        EngineConfig::new(eid, config.general.cluster_node),
-        Some(restored),
-    );
+    let events: Box<dyn EventSink> = match asterisk::events::start() {
+        Ok(true) => Box::new(StasisEvents { eid, failed: 0 }),
+        Ok(false) => {
+            notice!(
+                "stasis.conf declines this module's message types: no change events are published"
+            );
+            Box::new(NoEvents)
+        }
+        Err(why) => {
+            error!("{why}; declining to load");
+            return LOAD_DECLINE;
+        }
+    };
+    let mut engine_config = EngineConfig::new(eid, config.general.cluster_node);
+    engine_config.events = config.general.events;
+    let engine = Engine::new(engine_config, Some(restored));
     let inbox = Arc::new(Inbox::default());
     let node = Node::new(
         Parts {
@@ -338,6 +348,7 @@ pub fn load() -> i32 {
             clock: Box::new(SystemClock::default()),
             say: say(),
             shared: Box::new(capture::set_shared),
+            events,
             tuning: Tuning::default(),
         },
         crashed,
@@ -374,6 +385,7 @@ pub fn load() -> i32 {
     if let Err(why) = start_worker(inbox, node) {
         error!("{why}; declining to load");
         capture::set_inbox(None);
+        asterisk::events::stop();
         lock(&RUNTIME).take();
         return LOAD_DECLINE;
     }
@@ -389,6 +401,11 @@ pub fn load() -> i32 {
 /// Stops the module's thread, gives func_db its callbacks back and drops the state.
 fn stop_and_release() {
     stop_worker();
+    // The thread was the only publisher; the messages it sent may still be on their way.
+    let alive = asterisk::events::stop();
+    if alive > 0 {
+        warning!("{alive} change event(s) were still being delivered after 5 s");
+    }
     asterisk::capture_unhook();
     capture::set_inbox(None);
     lock(&STATUS).take();
