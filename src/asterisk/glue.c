@@ -390,8 +390,8 @@ static void cluster_event_destroy(void *obj)
 {
 	struct cluster_event *event = obj;
 
-	free(event->ami);
-	free(event->json);
+	ast_free(event->ami);
+	ast_free(event->json);
 	__atomic_sub_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -471,8 +471,8 @@ int astdb_cluster_event_publish(int class, const char *name, const char *ami, co
 	}
 	__atomic_add_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
 	event->name = static_name;
-	event->ami = strdup(ami);
-	event->json = strdup(json);
+	event->ami = ast_strdup(ami);
+	event->json = ast_strdup(json);
 	message = (event->ami && event->json) ? stasis_message_create(type, event) : NULL;
 	ao2_cleanup(event);
 	if (!message) {

@@ -399,9 +399,9 @@ pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, St
             format!("{} ({})", v.hlc, local_time(wall))
         }
     };
-    let value = crate::asterisk::db::get(family, key);
+    let value = crate::asterisk::db::get(&info.astdb_family, key);
     let mut lines = vec![
-        ("Family", family.to_string()),
+        ("Family", info.astdb_family.clone()),
         ("Key", key.to_string()),
         ("Value", value.unwrap_or_else(|| "(not in AstDB)".into())),
         ("Shared family", shared.clone()),
@@ -458,16 +458,10 @@ pub(crate) fn status_lines() -> Result<Vec<(&'static str, String)>, String> {
         let g = &rt.config.general;
         let c = &node.counters;
         let capture = match (status.capture.db_write, status.capture.db_delete) {
-            (true, true) => {
-                "DB() and DB_DELETE() seen at once; other writers at each family's read"
-            }
-            (true, false) => {
-                "DB() seen at once; DB_DELETE() and other writers at each family's read"
-            }
-            (false, true) => {
-                "DB_DELETE() seen at once; DB() and other writers at each family's read"
-            }
-            (false, false) => "func_db not loaded: dialplan writes are seen at each family's read",
+            (true, true) => "DB() and DB_DELETE() seen at once; other writers when AstDB commits (families of up to 10,000 keys) or at each family's read",
+            (true, false) => "DB() seen at once; DB_DELETE() and other writers when AstDB commits (families of up to 10,000 keys) or at each family's read",
+            (false, true) => "DB_DELETE() seen at once; DB() and other writers when AstDB commits (families of up to 10,000 keys) or at each family's read",
+            (false, false) => "func_db not loaded: dialplan writes are seen with the other writers, when AstDB commits (families of up to 10,000 keys) or at each family's read",
         };
         let dropped = c.dropped_unshared
             + c.dropped_mode

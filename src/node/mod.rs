@@ -163,6 +163,9 @@ pub struct KeyInfo {
     pub shared: Option<(String, Mode, String)>,
     /// Whose copy the AstDB family asked about holds (a unique family's).
     pub owner: Option<Eid>,
+    /// The AstDB family that holds this copy (this node's own copy of a unique key is
+    /// under the plain family name, another node's under `<EID>/family`).
+    pub astdb_family: String,
     /// The version held for that item, with its origin's node number, and whether it
     /// is a tombstone (the key was deleted and the deletion is still remembered).
     pub held: Option<(Version, Option<u32>, bool)>,
@@ -416,9 +419,14 @@ impl Node {
                 .map(|(o, e)| (o, self.engine.node_of(o), e.version, e.is_tombstone()))
                 .collect(),
         };
+        let astdb_family = match owner {
+            Some(o) if o != local => format!("{o}/{rest}"),
+            _ => rest.to_string(),
+        };
         KeyInfo {
             shared: Some((name.to_string(), mode, key)),
             owner,
+            astdb_family,
             held,
             copies,
         }
