@@ -18,6 +18,7 @@
 
 #include "asterisk.h"
 #include "asterisk/astdb.h"
+#include "asterisk/astobj2.h"
 #include "asterisk/cli.h"
 #include "asterisk/config.h"
 #include "asterisk/logger.h"
