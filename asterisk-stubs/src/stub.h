@@ -21,6 +21,7 @@
 #include "asterisk/astobj2.h"
 #include "asterisk/cli.h"
 #include "asterisk/config.h"
+#include "asterisk/json.h"
 #include "asterisk/logger.h"
 #include "asterisk/manager.h"
 #include "asterisk/module.h"
