@@ -374,7 +374,7 @@ fn manager_events_are_logged() {
     s.cli("module reload stub_good.so");
     let events = s.events();
     assert!(
-        events.contains("Event: StubGoodReloaded\nPrivilege: 1\nLoads: 1\n"),
+        events.contains("Event: StubGoodReloaded\nPrivilege: system,all\nLoads: 1\n"),
         "{events}"
     );
     let file = std::fs::read_to_string(s.log_dir().join("events")).unwrap();

@@ -6,10 +6,14 @@
  * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "stub.h"
@@ -25,13 +29,60 @@ static int ev_count;
 
 #define MAX_EVENTS 10000
 
+/* The privilege names, in Asterisk's order; "all" matches any flag. */
+static const struct {
+	int num;
+	const char *label;
+} perms[] = {
+	{ EVENT_FLAG_SYSTEM, "system" },
+	{ EVENT_FLAG_CALL, "call" },
+	{ EVENT_FLAG_LOG, "log" },
+	{ EVENT_FLAG_VERBOSE, "verbose" },
+	{ EVENT_FLAG_COMMAND, "command" },
+	{ EVENT_FLAG_AGENT, "agent" },
+	{ EVENT_FLAG_USER, "user" },
+	{ EVENT_FLAG_CONFIG, "config" },
+	{ EVENT_FLAG_DTMF, "dtmf" },
+	{ EVENT_FLAG_REPORTING, "reporting" },
+	{ 1 << 10, "cdr" },
+	{ 1 << 11, "dialplan" },
+	{ 1 << 12, "originate" },
+	{ 1 << 13, "agi" },
+	{ 1 << 15, "cc" },
+	{ 1 << 16, "aoc" },
+	{ 1 << 17, "test" },
+	{ 1 << 18, "security" },
+	{ 1 << 30, "message" },
+	{ INT_MAX, "all" },
+};
+
+const char *stub_manager_authority(int authority, char *buf, size_t len)
+{
+	size_t i, used = 0;
+
+	buf[0] = '\0';
+	for (i = 0; i < ARRAY_LEN(perms); i++) {
+		if (authority & perms[i].num) {
+			int n = snprintf(buf + used, len - used, "%s%s", used ? "," : "", perms[i].label);
+			if (n < 0 || (size_t)n >= len - used) {
+				break;
+			}
+			used += (size_t)n;
+		}
+	}
+	if (!buf[0]) {
+		snprintf(buf, len, "<none>");
+	}
+	return buf;
+}
+
 int __ast_manager_event_multichan(int category, const char *event, int chancount,
 	struct ast_channel **chans, const char *file, int line, const char *func,
 	const char *contents, ...)
 {
 	char *body = NULL, *text = NULL;
 	struct event *ev;
-	char path[4200];
+	char path[4200], privilege[256];
 	va_list ap;
 	int fd, len;
 
@@ -53,7 +104,8 @@ int __ast_manager_event_multichan(int category, const char *event, int chancount
 		}
 		*w = '\0';
 	}
-	len = asprintf(&text, "Event: %s\nPrivilege: %d\n%s%s", event, category, body,
+	len = asprintf(&text, "Event: %s\nPrivilege: %s\n%s%s", event,
+		stub_manager_authority(category, privilege, sizeof(privilege)), body,
 		(*body && body[strlen(body) - 1] != '\n') ? "\n" : "");
 	free(body);
 	if (len < 0) {

@@ -87,6 +87,8 @@ void stub_pbx_init(void);
 
 /* manager.c */
 void stub_manager_init(void);
+/* "system,all" for EVENT_FLAG_SYSTEM, as Asterisk's authority_to_str(). */
+const char *stub_manager_authority(int authority, char *buf, size_t len);
 
 void stub_logger_register_cli(void);
 void stub_config_register_cli(void);
