@@ -158,6 +158,43 @@ static char *cli_eventlog(struct ast_cli_entry *e, int cmd, struct ast_cli_args 
 	return CLI_SUCCESS;
 }
 
+/* ---- event blobs (a message type's to_ami) ---- */
+
+static void blob_dtor(void *obj)
+{
+	struct ast_manager_event_blob *blob = obj;
+
+	free(blob->extra_fields);
+}
+
+struct ast_manager_event_blob *ast_manager_event_blob_create(int event_flags,
+	const char *manager_event, const char *extra_fields_fmt, ...)
+{
+	struct ast_manager_event_blob *blob;
+	va_list ap;
+	int res;
+
+	if (!manager_event || !extra_fields_fmt) {
+		STUB_LOG(LOG_ERROR, "ast_manager_event_blob_create() without %s\n",
+			manager_event ? "a format" : "an event name");
+		return NULL;
+	}
+	if (!(blob = ao2_alloc_options(sizeof(*blob), blob_dtor, AO2_ALLOC_OPT_LOCK_NOLOCK))) {
+		return NULL;
+	}
+	blob->event_flags = event_flags;
+	blob->manager_event = manager_event;
+	va_start(ap, extra_fields_fmt);
+	res = vasprintf(&blob->extra_fields, extra_fields_fmt, ap);
+	va_end(ap);
+	if (res < 0) {
+		blob->extra_fields = NULL;
+		ao2_ref(blob, -1);
+		return NULL;
+	}
+	return blob;
+}
+
 static char *cli_action(struct ast_cli_entry *e, int cmd, struct ast_cli_args *a)
 {
 	const char *names[64] = {0}, *values[64] = {0};

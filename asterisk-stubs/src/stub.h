@@ -27,6 +27,8 @@
 #include "asterisk/module.h"
 #include "asterisk/paths.h"
 #include "asterisk/pbx.h"
+#include "asterisk/stasis.h"
+#include "asterisk/stasis_system.h"
 #include "asterisk/utils.h"
 
 #define STUB_LOG(level, ...) ast_log(level, __FILE__, __LINE__, __func__, __VA_ARGS__)
@@ -87,8 +89,19 @@ void stub_pbx_init(void);
 
 /* manager.c */
 void stub_manager_init(void);
+/* What ast_manager_event_blob_create() makes (opaque to modules, as in Asterisk). */
+struct ast_manager_event_blob {
+	int event_flags;
+	const char *manager_event;   /* the caller's pointer, as Asterisk keeps it */
+	char *extra_fields;
+};
 /* "system,all" for EVENT_FLAG_SYSTEM, as Asterisk's authority_to_str(). */
 const char *stub_manager_authority(int authority, char *buf, size_t len);
+
+/* stasis.c: the dispatcher starts at init; shutdown stops taking messages,
+ * delivers what is queued and joins it (before the modules are unloaded). */
+int stub_stasis_init(void);
+void stub_stasis_shutdown(void);
 
 void stub_logger_register_cli(void);
 void stub_config_register_cli(void);
