@@ -112,6 +112,16 @@ const char *stub_cli_raw_rest(const char *line, int nwords);
 int stub_xmldoc_function(const char *name, char **synopsis, char **desc, char **syntax, char **seealso,
 	char **since);
 
+/* xmldoc.c: the documentation of <manager name="X"> (kind "manager", one
+ * part) or <managerEvent name="X"> (kind "managerEvent", one part per
+ * <managerEventInstance>). Returns the number of parts, 0 if undocumented;
+ * fields are malloc'd or NULL. */
+struct stub_xmldoc {
+	char *synopsis, *description, *since, *seealso, *syntax, *arguments, *provided_by;
+};
+int stub_xmldoc_manager(const char *kind, const char *name, struct stub_xmldoc **docs);
+void stub_xmldoc_free(struct stub_xmldoc *docs, int n);
+
 /* utils */
 char *stub_trim(char *s);
 int stub_mkdirs(const char *path);
