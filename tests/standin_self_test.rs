@@ -374,7 +374,7 @@ fn manager_events_are_logged() {
     s.cli("module reload stub_good.so");
     let events = s.events();
     assert!(
-        events.contains("Event: StubGoodReloaded\nPrivilege: 1\nLoads: 1\n"),
+        events.contains("Event: StubGoodReloaded\nPrivilege: system,all\nLoads: 1\n"),
         "{events}"
     );
     let file = std::fs::read_to_string(s.log_dir().join("events")).unwrap();
@@ -443,4 +443,430 @@ fn sigterm_stops_and_remote_fails_when_down() {
     assert!(s.try_cli("core show version").is_err());
     s.restart();
     assert_eq!(s.cli("database get t k"), "Value: v\n");
+}
+
+// ---- Stasis, ao2, JSON and manager actions (testmods/stub_stasis.c) ----
+
+const STUB_STASIS_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE docs SYSTEM "appdocsxml.dtd">
+<docs xmlns:xi="http://www.w3.org/2001/XInclude">
+	<manager name="StubList" language="en_US" module="stub_stasis">
+		<since><version>1.0.0</version></since>
+		<synopsis>List some items.</synopsis>
+		<syntax>
+			<xi:include xpointer="xpointer(/docs/manager[@name='Login']/syntax/parameter[@name='ActionID'])" />
+			<parameter name="Count"><para>How many items.</para></parameter>
+			<parameter name="Other" required="true"/>
+		</syntax>
+		<description><para>Sends StubListItem events.</para><para>Then a complete event.</para></description>
+		<see-also><ref type="manager">StubEcho</ref></see-also>
+	</manager>
+	<managerEvent language="en_US" name="StubStasisEvent">
+		<managerEventInstance class="EVENT_FLAG_SYSTEM">
+			<synopsis>Raised for each message published.</synopsis>
+			<syntax>
+				<parameter name="Seq"><para>The sequence number.</para></parameter>
+				<parameter name="Text" required="false"><para>The text given.</para></parameter>
+			</syntax>
+		</managerEventInstance>
+	</managerEvent>
+</docs>
+"#;
+
+fn with_stub_stasis(name: &str) -> StandIn {
+    StandIn::builder(name)
+        .module_as(testmod_so("stub_stasis"), "stub_stasis.so")
+        .data_file(
+            "documentation/thirdparty/stub_stasis-en_US.xml",
+            STUB_STASIS_XML,
+        )
+        .preload(&["stub_stasis.so"])
+        .start()
+}
+
+/// Waits until the dispatcher has delivered `n` messages in all.
+fn wait_delivered(s: &StandIn, n: usize) -> String {
+    let want = format!("{n} messages delivered, 0 queued");
+    s.wait_for_cli("stasis show messages", Duration::from_secs(10), |o| {
+        o.contains(&want)
+    })
+}
+
+#[test]
+fn published_messages_become_ami_events_and_json_lines() {
+    let s = with_stub_stasis("stasis-pub");
+    assert_eq!(s.cli("stubstasis publish 3 hi"), "published 3\n");
+    assert_eq!(s.cli("stubstasis publish-ami 1"), "published 1\n");
+    let shown = wait_delivered(&s, 4);
+    // One line per message with to_json (not the AMI-only type), compact JSON.
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("stub_stasis"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    for (i, line) in lines.iter().enumerate() {
+        let (ty, json) = line.split_once(' ').unwrap();
+        assert_eq!(ty, "stub_stasis_type");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"type":"StubStasisEvent","seq":{i},"text":"hi","extra":{{"list":[1,2.5,true,null]}}}}"#
+            )
+        );
+        let v: serde_json::Value = serde_json::from_str(json).expect("valid JSON");
+        assert_eq!(v["seq"], i);
+    }
+    let file = std::fs::read_to_string(s.log_dir().join("stasis")).unwrap();
+    assert_eq!(file.lines().collect::<Vec<_>>(), lines);
+    // Every message with to_ami is an event, in order, as manager would raise it.
+    let events = s.events();
+    for i in 0..3 {
+        let ev = format!(
+            "Event: StubStasisEvent\nPrivilege: system,all\nType: stub_stasis_type\nSeq: {i}\nText: hi\n"
+        );
+        assert!(events.contains(&ev), "{events}");
+    }
+    assert!(
+        events.contains("Type: stub_stasis_ami_only\nSeq: 0\nText: ami\n"),
+        "{events}"
+    );
+    let file = std::fs::read_to_string(s.log_dir().join("events")).unwrap();
+    assert_eq!(file.matches("Event: StubStasisEvent").count(), 4, "{file}");
+}
+
+#[test]
+fn message_data_is_released_after_delivery() {
+    let s = with_stub_stasis("stasis-release");
+    s.cli("stubstasis publish 5");
+    wait_delivered(&s, 5);
+    // The dispatcher's reference was the last one: the module's destructor ran.
+    s.wait_for_cli("stubstasis live", Duration::from_secs(5), |o| {
+        o == "live=0 created=5 destroyed=5\n"
+    });
+}
+
+#[test]
+fn ao2_refcounts_and_message_accessors() {
+    let s = with_stub_stasis("stasis-ao2");
+    assert_eq!(s.cli("stubstasis selftest"), "selftest ok\n");
+    // Its message has neither to_ami nor to_json: delivered, shown nowhere.
+    let shown = wait_delivered(&s, 1);
+    assert_eq!(shown, "1 messages delivered, 0 queued, 0 dropped\n");
+    assert!(!s.log().contains("FRACK"), "{}", s.log());
+}
+
+#[test]
+fn json_load_is_strict_and_dump_follows_the_format() {
+    let s = with_stub_stasis("stasis-json");
+    let json = |fmt: &str, text: &str| s.cli(&format!("stubstasis json {fmt} {text}"));
+    assert_eq!(
+        json(
+            "compact",
+            r#" { "a" : [ 1, -2.5e3, true, false, null, "x" ], "b": {} } "#
+        ),
+        "{\"a\":[1,-2500.0,true,false,null,\"x\"],\"b\":{}}\n"
+    );
+    // Escapes decoded and written back as Jansson does; UTF-8 kept.
+    assert_eq!(
+        json("compact", r#"["\u00e9\n\u0001\/\ud83d\ude00\"\\"]"#),
+        "[\"\u{e9}\\n\\u0001/\u{1f600}\\\"\\\\\"]\n"
+    );
+    // Reals: shortest form that reads back, ".0" on whole numbers.
+    assert_eq!(
+        json(
+            "compact",
+            "[0.1, 100.0, 1e16, 1e15, 0.0001, 0.00001, -0.0, -0, 1E2]"
+        ),
+        "[0.1,100.0,1e16,1000000000000000.0,0.0001,1e-5,-0.0,0,100.0]\n"
+    );
+    // A repeated key replaces the value in its place.
+    assert_eq!(
+        json("compact", r#"{"b":1,"a":2,"b":3}"#),
+        "{\"b\":3,\"a\":2}\n"
+    );
+    assert_eq!(
+        json("sorted", r#"{"b":1,"a":2,"B":3}"#),
+        "{\"B\":3,\"a\":2,\"b\":1}\n"
+    );
+    assert_eq!(
+        json("pretty", r#"{"b":[1,{}],"a":"x"}"#),
+        "{\n  \"b\": [\n    1,\n    {}\n  ],\n  \"a\": \"x\"\n}\n"
+    );
+    assert_eq!(
+        json("pretty-sorted", r#"{"b":1,"a":[true]}"#),
+        "{\n  \"a\": [\n    true\n  ],\n  \"b\": 1\n}\n"
+    );
+    for bad in [
+        "5",
+        "\"top-level string\"",
+        "null",
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1,]",
+        "[01]",
+        "[1.]",
+        "[.5]",
+        "[-]",
+        "[1e]",
+        "[tru]",
+        "[truex]",
+        "{\"a\":1} x",
+        "{\"a\":1}{}",
+        "[\"\\u0000\"]",
+        "[\"\\ud800\"]",
+        "[\"\\udc00\"]",
+        "[\"\\x\"]",
+        "[\"tab\there\"]",
+        "[9223372036854775808]",
+        "[1e400]",
+        "{1:2}",
+        "['a']",
+        "[1 2]",
+    ] {
+        assert_eq!(json("compact", bad), "INVALID\n", "accepted {bad:?}");
+    }
+    assert_eq!(
+        json("compact", "[9223372036854775807, 1e-400]"),
+        "[9223372036854775807,0.0]\n"
+    );
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert_eq!(json("compact", &deep(2048)), format!("{}\n", deep(2048)));
+    assert_eq!(json("compact", &deep(2049)), "INVALID\n");
+}
+
+#[test]
+fn manager_actions_answer_with_action_id_and_errors() {
+    let s = with_stub_stasis("ami-actions");
+    assert_eq!(
+        s.cli("manager action StubEcho Echo=hello ActionID=42"),
+        "Response: Success\nActionID: 42\nMessage: hello\n\n"
+    );
+    assert_eq!(
+        s.cli("manager action stubecho echo=lower"),
+        "Response: Success\nMessage: lower\n\n"
+    );
+    assert_eq!(
+        s.cli("manager action StubEcho ActionID=1"),
+        "Response: Error\nActionID: 1\nMessage: Echo: is required\n\n"
+    );
+    // A handler returning non-zero (Asterisk closes the session): its output is shown.
+    assert_eq!(
+        s.cli("manager action StubEcho Echo=x Fail=yes"),
+        "Response: Error\nMessage: Failing as asked\n\n"
+    );
+    assert_eq!(
+        s.cli("manager action NoSuchAction ActionID=9"),
+        "Response: Error\nActionID: 9\nMessage: Invalid/unknown command: NoSuchAction. Use Action: ListCommands to show available commands.\n\n"
+    );
+    // The core DB actions still answer as before.
+    assert_eq!(
+        s.cli("manager action DBPut Family=f Key=k Val=v"),
+        "Response: Success\nMessage: Updated database successfully\n"
+    );
+    // A second registration of a name (any case), or of a core action's, fails.
+    assert!(
+        s.log()
+            .contains("stub_stasis loaded (dup=-1 builtin=-1 declined=0)"),
+        "{}",
+        s.log()
+    );
+}
+
+#[test]
+fn list_action_sends_ack_items_and_complete_event() {
+    let s = with_stub_stasis("ami-list");
+    assert_eq!(
+        s.cli("manager action StubList Count=2 ActionID=7"),
+        "Response: Success\nActionID: 7\nEventList: start\nMessage: Items will follow\n\n\
+         Event: StubListItem\nActionID: 7\nIndex: 0\n\n\
+         Event: StubListItem\nActionID: 7\nIndex: 1\n\n\
+         Event: StubListComplete\nActionID: 7\nEventList: Complete\nListItems: 2\nNote: end of list\n\n"
+    );
+    assert_eq!(
+        s.cli("manager action StubList Count=0"),
+        "Response: Success\nEventList: start\nMessage: Items will follow\n\n\
+         Event: StubListComplete\nEventList: Complete\nListItems: 0\nNote: end of list\n\n"
+    );
+}
+
+#[test]
+fn manager_show_commands_and_their_help() {
+    let s = with_stub_stasis("ami-help");
+    let list = s.cli("manager show commands");
+    let rows: Vec<&str> = list.lines().collect();
+    assert_eq!(rows[0], "  Action     Synopsis");
+    assert_eq!(rows[1], "  ------     --------");
+    assert!(rows.contains(&"  DBGet      Get DB Entry."), "{list}");
+    assert!(rows.contains(&"  StubEcho   Echo a header back."), "{list}");
+    // Registered without help: the synopsis comes from the XML documentation.
+    assert!(rows.contains(&"  StubList   List some items."), "{list}");
+    assert!(rows.contains(&"  StubSlow   "), "{list}");
+
+    // Help given at registration.
+    assert_eq!(
+        s.cli("manager show command StubEcho"),
+        "Action: StubEcho\nSynopsis: Echo a header back.\nPrivilege: system,all\n\
+         Answers with the Echo header as its message.\n"
+    );
+    // Help from <manager name="StubList">.
+    let out = s.cli("manager show command stublist");
+    for part in [
+        "  -= Info about Manager Command 'StubList' =- \n",
+        "[Synopsis]\nList some items.\n\n",
+        "[Provided By]\nstub_stasis\n\n",
+        "[Since]\n1.0.0\n\n",
+        "[Description]\nSends StubListItem events.\nThen a complete event.\n\n",
+        "[Syntax]\nAction: StubList\n[Count:] <value>\nOther: <value>\n\n",
+        "[Arguments]\n\nCount\n    How many items.\n\n",
+        "[Privilege]\nsystem,reporting,all\n\n",
+        "[See Also]\nStubEcho\n\n",
+    ] {
+        assert!(out.contains(part), "missing {part:?} in\n{out}");
+    }
+    // No help anywhere.
+    let out = s.cli("manager show command StubSlow");
+    assert!(out.contains("[Synopsis]\nNot available\n"), "{out}");
+    assert!(out.contains("[Syntax]\nAction: StubSlow\n"), "{out}");
+    // An unknown name prints nothing, as in Asterisk.
+    assert_eq!(s.cli("manager show command NoSuchAction"), "");
+    assert_eq!(
+        s.cli("_complete manager show command Stub"),
+        "StubEcho\nStubList\nStubSlow\n"
+    );
+}
+
+#[test]
+fn manager_show_event_reads_thirdparty_xml() {
+    let s = with_stub_stasis("ami-event-doc");
+    let out = s.cli("manager show event StubStasisEvent");
+    assert!(out.starts_with("Event: StubStasisEvent\n"), "{out}");
+    for part in [
+        "  -= Info about Manager Event 'StubStasisEvent' =- \n",
+        "[Synopsis]\nRaised for each message published.\n\n",
+        "[Syntax]\nEvent: StubStasisEvent\nSeq: <value>\n[Text:] <value>\n\n",
+        "[Arguments]\n\nSeq\n    The sequence number.\n\nText\n    The text given.\n\n",
+    ] {
+        assert!(out.contains(part), "missing {part:?} in\n{out}");
+    }
+    assert_eq!(
+        s.cli("manager show event NoSuchEvent"),
+        "Could not find event 'NoSuchEvent'\n"
+    );
+}
+
+#[test]
+fn module_unload_unregisters_actions_across_cycles() {
+    let s = with_stub_stasis("ami-cycles");
+    for round in 0..3 {
+        assert!(s
+            .cli("manager action StubEcho Echo=x")
+            .contains("Message: x"));
+        s.cli("stubstasis publish 2");
+        assert!(s
+            .cli("module unload stub_stasis.so")
+            .contains("Unloaded stub_stasis.so"));
+        assert!(
+            s.log()
+                .contains(&format!("stub_stasis unloaded (live=0 destroyed={})", 2)),
+            "round {round}: {}",
+            s.log()
+        );
+        assert!(s
+            .cli("manager action StubEcho Echo=x")
+            .contains("Invalid/unknown command: StubEcho."));
+        let list = s.cli("manager show commands");
+        assert!(!list.contains("Stub"), "{list}");
+        assert!(list.contains("DBGet"), "{list}");
+        assert!(s
+            .cli("module load stub_stasis.so")
+            .contains("Loaded stub_stasis.so"));
+    }
+    wait_delivered(&s, 6);
+    assert!(!s.log().contains("still mapped after dlclose"));
+}
+
+#[test]
+fn unload_waits_while_the_dispatcher_delivers() {
+    let s = with_stub_stasis("stasis-unload");
+    // Ten messages whose to_ami takes 20 ms each: most are still queued at the unload.
+    assert_eq!(s.cli("stubstasis publish 10 slow 20000"), "published 10\n");
+    assert!(s
+        .cli("module unload stub_stasis.so")
+        .contains("Unloaded stub_stasis.so"));
+    assert!(
+        s.log()
+            .contains("stub_stasis unloaded (live=0 destroyed=10)"),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.events().matches("Text: slow").count(), 10);
+}
+
+#[test]
+fn busy_action_holds_the_module() {
+    let s = with_stub_stasis("ami-busy");
+    std::thread::scope(|scope| {
+        let slow = scope.spawn(|| s.cli("manager action StubSlow Ms=800"));
+        // The call holds a reference to its module, as in Asterisk: use count 1.
+        s.wait_for_cli(
+            "module show like stub_stasis",
+            Duration::from_secs(5),
+            |o| {
+                o.lines().any(|l| {
+                    l.starts_with("stub_stasis.so")
+                        && l.split_whitespace().rev().nth(2) == Some("1")
+                })
+            },
+        );
+        let out = s.cli("module unload stub_stasis.so");
+        assert!(out.contains("Soft unload failed"), "{out}");
+        assert_eq!(
+            slow.join().unwrap(),
+            "Response: Success\nMessage: Slept\n\n"
+        );
+    });
+    assert!(s
+        .cli("module unload stub_stasis.so")
+        .contains("Unloaded stub_stasis.so"));
+}
+
+#[test]
+fn shutdown_delivers_queued_messages_before_unloading_modules() {
+    let mut s = with_stub_stasis("stasis-shutdown");
+    assert_eq!(s.cli("stubstasis publish 10 bye 20000"), "published 10\n");
+    s.stop();
+    let events = std::fs::read_to_string(s.log_dir().join("events")).unwrap();
+    assert_eq!(events.matches("Text: bye").count(), 10, "{events}");
+    let log = s.log();
+    let stopped = log
+        .find("Stasis stopped after delivering 10 messages")
+        .expect("dispatcher stopped");
+    let unloading = log
+        .find("Unloading stub_stasis.so at shutdown")
+        .expect("module unloaded");
+    assert!(stopped < unloading, "{log}");
+    assert!(
+        log.contains("stub_stasis unloaded (live=0 destroyed=10)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn stasis_conf_declines_message_types() {
+    let s = StandIn::builder("stasis-declined")
+        .module_as(testmod_so("stub_stasis"), "stub_stasis.so")
+        .conf_file(
+            "stasis.conf",
+            "[declined_message_types]\ndecline => stub_stasis_declined\n",
+        )
+        .preload(&["stub_stasis.so"])
+        .start();
+    // STASIS_MESSAGE_TYPE_DECLINED is 1.
+    assert!(
+        s.log()
+            .contains("stub_stasis loaded (dup=-1 builtin=-1 declined=1)"),
+        "{}",
+        s.log()
+    );
 }

@@ -268,6 +268,9 @@ int main(int argc, char **argv)
 	stub_astdb_register_cli();
 	stub_pbx_init();
 	stub_manager_init();
+	if (stub_stasis_init()) {
+		return 1;
+	}
 	stub_loader_init();
 	stub_loader_register_cli();
 	if (stub_cli_server_start()) {
@@ -306,6 +309,9 @@ int main(int argc, char **argv)
 	}
 	STUB_LOG(LOG_NOTICE, "Shutting down (signal %d)\n", sig);
 	stub_cli_server_stop();
+	/* The messages' data destructors live in the modules: deliver what is queued
+	 * while the modules are still there. */
+	stub_stasis_shutdown();
 	stub_modules_shutdown();
 	stub_astdb_shutdown();
 	STUB_LOG(LOG_NOTICE, "Stand-in stopped.\n");

@@ -18,13 +18,17 @@
 
 #include "asterisk.h"
 #include "asterisk/astdb.h"
+#include "asterisk/astobj2.h"
 #include "asterisk/cli.h"
 #include "asterisk/config.h"
+#include "asterisk/json.h"
 #include "asterisk/logger.h"
 #include "asterisk/manager.h"
 #include "asterisk/module.h"
 #include "asterisk/paths.h"
 #include "asterisk/pbx.h"
+#include "asterisk/stasis.h"
+#include "asterisk/stasis_system.h"
 #include "asterisk/utils.h"
 
 #define STUB_LOG(level, ...) ast_log(level, __FILE__, __LINE__, __func__, __VA_ARGS__)
@@ -85,6 +89,19 @@ void stub_pbx_init(void);
 
 /* manager.c */
 void stub_manager_init(void);
+/* What ast_manager_event_blob_create() makes (opaque to modules, as in Asterisk). */
+struct ast_manager_event_blob {
+	int event_flags;
+	const char *manager_event;   /* the caller's pointer, as Asterisk keeps it */
+	char *extra_fields;
+};
+/* "system,all" for EVENT_FLAG_SYSTEM, as Asterisk's authority_to_str(). */
+const char *stub_manager_authority(int authority, char *buf, size_t len);
+
+/* stasis.c: the dispatcher starts at init; shutdown stops taking messages,
+ * delivers what is queued and joins it (before the modules are unloaded). */
+int stub_stasis_init(void);
+void stub_stasis_shutdown(void);
 
 void stub_logger_register_cli(void);
 void stub_config_register_cli(void);
@@ -94,6 +111,16 @@ const char *stub_cli_raw_rest(const char *line, int nwords);
 /* xmldoc.c: 1 and malloc'd strings if <astdatadir>/documentation/thirdparty documents it. */
 int stub_xmldoc_function(const char *name, char **synopsis, char **desc, char **syntax, char **seealso,
 	char **since);
+
+/* xmldoc.c: the documentation of <manager name="X"> (kind "manager", one
+ * part) or <managerEvent name="X"> (kind "managerEvent", one part per
+ * <managerEventInstance>). Returns the number of parts, 0 if undocumented;
+ * fields are malloc'd or NULL. */
+struct stub_xmldoc {
+	char *synopsis, *description, *since, *seealso, *syntax, *arguments, *provided_by;
+};
+int stub_xmldoc_manager(const char *kind, const char *name, struct stub_xmldoc **docs);
+void stub_xmldoc_free(struct stub_xmldoc *docs, int n);
 
 /* utils */
 char *stub_trim(char *s);
