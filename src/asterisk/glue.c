@@ -485,17 +485,22 @@ int astdb_cluster_event_publish(int class, const char *name, const char *ami, co
 
 int astdb_cluster_events_stop(int wait_ms)
 {
-	int i, waited;
+	int i, waited, alive;
 
 	__atomic_store_n(&events_open, 0, __ATOMIC_SEQ_CST);
 	for (waited = 0; __atomic_load_n(&events_alive, __ATOMIC_SEQ_CST) && waited < wait_ms; waited++) {
 		usleep(1000);
 	}
+	alive = __atomic_load_n(&events_alive, __ATOMIC_SEQ_CST);
 	for (i = 0; i < 2; i++) {
-		ao2_cleanup(event_types[i]);
+		/* A message does not hold its type: with messages still alive, the
+		 * types are left to them (a small leak) rather than freed under them. */
+		if (!alive) {
+			ao2_cleanup(event_types[i]);
+		}
 		event_types[i] = NULL;
 	}
-	return __atomic_load_n(&events_alive, __ATOMIC_SEQ_CST);
+	return alive;
 }
 
 /* ---- AMI actions ----
