@@ -148,6 +148,14 @@ sync_interval = 60000
         .map(|&i| start(1, i, conf(i, &nodes_list, base, families)))
         .collect();
     wait_peers_up(&nodes[0], 1, 1);
+    // A family of more than 10,000 keys is read at its interval (a smaller one is also
+    // read whenever AstDB commits).
+    nodes[0].cli("database bulkput slow big 10001");
+    nodes[1].wait_for_cli("database count slow", Duration::from_secs(30), |o| {
+        o.contains("Keys: 10001")
+    });
+    // The reads that followed the import end with one that finds nothing new.
+    std::thread::sleep(Duration::from_millis(1500));
     // CLI writes are found by the family's read, not at once.
     nodes[0].cli("database put slow k s");
     nodes[0].cli("database put fast k f");

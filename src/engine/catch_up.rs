@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::engine::Engine;
-use super::output::{CatchUp, CatchUpPhase, Output};
+use super::output::{CatchUp, CatchUpEnd, CatchUpPhase, Output};
 use crate::eid::Eid;
 
 /// A catch-up with no traffic from the peer for this long is over.
@@ -39,7 +39,7 @@ impl CatchUps {
     }
 }
 
-fn finished(peer: Eid, family: String, o: &Open, complete: bool) -> Output {
+fn finished(peer: Eid, family: String, o: &Open, ended: CatchUpEnd) -> Output {
     Output::CatchUp(CatchUp {
         family,
         peer,
@@ -48,7 +48,7 @@ fn finished(peer: Eid, family: String, o: &Open, complete: bool) -> Output {
             received: o.received,
             deleted: o.deleted,
             duration_ms: o.last_ms.saturating_sub(o.started_ms),
-            complete,
+            ended,
         },
     })
 }
@@ -114,7 +114,12 @@ impl Engine {
     /// `peer`'s root digest of `family` equals this node's: a catch-up is complete.
     pub(super) fn catch_up_equal(&mut self, peer: Eid, family: &str, out: &mut Vec<Output>) {
         if let Some(open) = self.catch_ups.open.remove(&(peer, family.to_string())) {
-            out.push(finished(peer, family.to_string(), &open, true));
+            out.push(finished(
+                peer,
+                family.to_string(),
+                &open,
+                CatchUpEnd::InSync,
+            ));
         }
     }
 
@@ -132,7 +137,7 @@ impl Engine {
             .collect();
         for key in quiet {
             if let Some(open) = self.catch_ups.open.remove(&key) {
-                out.push(finished(key.0, key.1, &open, true));
+                out.push(finished(key.0, key.1, &open, CatchUpEnd::Quiet));
             }
         }
     }
@@ -153,7 +158,7 @@ impl Engine {
             .collect();
         for key in gone {
             if let Some(open) = self.catch_ups.open.remove(&key) {
-                out.push(finished(key.0, key.1, &open, false));
+                out.push(finished(key.0, key.1, &open, CatchUpEnd::Interrupted));
             }
         }
     }

@@ -65,7 +65,7 @@ pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
 pub use item::{merge, Contents, Entry, ItemId};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use output::{
-    Batch, CatchUp, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,
+    Batch, CatchUp, CatchUpEnd, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,
 };
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,

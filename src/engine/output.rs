@@ -97,15 +97,34 @@ pub struct CatchUp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CatchUpPhase {
     Started,
-    /// `received`: keys that came (values), `deleted`: keys that went (tombstones);
-    /// `complete`: false when it ended because the peer went down or the family was
-    /// unshared.
+    /// `received`: keys that came (values), `deleted`: keys that went (tombstones).
     Finished {
         received: u64,
         deleted: u64,
         duration_ms: u64,
-        complete: bool,
+        ended: CatchUpEnd,
     },
+}
+
+/// How a catch-up ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpEnd {
+    /// The peer's digest of the family equals this node's.
+    InSync,
+    /// Nothing more came from the peer for the family for a while.
+    Quiet,
+    /// The peer went down or the family was unshared.
+    Interrupted,
+}
+
+impl CatchUpEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUpEnd::InSync => "in_sync",
+            CatchUpEnd::Quiet => "quiet",
+            CatchUpEnd::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// Something an administrator should see in the log, about a family (and a key of it).

@@ -191,10 +191,61 @@ fn show_key(req: &dyn Request) -> Reply {
         (Ok(f), Ok(k)) => (f, k),
         (Err(e), _) | (_, Err(e)) => return e,
     };
-    match cli::key_lines(&family, &key) {
-        Ok(l) => Reply::Fields(lines(l)),
+    match cli::key_view(&family, &key) {
+        Ok(view) => Reply::Fields(key_fields(&key, view)),
         Err(why) => Reply::Error(why),
     }
+}
+
+/// ShowKey's fields: one value each, as the events name them (`Val` absent when AstDB
+/// has no such key).
+fn key_fields(key: &str, view: cli::KeyView) -> Vec<(String, String)> {
+    let info = view.info;
+    let mut f: Vec<(&str, String)> =
+        vec![("Family", info.astdb_family.clone()), ("Key", key.into())];
+    if let Some(v) = view.value {
+        f.push(("Val", v));
+    }
+    if let Some((shared, mode, _)) = &info.shared {
+        f.push(("SharedFamily", shared.clone()));
+        f.push(("Mode", mode.to_string()));
+    }
+    match &info.held {
+        Some((v, node, tombstone)) => {
+            f.push(("VersionTime", v.hlc.wall_ms().to_string()));
+            f.push(("VersionCounter", v.hlc.counter().to_string()));
+            f.push((
+                "OriginNode",
+                node.map_or_else(String::new, |n| n.to_string()),
+            ));
+            f.push(("OriginEID", v.origin.to_string()));
+            f.push(("Tombstone", if *tombstone { "yes" } else { "no" }.into()));
+        }
+        None => f.push(("Tombstone", "no".into())),
+    }
+    if info
+        .shared
+        .as_ref()
+        .is_some_and(|(_, m, _)| *m == Mode::Unique)
+    {
+        // "node=EID" of every copy held, deleted ones marked.
+        let copies: Vec<String> = info
+            .copies
+            .iter()
+            .map(|(eid, node, _, tombstone)| {
+                format!(
+                    "{}={eid}{}",
+                    node.map_or_else(String::new, |n| n.to_string()),
+                    if *tombstone { " (deleted)" } else { "" }
+                )
+            })
+            .collect();
+        f.push(("Copies", copies.join(",")));
+    }
+    f.into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 #[cfg(test)]

@@ -367,8 +367,14 @@ fn aligned(out: &mut Output, lines: Vec<(&'static str, String)>) {
 /// How long `database shared show key` waits for the module's thread.
 const INSPECT_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// What `database shared show key` shows of AstDB family `family`, key `key`.
-pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, String)>, String> {
+/// What the loop holds for one AstDB key, and its value in AstDB.
+pub(crate) struct KeyView {
+    pub info: crate::node::KeyInfo,
+    pub value: Option<String>,
+}
+
+/// Asks the loop what it holds for AstDB family `family`, key `key`.
+pub(crate) fn key_view(family: &str, key: &str) -> Result<KeyView, String> {
     let family = family.trim_matches('/');
     if family.is_empty() || key.is_empty() {
         return Err("a family and a key are needed".into());
@@ -384,12 +390,25 @@ pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, St
     let info = rx.recv_timeout(INSPECT_WAIT).map_err(|_| {
         "the replication loop did not answer within 3 s (busy with a large read or catch-up); try again".to_string()
     })?;
-    let Some((shared, mode, _)) = &info.shared else {
+    if info.shared.is_none() {
         return Err(format!("family '{family}' is not shared"));
-    };
-    let node_name = |node: Option<u32>, eid: crate::eid::Eid| match node {
+    }
+    let value = crate::asterisk::db::get(&info.astdb_family, key);
+    Ok(KeyView { info, value })
+}
+
+fn node_name(node: Option<u32>, eid: crate::eid::Eid) -> String {
+    match node {
         Some(n) => format!("node {n} ({eid})"),
         None => format!("unknown node ({eid})"),
+    }
+}
+
+/// What `database shared show key` shows of AstDB family `family`, key `key`.
+pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, String)>, String> {
+    let KeyView { info, value } = key_view(family, key)?;
+    let Some((shared, mode, _)) = &info.shared else {
+        return Err(format!("family '{family}' is not shared"));
     };
     let version = |v: &crate::engine::Version| {
         let wall = v.hlc.wall_ms();
@@ -399,7 +418,6 @@ pub(crate) fn key_lines(family: &str, key: &str) -> Result<Vec<(&'static str, St
             format!("{} ({})", v.hlc, local_time(wall))
         }
     };
-    let value = crate::asterisk::db::get(&info.astdb_family, key);
     let mut lines = vec![
         ("Family", info.astdb_family.clone()),
         ("Key", key.to_string()),

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use crate::eid::Eid;
-use crate::engine::{Changed, Mode, Source};
+use crate::engine::{CatchUpEnd, Changed, Mode, Source};
 
 /// Where the loop's events go.
 pub trait EventSink: Send {
@@ -91,7 +91,7 @@ pub enum Event {
         received: u64,
         deleted: u64,
         duration_ms: u64,
-        complete: bool,
+        ended: CatchUpEnd,
     },
     FamilyShared {
         family: String,
@@ -238,7 +238,7 @@ impl Event {
                 received,
                 deleted,
                 duration_ms,
-                complete,
+                ended,
             } => vec![
                 ("SharedFamily", shared_family.clone()),
                 ("Node", node.to_string()),
@@ -246,10 +246,7 @@ impl Event {
                 ("Received", received.to_string()),
                 ("Deleted", deleted.to_string()),
                 ("DurationMs", duration_ms.to_string()),
-                (
-                    "Result",
-                    if *complete { "complete" } else { "interrupted" }.to_string(),
-                ),
+                ("Result", ended.as_str().to_string()),
             ],
             Event::FamilyShared { family, mode } => {
                 vec![("Family", family.clone()), ("Mode", mode.to_string())]
@@ -339,11 +336,11 @@ impl Event {
                 received,
                 deleted,
                 duration_ms,
-                complete,
+                ended,
             } => json!({
                 "shared_family": shared_family, "node": node, "peer_eid": eid.to_string(),
                 "received": received, "deleted": deleted, "duration_ms": duration_ms,
-                "result": if *complete { "complete" } else { "interrupted" },
+                "result": ended.as_str(),
             }),
             Event::FamilyShared { family, mode } => {
                 json!({ "family": family, "mode": mode.to_string() })

@@ -206,6 +206,8 @@ pub struct Node {
     /// AstDB's commit stamp as last watched, and when to look again (µs).
     watched: Option<(u32, u64)>,
     next_watch_us: u64,
+    /// Some shared family is small enough to be watched (the thread then wakes for it).
+    watching: bool,
 }
 
 /// Splits a DB() argument "family/key" into the AstDB family and key, at the last '/',
@@ -240,6 +242,7 @@ impl Node {
             dialplan_writes: 0,
             watched: None,
             next_watch_us: 0,
+            watching: false,
         }
     }
 
@@ -454,6 +457,7 @@ impl Node {
         }
         self.next_watch_us = at + self.tuning.watch_us;
         let small = self.small_families();
+        self.watching = !small.is_empty();
         if small.is_empty() {
             return;
         }
@@ -479,7 +483,8 @@ impl Node {
             .reads
             .next_due(&self.told)
             .map(|t| Duration::from_micros(t.saturating_sub(at)));
-        let watch = (!self.told.is_empty())
+        let watch = self
+            .watching
             .then(|| Duration::from_micros(self.next_watch_us.saturating_sub(at)));
         [engine, read, watch]
             .into_iter()
@@ -658,7 +663,7 @@ impl Node {
                 received,
                 deleted,
                 duration_ms,
-                complete,
+                ended,
             } => Event::CatchupEnd {
                 shared_family: c.family,
                 node: c.node,
@@ -666,7 +671,7 @@ impl Node {
                 received,
                 deleted,
                 duration_ms,
-                complete,
+                ended,
             },
         };
         self.event(event);
