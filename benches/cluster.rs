@@ -358,7 +358,7 @@ fn updates_run(
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (write, arrivals)
     });
-    let events: Vec<String> = nodes.iter().map(event_counts).collect();
+    let loop_cpu: Vec<f64> = nodes.iter().map(loop_cpu_secs).collect();
     let start = must_num(&write, "start");
     let end = must_num(&write, "end");
     let held: Vec<String> = arrivals
@@ -395,12 +395,62 @@ fn updates_run(
         cpu_line(&refs, &cpu_before, n),
         load()
     );
-    println!("      AMI events raised: {}", events.join(", "));
+    let events: Vec<String> = nodes.iter().map(event_counts).collect();
+    println!(
+        "      module thread (astdb-cl-node) CPU over the whole run: {}",
+        loop_cpu
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("node {}: {c:.2} s", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "      AMI events raised (after Stasis delivered everything queued): {}",
+        events.join(", ")
+    );
     result
+}
+
+/// CPU seconds the module's own thread has used so far.
+fn loop_cpu_secs(node: &StandIn) -> f64 {
+    let Some(pid) = node.pid() else { return 0.0 };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "astdb-cl-node")
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            after
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|w| w.parse::<f64>().ok())
+                .sum::<f64>()
+                / hz.max(1.0)
+        })
+        .sum()
 }
 
 /// How many key change and summary events a node's AMI event log holds.
 fn event_counts(node: &StandIn) -> String {
+    // Stasis delivers on its own thread: wait until it has nothing queued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let out = node.cli("stasis show messages");
+        if out.lines().last().is_some_and(|l| l.contains(" 0 queued")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let log = std::fs::read_to_string(node.log_dir().join("events")).unwrap_or_default();
     let keys = log.matches("Event: AstDBClusterKeyChange").count();
     let summaries = log.matches("Event: AstDBClusterChangeSummary").count();
