@@ -94,11 +94,7 @@ fn base_port(slot: u16) -> u16 {
 
 fn conf(node: u32, nodes: u32, base: u16, general: &str, families: &str) -> String {
     let all: Vec<u32> = (1..=nodes).collect();
-    let mut c = standin::cluster_conf("bench.cluster", SECRET, node, &all, base, families);
-    // `general` goes at the end of [general], which ends at the first blank line.
-    let at = c.find("\n\n").map_or(c.len(), |i| i + 1);
-    c.insert_str(at, general);
-    c
+    standin::cluster_conf_with("bench.cluster", SECRET, node, &all, base, general, families)
 }
 
 fn family(name: &str, interval_ms: u64) -> String {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::eid::Eid;
 use crate::engine::{CatchUpEnd, Changed, Mode, Source};
@@ -110,10 +110,6 @@ fn source_name(source: Source) -> &'static str {
     }
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
-    v.map_or_else(String::new, |v| v.to_string())
-}
-
 impl Event {
     /// The AMI event name (also the JSON `type`).
     pub fn name(&self) -> &'static str {
@@ -137,9 +133,11 @@ impl Event {
         }
     }
 
-    /// The AMI fields, in order (a field with no value is left out).
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut f: Vec<(&'static str, String)> = match self {
+    /// Every field: its AMI name, its JSON name and its value (null: not given).
+    fn table(&self) -> Vec<(&'static str, &'static str, Value)> {
+        let eid = |e: &Eid| Value::from(e.to_string());
+        let text = |t: &str| Value::from(t);
+        match self {
             Event::KeyChange {
                 family,
                 key,
@@ -152,27 +150,28 @@ impl Event {
                 origin_eid,
                 version_time,
                 version_counter,
-            } => {
-                let mut f = vec![("Family", family.clone()), ("Key", key.clone())];
-                if let Some(v) = value {
-                    f.push(("Val", v.clone()));
-                }
-                f.extend([
-                    (
-                        "Operation",
-                        if value.is_some() { "put" } else { "delete" }.to_string(),
-                    ),
-                    ("Mode", mode.to_string()),
-                    ("SharedFamily", shared_family.clone()),
-                    ("Source", source_name(*source).to_string()),
-                    ("FromNode", opt(*from_node)),
-                    ("OriginNode", opt(*origin_node)),
-                    ("OriginEID", origin_eid.to_string()),
-                    ("VersionTime", version_time.to_string()),
-                    ("VersionCounter", version_counter.to_string()),
-                ]);
-                f
-            }
+            } => vec![
+                ("Family", "family", text(family)),
+                ("Key", "key", text(key)),
+                ("Val", "val", value.as_deref().map_or(Value::Null, text)),
+                (
+                    "Operation",
+                    "operation",
+                    text(if value.is_some() { "put" } else { "delete" }),
+                ),
+                ("Mode", "mode", text(&mode.to_string())),
+                ("SharedFamily", "shared_family", text(shared_family)),
+                ("Source", "source", text(source_name(*source))),
+                ("FromNode", "from_node", Value::from(*from_node)),
+                ("OriginNode", "origin_node", Value::from(*origin_node)),
+                ("OriginEID", "origin_eid", eid(origin_eid)),
+                ("VersionTime", "version_time", Value::from(*version_time)),
+                (
+                    "VersionCounter",
+                    "version_counter",
+                    Value::from(*version_counter),
+                ),
+            ],
             Event::ChangeSummary {
                 shared_family,
                 mode,
@@ -182,79 +181,92 @@ impl Event {
                 deletes,
                 key_events_off,
             } => vec![
-                ("SharedFamily", shared_family.clone()),
-                ("Mode", mode.to_string()),
-                ("Source", source_name(*source).to_string()),
-                ("FromNode", opt(*from_node)),
-                ("Puts", puts.to_string()),
-                ("Deletes", deletes.to_string()),
-                ("Changes", (puts + deletes).to_string()),
+                ("SharedFamily", "shared_family", text(shared_family)),
+                ("Mode", "mode", text(&mode.to_string())),
+                ("Source", "source", text(source_name(*source))),
+                ("FromNode", "from_node", Value::from(*from_node)),
+                ("Puts", "puts", Value::from(*puts)),
+                ("Deletes", "deletes", Value::from(*deletes)),
+                ("Changes", "changes", Value::from(puts + deletes)),
                 (
                     "Reason",
-                    if *key_events_off {
+                    "reason",
+                    text(if *key_events_off {
                         "key_events_off"
                     } else {
                         "batch"
-                    }
-                    .to_string(),
+                    }),
                 ),
             ],
             Event::PeerUp {
                 node,
-                eid,
+                eid: peer,
                 protocol,
             } => vec![
-                ("Node", node.to_string()),
-                ("EID", eid.to_string()),
-                ("Protocol", opt(*protocol)),
+                ("Node", "node", Value::from(*node)),
+                ("EID", "peer_eid", eid(peer)),
+                ("Protocol", "protocol", Value::from(*protocol)),
             ],
-            Event::PeerDown { node, eid } => {
-                vec![("Node", opt(*node)), ("EID", eid.to_string())]
-            }
+            Event::PeerDown { node, eid: peer } => vec![
+                ("Node", "node", Value::from(*node)),
+                ("EID", "peer_eid", eid(peer)),
+            ],
             Event::PeerRefused {
                 peer,
                 node,
                 cause,
                 detail,
             } => vec![
-                ("Peer", peer.clone()),
-                ("Node", opt(*node)),
-                ("Cause", cause.clone()),
-                ("Detail", detail.clone()),
+                ("Peer", "peer", text(peer)),
+                ("Node", "node", Value::from(*node)),
+                ("Cause", "cause", text(cause)),
+                ("Detail", "detail", text(detail)),
             ],
             Event::CatchupStart {
                 shared_family,
                 node,
-                eid,
+                eid: peer,
             } => vec![
-                ("SharedFamily", shared_family.clone()),
-                ("Node", node.to_string()),
-                ("EID", eid.to_string()),
+                ("SharedFamily", "shared_family", text(shared_family)),
+                ("Node", "node", Value::from(*node)),
+                ("EID", "peer_eid", eid(peer)),
             ],
             Event::CatchupEnd {
                 shared_family,
                 node,
-                eid,
+                eid: peer,
                 received,
                 deleted,
                 duration_ms,
                 ended,
             } => vec![
-                ("SharedFamily", shared_family.clone()),
-                ("Node", node.to_string()),
-                ("EID", eid.to_string()),
-                ("Received", received.to_string()),
-                ("Deleted", deleted.to_string()),
-                ("DurationMs", duration_ms.to_string()),
-                ("Result", ended.as_str().to_string()),
+                ("SharedFamily", "shared_family", text(shared_family)),
+                ("Node", "node", Value::from(*node)),
+                ("EID", "peer_eid", eid(peer)),
+                ("Received", "received", Value::from(*received)),
+                ("Deleted", "deleted", Value::from(*deleted)),
+                ("DurationMs", "duration_ms", Value::from(*duration_ms)),
+                ("Result", "result", text(ended.as_str())),
             ],
-            Event::FamilyShared { family, mode } => {
-                vec![("Family", family.clone()), ("Mode", mode.to_string())]
-            }
-            Event::FamilyUnshared { family } => vec![("Family", family.clone())],
-        };
-        f.retain(|(_, v)| !v.is_empty());
-        f
+            Event::FamilyShared { family, mode } => vec![
+                ("Family", "family", text(family)),
+                ("Mode", "mode", text(&mode.to_string())),
+            ],
+            Event::FamilyUnshared { family } => vec![("Family", "family", text(family))],
+        }
+    }
+
+    /// The AMI fields, in order; a field with no value (or an empty one) is left out.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        self.table()
+            .into_iter()
+            .filter_map(|(name, _, v)| match v {
+                Value::Null => None,
+                Value::String(s) => Some((name, s)),
+                other => Some((name, other.to_string())),
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect()
     }
 
     /// The AMI body: `Name: value` lines, each ended by CR LF. Line breaks inside a value
@@ -271,87 +283,16 @@ impl Event {
         body
     }
 
-    /// The JSON form, naming this node (`eid`) as the sender.
+    /// The JSON form (every field, null when not given), naming the event as `type` and
+    /// this node (`eid`) as its sender.
     pub fn json(&self, eid: Eid) -> String {
-        let mut v = match self {
-            Event::KeyChange {
-                family,
-                key,
-                value,
-                mode,
-                shared_family,
-                source,
-                from_node,
-                origin_node,
-                origin_eid,
-                version_time,
-                version_counter,
-            } => json!({
-                "family": family, "key": key, "val": value,
-                "operation": if value.is_some() { "put" } else { "delete" },
-                "mode": mode.to_string(), "shared_family": shared_family,
-                "source": source_name(*source), "from_node": from_node,
-                "origin_node": origin_node, "origin_eid": origin_eid.to_string(),
-                "version": { "time": version_time, "counter": version_counter },
-            }),
-            Event::ChangeSummary {
-                shared_family,
-                mode,
-                source,
-                from_node,
-                puts,
-                deletes,
-                key_events_off,
-            } => json!({
-                "shared_family": shared_family, "mode": mode.to_string(),
-                "source": source_name(*source), "from_node": from_node,
-                "puts": puts, "deletes": deletes, "changes": puts + deletes,
-                "reason": if *key_events_off { "key_events_off" } else { "batch" },
-            }),
-            Event::PeerUp {
-                node,
-                eid,
-                protocol,
-            } => json!({ "node": node, "peer_eid": eid.to_string(), "protocol": protocol }),
-            Event::PeerDown { node, eid } => {
-                json!({ "node": node, "peer_eid": eid.to_string() })
-            }
-            Event::PeerRefused {
-                peer,
-                node,
-                cause,
-                detail,
-            } => json!({ "peer": peer, "node": node, "cause": cause, "detail": detail }),
-            Event::CatchupStart {
-                shared_family,
-                node,
-                eid,
-            } => {
-                json!({ "shared_family": shared_family, "node": node, "peer_eid": eid.to_string() })
-            }
-            Event::CatchupEnd {
-                shared_family,
-                node,
-                eid,
-                received,
-                deleted,
-                duration_ms,
-                ended,
-            } => json!({
-                "shared_family": shared_family, "node": node, "peer_eid": eid.to_string(),
-                "received": received, "deleted": deleted, "duration_ms": duration_ms,
-                "result": ended.as_str(),
-            }),
-            Event::FamilyShared { family, mode } => {
-                json!({ "family": family, "mode": mode.to_string() })
-            }
-            Event::FamilyUnshared { family } => json!({ "family": family }),
-        };
-        if let Value::Object(map) = &mut v {
-            map.insert("type".into(), Value::from(self.name()));
-            map.insert("eid".into(), Value::from(eid.to_string()));
+        let mut map = serde_json::Map::new();
+        map.insert("type".into(), Value::from(self.name()));
+        map.insert("eid".into(), Value::from(eid.to_string()));
+        for (_, name, v) in self.table() {
+            map.insert(name.into(), v);
         }
-        v.to_string()
+        Value::Object(map).to_string()
     }
 }
 
@@ -503,7 +444,8 @@ mod tests {
         assert_eq!(json["type"], "AstDBClusterKeyChange");
         assert_eq!(json["val"], Value::Null);
         assert_eq!(json["eid"], "02:00:00:00:00:02");
-        assert_eq!(json["version"]["counter"], 3);
+        assert_eq!(json["version_counter"], 3);
+        assert_eq!(json["version_time"], 1_700_000_000_000u64);
     }
 
     #[test]

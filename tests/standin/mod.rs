@@ -175,6 +175,23 @@ pub fn cluster_conf(
     c
 }
 
+/// [`cluster_conf`] whose [general] also holds `general` (option lines).
+pub fn cluster_conf_with(
+    cluster: &str,
+    secret: &str,
+    node: u32,
+    nodes: &[u32],
+    base: u16,
+    general: &str,
+    extra: &str,
+) -> String {
+    let mut c = cluster_conf(cluster, secret, node, nodes, base, extra);
+    // [general] ends at the first blank line.
+    let at = c.find("\n\n").map_or(c.len(), |i| i + 1);
+    c.insert_str(at, general);
+    c
+}
+
 /// Configures one stand-in before it starts.
 pub struct Builder {
     name: String,
