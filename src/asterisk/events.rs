@@ -5,7 +5,7 @@ use std::ffi::c_int;
 
 use super::{c_string, sys};
 use crate::eid::Eid;
-use crate::node::events::{Event, EventClass, EventSink};
+use crate::node::events::{self, Event, EventClass, EventSink};
 
 /// How long unload waits for the messages still being delivered (their data is
 /// destroyed by code in this library).
@@ -42,9 +42,11 @@ impl EventSink for StasisEvents {
             EventClass::Change => sys::ASTDB_CLUSTER_EVENT_CHANGE,
             EventClass::Node => sys::ASTDB_CLUSTER_EVENT_NODE,
         } as c_int;
+        // One table of fields serves both forms.
+        let table = event.table();
         let name = c_string(event.name());
-        let ami = c_string(&event.ami());
-        let json = c_string(&event.json(self.eid));
+        let ami = c_string(&events::ami_of(&table));
+        let json = c_string(&events::json_of(event.name(), self.eid, table));
         // SAFETY: the strings outlive the call; the glue copies them.
         let res = unsafe {
             sys::astdb_cluster_event_publish(class, name.as_ptr(), ami.as_ptr(), json.as_ptr())

@@ -134,7 +134,7 @@ impl Event {
     }
 
     /// Every field: its AMI name, its JSON name and its value (null: not given).
-    fn table(&self) -> Vec<(&'static str, &'static str, Value)> {
+    pub fn table(&self) -> Vec<Field> {
         let eid = |e: &Eid| Value::from(e.to_string());
         let text = |t: &str| Value::from(t);
         match self {
@@ -256,44 +256,53 @@ impl Event {
         }
     }
 
-    /// The AMI fields, in order; a field with no value (or an empty one) is left out.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        self.table()
-            .into_iter()
-            .filter_map(|(name, _, v)| match v {
-                Value::Null => None,
-                Value::String(s) => Some((name, s)),
-                other => Some((name, other.to_string())),
-            })
-            .filter(|(_, v)| !v.is_empty())
-            .collect()
-    }
-
-    /// The AMI body: `Name: value` lines, each ended by CR LF. Line breaks inside a value
-    /// (AstDB allows them) are replaced by spaces: they would end the field.
+    /// The AMI body: `Name: value` lines, each ended by CR LF.
     pub fn ami(&self) -> String {
-        let mut body = String::new();
-        for (name, value) in self.fields() {
-            let value: String = value
-                .chars()
-                .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-                .collect();
-            let _ = write!(body, "{name}: {value}\r\n");
-        }
-        body
+        ami_of(&self.table())
     }
 
-    /// The JSON form (every field, null when not given), naming the event as `type` and
-    /// this node (`eid`) as its sender.
+    /// The JSON form, naming this node (`eid`) as its sender.
     pub fn json(&self, eid: Eid) -> String {
-        let mut map = serde_json::Map::new();
-        map.insert("type".into(), Value::from(self.name()));
-        map.insert("eid".into(), Value::from(eid.to_string()));
-        for (_, name, v) in self.table() {
-            map.insert(name.into(), v);
-        }
-        Value::Object(map).to_string()
+        json_of(self.name(), eid, self.table())
     }
+}
+
+/// One field of an event: its AMI name, its JSON name and its value (null: not given).
+pub type Field = (&'static str, &'static str, Value);
+
+/// The AMI body of an event's fields: `Name: value` lines, each ended by CR LF; a field
+/// with no value (or an empty one) is left out. Line breaks inside a value (AstDB allows
+/// them) are replaced by spaces: they would end the field.
+pub fn ami_of(table: &[Field]) -> String {
+    let mut body = String::new();
+    for (name, _, v) in table {
+        let text = match v {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if text.is_empty() {
+            continue;
+        }
+        let text: String = text
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
+        let _ = write!(body, "{name}: {text}\r\n");
+    }
+    body
+}
+
+/// The JSON form of event `name`'s fields (every field, null when not given), with the
+/// event as `type` and its sender as `eid`.
+pub fn json_of(name: &str, eid: Eid, table: Vec<Field>) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("type".into(), Value::from(name));
+    map.insert("eid".into(), Value::from(eid.to_string()));
+    for (_, key, v) in table {
+        map.insert(key.into(), v);
+    }
+    Value::Object(map).to_string()
 }
 
 /// How the loop turns a batch's changes into events.
