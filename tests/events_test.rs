@@ -493,3 +493,49 @@ sync_interval = 3600000
         |o| o.contains("Value: off"),
     );
 }
+
+#[test]
+fn unloading_while_events_are_in_flight_leaves_nothing_behind() {
+    // Nodes 5 and 6 of slot 3, whose ports no other test here uses.
+    let all = [5, 6];
+    let nodes: Vec<StandIn> = all
+        .iter()
+        .map(|&i| {
+            let conf = standin::cluster_conf_with(
+                "events.cluster",
+                SECRET,
+                i,
+                &all,
+                port_base(3),
+                "event_batch_limit = 1000000\n",
+                PRESETS,
+            );
+            StandIn::builder(&format!("e3n{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file("astdb_cluster.conf", &conf)
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"])
+                .start()
+        })
+        .collect();
+    wait_all_up(&nodes);
+    let [a, b] = [&nodes[0], &nodes[1]];
+    std::thread::scope(|s| {
+        // A steady stream of changes (one every 0.4 ms) into node 2, each an event there.
+        s.spawn(|| a.cli("database bulkput blacklist k 3000 v 400"));
+        for _ in 0..8 {
+            b.cli("module unload res_astdb_cluster.so");
+            b.cli("module load res_astdb_cluster.so");
+        }
+    });
+    b.wait_for_cli("database count blacklist", Duration::from_secs(30), |o| {
+        o.contains("Keys: 3000")
+    });
+    let log = b.log();
+    assert!(!log.contains("still mapped after dlclose"), "{log}");
+    assert!(!log.contains("did not register itself"), "{log}");
+    assert!(!log.contains("still being delivered"), "{log}");
+    // And it still raises events.
+    a.cli("dialplan set DB(blacklist/after)=1");
+    wait_event(b, "AstDBClusterKeyChange", &["Key: after"]);
+}
