@@ -106,7 +106,7 @@ fn generate_bindings(manifest: &Path, include_dir: &Path, installed: bool, out: 
         .allowlist_type("ast_db_entry|ast_variable|ast_flags|ast_eid")
         // The callbacks Rust itself defines for the glue.
         .blocklist_function(
-            "astdb_cluster_(load|unload|reload|function_read|function_write|cli_count|cli_command|cli_summary|cli_usage|cli_exec|cli_complete|db_written|ami_count|ami_name|ami_authority|ami_exec)",
+            "astdb_cluster_(load|unload|reload|function_read|function_write|cli_count|cli_command|cli_summary|cli_usage|cli_exec|cli_complete|db_written|ami_count|ami_name|ami_authority|ami_exec|event_render|event_text_free|event_drop)",
         )
         .layout_tests(false)
         .generate_comments(false);

@@ -225,3 +225,39 @@ pub extern "C" fn astdb_cluster_ami_exec(
         0
     })
 }
+
+/// The text form of an event a message carries (see glue.c), made on a Stasis thread.
+#[no_mangle]
+pub extern "C" fn astdb_cluster_event_render(
+    event: *const std::ffi::c_void,
+    form: c_int,
+) -> *mut c_char {
+    guard("event rendering", std::ptr::null_mut(), || {
+        if event.is_null() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: `event` is the Made that StasisEvents::publish handed over; the message
+        // holding it is alive for this call, and it is only read.
+        let made = unsafe { &*event.cast::<super::events::Made>() };
+        super::c_string(&made.render(form == 1)).into_raw()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_event_text_free(text: *mut c_char) {
+    if !text.is_null() {
+        // SAFETY: `text` came from astdb_cluster_event_render (CString::into_raw), once.
+        drop(unsafe { std::ffi::CString::from_raw(text) });
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn astdb_cluster_event_drop(event: *mut std::ffi::c_void) {
+    guard("event release", (), || {
+        if !event.is_null() {
+            // SAFETY: `event` is the Made that StasisEvents::publish boxed, released once
+            // by its message's destructor (or the glue when it could not publish).
+            drop(unsafe { Box::from_raw(event.cast::<super::events::Made>()) });
+        }
+    })
+}

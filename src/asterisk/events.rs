@@ -5,7 +5,7 @@ use std::ffi::c_int;
 
 use super::{c_string, sys};
 use crate::eid::Eid;
-use crate::node::events::{self, Event, EventClass, EventSink};
+use crate::node::events::{Event, EventClass, EventSink};
 
 /// How long unload waits for the messages still being delivered (their data is
 /// destroyed by code in this library).
@@ -29,7 +29,27 @@ pub fn stop() -> i32 {
     unsafe { sys::astdb_cluster_events_stop(DRAIN_MS) }
 }
 
-/// The module's event sink: each event a Stasis message.
+/// An event as a message carries it: rendered only when a subscriber asks.
+pub(crate) struct Made {
+    pub event: Event,
+    /// This node, the sender named in the JSON form.
+    pub eid: Eid,
+}
+
+impl Made {
+    /// The AMI body (`json` false) or the JSON form.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            self.event.json(self.eid)
+        } else {
+            self.event.ami()
+        }
+    }
+}
+
+/// The module's event sink: each event a Stasis message. The loop's thread only
+/// hands the event over; its AMI and JSON forms are made on the thread of the
+/// subscriber that wants them.
 pub struct StasisEvents {
     pub eid: Eid,
     /// Events Stasis could not take.
@@ -42,15 +62,14 @@ impl EventSink for StasisEvents {
             EventClass::Change => sys::ASTDB_CLUSTER_EVENT_CHANGE,
             EventClass::Node => sys::ASTDB_CLUSTER_EVENT_NODE,
         } as c_int;
-        // One table of fields serves both forms.
-        let table = event.table();
         let name = c_string(event.name());
-        let ami = c_string(&events::ami_of(&table));
-        let json = c_string(&events::json_of(event.name(), self.eid, table));
-        // SAFETY: the strings outlive the call; the glue copies them.
-        let res = unsafe {
-            sys::astdb_cluster_event_publish(class, name.as_ptr(), ami.as_ptr(), json.as_ptr())
-        };
+        let made = Box::into_raw(Box::new(Made {
+            event,
+            eid: self.eid,
+        }));
+        // SAFETY: the glue owns `made` from here: the message's data releases it through
+        // astdb_cluster_event_drop, or the glue does at once if it cannot publish.
+        let res = unsafe { sys::astdb_cluster_event_publish(class, name.as_ptr(), made.cast()) };
         if res != 0 {
             self.failed += 1;
         }

@@ -357,17 +357,18 @@ void astdb_cluster_capture_unhook(void)
 
 /* ---- change events: Stasis messages on the system topic ----
  *
- * Each message's data is an ao2 object holding the AMI body and the JSON text
- * the module rendered. Messages are delivered on Stasis threads after
- * stasis_publish returns, and both the type's vtable and the data destructor
- * are code in this library: unload stops publishing and waits for every data
- * object to be destroyed before the library can be unmapped.
+ * Each message's data is an ao2 object holding the event as the module made
+ * it (a Rust value, opaque here); its AMI and JSON forms are rendered only
+ * when a subscriber asks for them, on the subscriber's thread (manager calls
+ * to_ami only while an AMI client is connected). Messages are delivered after
+ * stasis_publish returns, and the vtable, the renderers and the data
+ * destructor are code in this library: unload stops publishing and waits for
+ * every data object to be destroyed before the library can be unmapped.
  */
 
 struct cluster_event {
 	const char *name; /* one of event_names: AMI keeps the pointer */
-	char *ami;
-	char *json;
+	void *event;      /* owned: released by astdb_cluster_event_drop */
 };
 
 static const char *const event_names[] = {
@@ -390,8 +391,7 @@ static void cluster_event_destroy(void *obj)
 {
 	struct cluster_event *event = obj;
 
-	ast_free(event->ami);
-	ast_free(event->json);
+	astdb_cluster_event_drop(event->event);
 	__atomic_sub_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -399,19 +399,28 @@ static struct ast_json *cluster_event_to_json(struct stasis_message *message,
 	const struct stasis_message_sanitizer *sanitize)
 {
 	struct cluster_event *event = stasis_message_data(message);
+	struct ast_json *json = NULL;
+	char *text;
 
 	(void)sanitize;
-	return event && event->json ? ast_json_load_string(event->json, NULL) : NULL;
+	if (event && (text = astdb_cluster_event_render(event->event, 1))) {
+		json = ast_json_load_string(text, NULL);
+		astdb_cluster_event_text_free(text);
+	}
+	return json;
 }
 
 static struct ast_manager_event_blob *cluster_event_to_ami(struct stasis_message *message)
 {
 	struct cluster_event *event = stasis_message_data(message);
+	struct ast_manager_event_blob *blob = NULL;
+	char *text;
 
-	if (!event || !event->ami) {
-		return NULL;
+	if (event && (text = astdb_cluster_event_render(event->event, 0))) {
+		blob = ast_manager_event_blob_create(EVENT_FLAG_SYSTEM, event->name, "%s", text);
+		astdb_cluster_event_text_free(text);
 	}
-	return ast_manager_event_blob_create(EVENT_FLAG_SYSTEM, event->name, "%s", event->ami);
+	return blob;
 }
 
 static struct stasis_message_vtable cluster_event_vtable = {
@@ -445,7 +454,7 @@ int astdb_cluster_events_start(void)
 	return declined;
 }
 
-int astdb_cluster_event_publish(int class, const char *name, const char *ami, const char *json)
+int astdb_cluster_event_publish(int class, const char *name, void *made)
 {
 	struct stasis_message_type *type;
 	struct stasis_message *message;
@@ -455,6 +464,7 @@ int astdb_cluster_event_publish(int class, const char *name, const char *ami, co
 
 	if (!__atomic_load_n(&events_open, __ATOMIC_SEQ_CST) || class < 0 || class > 1
 		|| !(type = event_types[class])) {
+		astdb_cluster_event_drop(made);
 		return -1;
 	}
 	for (i = 0; i < sizeof(event_names) / sizeof(event_names[0]); i++) {
@@ -462,18 +472,16 @@ int astdb_cluster_event_publish(int class, const char *name, const char *ami, co
 			static_name = event_names[i];
 		}
 	}
-	if (!static_name) {
+	if (!static_name
+		|| !(event = ao2_alloc_options(sizeof(*event), cluster_event_destroy, AO2_ALLOC_OPT_LOCK_NOLOCK))) {
+		astdb_cluster_event_drop(made);
 		return -1;
 	}
-	event = ao2_alloc_options(sizeof(*event), cluster_event_destroy, AO2_ALLOC_OPT_LOCK_NOLOCK);
-	if (!event) {
-		return -1;
-	}
+	/* From here the data object owns the event. */
 	__atomic_add_fetch(&events_alive, 1, __ATOMIC_SEQ_CST);
 	event->name = static_name;
-	event->ami = ast_strdup(ami);
-	event->json = ast_strdup(json);
-	message = (event->ami && event->json) ? stasis_message_create(type, event) : NULL;
+	event->event = made;
+	message = stasis_message_create(type, event);
 	ao2_cleanup(event);
 	if (!message) {
 		return -1;

@@ -52,15 +52,16 @@ void astdb_cluster_free(void *ptr);
  * message types; 0 on success, 1 when stasis.conf declines them, -1 on error.
  * publish: `name` must be one of the event names glue.c knows (its AMI name
  * must outlive the message, so a static copy is used); class 0 = change, 1 =
- * node; `ami` is the body ("Name: value\r\n" lines), `json` a JSON object.
- * 0 when published. stop: publishes nothing more, waits up to `wait_ms` for
- * every message data object to be destroyed (their code is in this library),
- * then releases the types; returns how many were still alive.
+ * node; `event` is the module's event, owned from then on by the message (or
+ * dropped at once when it cannot be published). 0 when published. stop:
+ * publishes nothing more, waits up to `wait_ms` for every message data object
+ * to be destroyed (their code is in this library), then releases the types;
+ * returns how many were still alive.
  */
 #define ASTDB_CLUSTER_EVENT_CHANGE 0
 #define ASTDB_CLUSTER_EVENT_NODE 1
 int astdb_cluster_events_start(void);
-int astdb_cluster_event_publish(int class, const char *name, const char *ami, const char *json);
+int astdb_cluster_event_publish(int class, const char *name, void *event);
 int astdb_cluster_events_stop(int wait_ms);
 
 /*
@@ -103,6 +104,13 @@ const char *astdb_cluster_cli_usage(int idx);
 int astdb_cluster_cli_exec(int idx, int fd, int argc, const char *const *argv);
 /* Offers completions for word `word` at position `pos` through astdb_cluster_cli_completion_add. */
 void astdb_cluster_cli_complete(int idx, const char *line, const char *word, int pos);
+
+/* An event published by the module: its AMI body (form 0) or JSON (form 1),
+ * released with astdb_cluster_event_text_free (NULL on failure); and its
+ * release. Called on Stasis threads. */
+char *astdb_cluster_event_render(const void *event, int form);
+void astdb_cluster_event_text_free(char *text);
+void astdb_cluster_event_drop(void *event);
 
 /* AMI table: action name (static), authority; exec answers the request. */
 int astdb_cluster_ami_count(void);

@@ -134,7 +134,7 @@ impl Event {
     }
 
     /// Every field: its AMI name, its JSON name and its value (null: not given).
-    pub fn table(&self) -> Vec<Field> {
+    fn table(&self) -> Vec<Field> {
         let eid = |e: &Eid| Value::from(e.to_string());
         let text = |t: &str| Value::from(t);
         match self {
@@ -268,12 +268,12 @@ impl Event {
 }
 
 /// One field of an event: its AMI name, its JSON name and its value (null: not given).
-pub type Field = (&'static str, &'static str, Value);
+type Field = (&'static str, &'static str, Value);
 
 /// The AMI body of an event's fields: `Name: value` lines, each ended by CR LF; a field
 /// with no value (or an empty one) is left out. Line breaks inside a value (AstDB allows
 /// them) are replaced by spaces: they would end the field.
-pub fn ami_of(table: &[Field]) -> String {
+fn ami_of(table: &[Field]) -> String {
     let mut body = String::new();
     for (name, _, v) in table {
         let text = match v {
@@ -295,7 +295,7 @@ pub fn ami_of(table: &[Field]) -> String {
 
 /// The JSON form of event `name`'s fields (every field, null when not given), with the
 /// event as `type` and its sender as `eid`.
-pub fn json_of(name: &str, eid: Eid, table: Vec<Field>) -> String {
+fn json_of(name: &str, eid: Eid, table: Vec<Field>) -> String {
     let mut map = serde_json::Map::new();
     map.insert("type".into(), Value::from(name));
     map.insert("eid".into(), Value::from(eid.to_string()));
