@@ -356,6 +356,19 @@ fn ami_actions_answer_like_the_cli_and_name_the_bad_field() {
     assert!(status.contains("SharedFamilies: 3"));
 
     assert!(action(a, "AstDBClusterRefresh Family=blacklist").contains("Response: Success"));
+    // A refresh re-reads a family that stays shared: no share event for it.
+    wait_event(a, "AstDBClusterFamilyShared", &["Family: blacklist"]);
+    a.cli("manager action AstDBClusterShare Family=marker Mode=global");
+    wait_event(a, "AstDBClusterFamilyShared", &["Family: marker"]);
+    assert_eq!(
+        events_named(a, "AstDBClusterFamilyShared")
+            .iter()
+            .filter(|e| field(e, "Family") == Some("blacklist"))
+            .count(),
+        1,
+        "refreshing is not sharing"
+    );
+    a.cli("manager action AstDBClusterUnshare Family=marker");
     let unshared = action(a, "AstDBClusterUnshare Family=queue_state");
     assert!(unshared.contains("no longer shared"), "{unshared}");
 

@@ -191,6 +191,8 @@ pub struct Node {
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
     told: BTreeMap<String, SharedFamily>,
+    /// Families a refresh took out of `told`, to be told again without an event.
+    refreshing: BTreeSet<String>,
     reads: Reads,
     /// The previous run crashed: AstDB may have lost its last second of writes, so
     /// before a family's first read AstDB is brought back to the saved replication
@@ -235,6 +237,7 @@ impl Node {
             tuning: parts.tuning,
             registry: Registry::new(),
             told: BTreeMap::new(),
+            refreshing: BTreeSet::new(),
             reads: Reads::default(),
             repaired: crashed.then(BTreeSet::new),
             warned: HashSet::new(),
@@ -345,7 +348,9 @@ impl Node {
                 for name in names {
                     self.reads.now(&name, at);
                     // Telling the engine again makes it pull the family from its peers.
-                    self.told.remove(&name);
+                    if self.told.remove(&name).is_some() {
+                        self.refreshing.insert(name);
+                    }
                 }
             }
             Command::Inspect { family, key, reply } => {
@@ -518,7 +523,9 @@ impl Node {
             // A newly shared family is read at once, and handed over whole.
             self.reads.now(&family.name, at);
             let before = self.told.insert(family.name.clone(), family.clone());
-            if before.is_none_or(|b| b.mode != family.mode) {
+            // A refresh tells the engine again; the family was shared all along.
+            let refreshed = self.refreshing.remove(&family.name);
+            if !refreshed && before.is_none_or(|b| b.mode != family.mode) {
                 self.event(Event::FamilyShared {
                     family: family.name.clone(),
                     mode: family.mode,

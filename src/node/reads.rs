@@ -27,6 +27,10 @@ pub(crate) struct Reads {
     /// Families whose AstDB contents changed through an apply or a captured write since
     /// their last read.
     touched: HashSet<String>,
+    /// When a family that is being followed (see [`Reads::follow_up`]) is to be read
+    /// next. A read that comes earlier (a refresh, a commit) and finds nothing does not
+    /// end the following: the follow-up read still comes.
+    following: HashMap<String, u64>,
     pub done: u64,
     pub skipped: u64,
 }
@@ -43,6 +47,7 @@ impl Reads {
     pub fn drop_family(&mut self, name: &str) {
         self.next.remove(name);
         self.touched.remove(name);
+        self.following.remove(name);
         self.forget(name);
     }
 
@@ -85,6 +90,13 @@ impl Reads {
             let next = self.next.entry(name.clone()).or_insert(at);
             if everything || *next <= at {
                 *next = at + family.sync_interval_ms.saturating_mul(1000);
+                match self.following.get(name) {
+                    Some(&f) if f > at => *next = (*next).min(f),
+                    Some(_) => {
+                        self.following.remove(name);
+                    }
+                    None => {}
+                }
                 due.push(name.clone());
             }
         }
@@ -134,10 +146,37 @@ impl Reads {
     pub fn follow_up(&mut self, name: &str, at: u64, took: u64) {
         self.stamp.remove(name);
         let soon = at + FOLLOW_UP_US.max(took * 2);
+        self.following.insert(name.to_string(), soon);
         if let Some(next) = self.next.get_mut(name) {
             if soon < *next {
                 *next = soon;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Mode;
+
+    #[test]
+    fn an_early_read_that_finds_nothing_keeps_a_pending_follow_up() {
+        let mut told = BTreeMap::new();
+        let mut f = SharedFamily::from_dialplan("slow", Mode::Global);
+        f.sync_interval_ms = 60_000;
+        told.insert("slow".to_string(), f);
+        let mut reads = Reads::default();
+        assert_eq!(reads.due(&told, 0, false), ["slow"]);
+        // That read found changes: the next is 100 ms away, not a minute.
+        reads.follow_up("slow", 1_000, 1_000);
+        assert_eq!(reads.next_due(&told), Some(101_000));
+        // A refresh reads it at 5 ms and finds nothing: the follow-up still comes.
+        reads.now("slow", 5_000);
+        assert_eq!(reads.due(&told, 5_000, false), ["slow"]);
+        assert_eq!(reads.next_due(&told), Some(101_000));
+        // The follow-up read finds nothing either: back to the interval.
+        assert_eq!(reads.due(&told, 101_000, false), ["slow"]);
+        assert_eq!(reads.next_due(&told), Some(60_101_000));
     }
 }
