@@ -580,6 +580,41 @@ sync_mode = ro";
     }
 
     #[test]
+    fn event_options_default_on_and_bad_values_are_named() {
+        let cfg = parse(&sections(GOOD)).unwrap();
+        assert!(cfg.general.events);
+        assert_eq!(cfg.general.event_batch_limit, DEFAULT_EVENT_BATCH_LIMIT);
+        assert!(cfg.presets.iter().all(|f| f.key_events));
+
+        let quiet = GOOD
+            .replace(
+                "bindport = 5039",
+                "bindport = 5039\nevents = no\nevent_batch_limit = 5",
+            )
+            .replace("sync_mode = rw", "sync_mode = rw\nkey_events = off");
+        let cfg = parse(&sections(&quiet)).unwrap();
+        assert!(!cfg.general.events);
+        assert_eq!(cfg.general.event_batch_limit, 5);
+        let blacklist = cfg.presets.iter().find(|f| f.name == "blacklist").unwrap();
+        assert!(!blacklist.key_events);
+
+        let bad = GOOD
+            .replace(
+                "bindport = 5039",
+                "bindport = 5039\nevents = sometimes\nevent_batch_limit = 0",
+            )
+            .replace("sync_mode = rw", "sync_mode = rw\nkey_events = maybe");
+        assert_eq!(
+            errors_of(&bad),
+            [
+                "astdb_cluster.conf line 7, [general] events: 'sometimes' is not yes or no",
+                "astdb_cluster.conf line 8, [general] event_batch_limit: '0' is not a number of changes (1 to 1000000)",
+                "astdb_cluster.conf line 23, [blacklist] key_events: 'maybe' is not yes or no",
+            ]
+        );
+    }
+
+    #[test]
     fn the_documented_example_file_is_accepted() {
         let cfg = parse(&sections(GOOD)).unwrap();
         assert_eq!(cfg.general.cluster_node, 1);
