@@ -646,6 +646,7 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
     header(&format!("3. a new node receives a {n}-key global family"));
     let families = family("bench_big", 5000);
     let node1 = start_node(3, 1, 2, &families);
+    let rss1_before = rss_kib(&node1, "VmRSS:");
     let out = node1.cli(&format!("database bulkput bench_big k {n}"));
     let took = must_num(&out, "end") - must_num(&out, "start");
     println!(
@@ -672,6 +673,13 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    println!(
+        "  node 1 memory: RSS {} -> {} KiB once the module holds them ({:.0} B/key; peak RSS {} KiB)",
+        rss1_before,
+        rss_kib(&node1, "VmRSS:"),
+        per_key(rss_kib(&node1, "VmRSS:") - rss1_before, n),
+        rss_kib(&node1, "VmHWM:")
+    );
     // What holding the family costs node 1 alone: its reads at the 5 s interval, skipped
     // while AstDB has committed nothing.
     let idle = Duration::from_secs(10);
@@ -691,6 +699,7 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
     let spawned = realtime_us();
     let node2 = start_node(3, 2, 2, &families);
     let answering = realtime_us();
+    let rss2_before = rss_kib(&node2, "VmRSS:");
     let done = std::sync::atomic::AtomicBool::new(false);
     let arrived = std::thread::scope(|s| {
         if trace {
@@ -723,12 +732,33 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
             count(&node2, "bench_big")
         ),
     }
+    println!(
+        "  node 2 memory: RSS {} -> {} KiB after the catch-up ({:.0} B/key; peak RSS {} KiB)",
+        rss2_before,
+        rss_kib(&node2, "VmRSS:"),
+        per_key(rss_kib(&node2, "VmRSS:") - rss2_before, n),
+        rss_kib(&node2, "VmHWM:")
+    );
     let (bin, bout) = peer_bytes(&node2, 1);
     println!(
         "  node 2's counters for node 1: {bin} bytes in, {bout} bytes out ({:.1} B/key in); load now {}",
         bin as f64 / n as f64,
         load()
     );
+}
+
+/// A memory figure of the stand-in's process from /proc/<pid>/status, in KiB (`field`:
+/// "VmRSS:" now, "VmHWM:" the peak); 0 if unknown.
+fn rss_kib(node: &StandIn, field: &str) -> i64 {
+    let Some(pid) = node.pid() else { return 0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| num_after(&s, field))
+        .unwrap_or(0)
+}
+
+fn per_key(kib: i64, n: usize) -> f64 {
+    kib as f64 * 1024.0 / n.max(1) as f64
 }
 
 /// Figure 4: bytes exchanged to heal a split that left `diff` keys different in a
