@@ -197,20 +197,22 @@ fn peer_bytes(node: &StandIn, peer: u32) -> (u64, u64) {
 /// CPU seconds (user + system, all threads) the stand-in process has used so far.
 fn cpu_secs(node: &StandIn) -> f64 {
     let Some(pid) = node.pid() else { return 0.0 };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0.0, |stat| stat_cpu_secs(&stat))
+}
+
+/// User + system CPU seconds in a /proc `stat` line (a process's or a thread's).
+fn stat_cpu_secs(stat: &str) -> f64 {
     // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
     let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-    let f: Vec<f64> = after
+    let ticks: f64 = after
         .split_whitespace()
         .skip(11)
         .take(2)
-        .filter_map(|w| w.parse().ok())
-        .collect();
+        .filter_map(|w| w.parse::<f64>().ok())
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    f.iter().sum::<f64>() / hz.max(1.0)
+    ticks / hz.max(1.0)
 }
 
 fn cpu_line(nodes: &[&StandIn], before: &[f64], n: usize) -> String {
@@ -414,8 +416,6 @@ fn loop_cpu_secs(node: &StandIn) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     tasks
         .flatten()
         .filter(|t| {
@@ -423,16 +423,7 @@ fn loop_cpu_secs(node: &StandIn) -> f64 {
                 .is_ok_and(|c| c.trim() == "astdb-cl-node")
         })
         .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .map(|stat| {
-            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
-            after
-                .split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|w| w.parse::<f64>().ok())
-                .sum::<f64>()
-                / hz.max(1.0)
-        })
+        .map(|stat| stat_cpu_secs(&stat))
         .sum()
 }
 
