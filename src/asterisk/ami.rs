@@ -2,6 +2,7 @@
 
 use super::{c_string, owned, sys};
 use crate::module::ami::{Reply, Request};
+use crate::node::events::ami_field;
 
 /// One request as Asterisk handed it to the handler.
 pub(crate) struct AmiRequest {
@@ -23,12 +24,7 @@ impl Request for AmiRequest {
 
 fn fields_text(out: &mut String, fields: &[(String, String)]) {
     for (k, v) in fields {
-        // A line break inside a value would end the field.
-        let v: String = v
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
-        out.push_str(&format!("{k}: {v}\r\n"));
+        ami_field(out, k, v);
     }
 }
 

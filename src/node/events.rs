@@ -270,9 +270,8 @@ impl Event {
 /// One field of an event: its AMI name, its JSON name and its value (null: not given).
 type Field = (&'static str, &'static str, Value);
 
-/// The AMI body of an event's fields: `Name: value` lines, each ended by CR LF; a field
-/// with no value (or an empty one) is left out. Line breaks inside a value (AstDB allows
-/// them) are replaced by spaces: they would end the field.
+/// The AMI body of an event's fields (see [`ami_field`]); a field with no value (or an
+/// empty one) is left out.
 fn ami_of(table: &[Field]) -> String {
     let mut body = String::new();
     for (name, _, v) in table {
@@ -281,16 +280,23 @@ fn ami_of(table: &[Field]) -> String {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        if text.is_empty() {
-            continue;
+        if !text.is_empty() {
+            ami_field(&mut body, name, &text);
         }
-        let text: String = text
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
-        let _ = write!(body, "{name}: {text}\r\n");
     }
     body
+}
+
+/// Appends one AMI field, `name: value` and CR LF. Line breaks inside the value (AstDB
+/// allows them) become spaces: they would end the field.
+pub fn ami_field(out: &mut String, name: &str, value: &str) {
+    let _ = write!(out, "{name}: ");
+    out.extend(
+        value
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c }),
+    );
+    out.push_str("\r\n");
 }
 
 /// The JSON form of event `name`'s fields (every field, null when not given), with the
