@@ -199,6 +199,7 @@ impl Engine {
                     .collect();
             }
         }
+        let mut deleted = 0;
         for change in take_tombstones {
             if !self.valid_item(family, &change.item) {
                 self.counters.dropped_invalid += 1;
@@ -214,13 +215,14 @@ impl Engine {
             let stale_below = self.stale_below(from, family);
             match self.accept(from, family, stale_below, change, now_ms, out) {
                 Accepted::Stored => {
-                    self.catch_up_progress(from, family, 0, 1, now_ms);
+                    deleted += 1;
                     acks.push(ack);
                 }
                 Accepted::Kept => acks.push(ack),
                 Accepted::Retired(_) => {}
             }
         }
+        self.catch_up_progress(from, family, 0, deleted, now_ms);
         pull.retain(|i| self.valid_item(family, i));
         self.send_batched(out, from, now_ms, family, acks);
         if queued.is_empty() {
