@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-use crate::eid::looks_like_eid;
+use crate::eid::{looks_like_eid, Eid};
 
 /// How a family's key space is shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -159,6 +159,16 @@ impl SharedFamily {
             origin: Origin::Dialplan,
             key_events: true,
         }
+    }
+}
+
+/// The AstDB family that holds `owner`'s items of shared family `family` on node `local`:
+/// the family itself for a global family or this node's own unique items, and
+/// `<EID>/family` for another node's copies.
+pub fn astdb_family(family: &str, owner: Option<Eid>, local: Eid) -> String {
+    match owner {
+        Some(owner) if owner != local => format!("{owner}/{family}"),
+        _ => family.to_string(),
     }
 }
 

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::eid::Eid;
+use crate::engine::family::astdb_family;
 use crate::engine::{CatchUpEnd, Changed, Mode, Source};
 
 /// Where the loop's events go.
@@ -380,10 +381,7 @@ pub fn change_events(
         {
             continue;
         }
-        let family = match c.owner {
-            Some(owner) if owner != local => format!("{owner}/{}", c.family),
-            _ => c.family.to_string(),
-        };
+        let family = astdb_family(&c.family, c.owner, local);
         events.push(Event::KeyChange {
             family,
             key: c.key.to_string(),

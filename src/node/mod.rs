@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ClusterConfig;
 use crate::eid::{looks_like_eid, Eid};
-use crate::engine::family::leading_parts;
+use crate::engine::family::{astdb_family, leading_parts};
 use crate::engine::{
     Batch, CatchUp, CatchUpPhase, Changed, Contents, Counters, DbOp, Engine, Mode, Output,
     Registry, SharedFamily, Version,
@@ -427,14 +427,10 @@ impl Node {
                 .map(|(o, e)| (o, self.engine.node_of(o), e.version, e.is_tombstone()))
                 .collect(),
         };
-        let astdb_family = match owner {
-            Some(o) if o != local => format!("{o}/{rest}"),
-            _ => rest.to_string(),
-        };
         KeyInfo {
             shared: Some((name.to_string(), mode, key)),
             owner,
-            astdb_family,
+            astdb_family: astdb_family(rest, owner, local),
             held,
             copies,
         }

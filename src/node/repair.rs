@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::db::AstDb;
 use super::{Level, Say};
+use crate::engine::family::astdb_family;
 use crate::engine::{Engine, Entry, ItemId};
 
 /// Puts back the keys of `family` whose last write or delete AstDB lost: this node's
@@ -18,10 +19,7 @@ pub(super) fn repair_family(family: &str, engine: &Engine, db: &mut dyn AstDb, s
     let me = engine.config().local;
     let mut by_place: BTreeMap<String, Vec<(ItemId, Entry)>> = BTreeMap::new();
     for (id, entry) in engine.items(family) {
-        let place = match id.owner {
-            Some(owner) if owner != me => format!("{owner}/{family}"),
-            _ => family.to_string(),
-        };
+        let place = astdb_family(family, id.owner, me);
         by_place.entry(place).or_default().push((id, entry));
     }
     let (mut restored, mut removed) = (0usize, 0usize);
