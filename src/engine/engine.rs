@@ -389,6 +389,12 @@ impl Engine {
         self.refresh_gauges();
     }
 
+    /// Whether a push too large to send at once is still being sent, slice by slice
+    /// (the peer does not yet hold everything the last comparison found it lacked).
+    pub fn pushing(&self) -> bool {
+        self.pushes.has_queued() || !self.outbox.is_empty()
+    }
+
     /// Outputs queued since the last batch was taken (the driver flushes when many).
     pub fn queued_outputs(&self) -> usize {
         self.outputs.len()

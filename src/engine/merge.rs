@@ -7,6 +7,7 @@ use super::family::{Mode, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, Message};
 use super::output::{Changed, DbOp, Output, Source};
+use super::peers::RELAY_NODE;
 use super::store::Merged;
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
@@ -62,7 +63,7 @@ impl Engine {
             self.counters.dropped_mode += weight;
             return;
         }
-        if !shared.policy.includes(peer_node) {
+        if peer_node != RELAY_NODE && !shared.policy.includes(peer_node) {
             self.counters.dropped_policy += weight;
             return;
         }

@@ -67,6 +67,7 @@ pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use output::{
     Batch, CatchUp, CatchUpEnd, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,
 };
+pub use peers::RELAY_NODE;
 pub use persist::{
     FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,

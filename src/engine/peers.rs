@@ -8,6 +8,13 @@ use super::persist::PeerMeta;
 use super::version::Hlc;
 use crate::eid::Eid;
 
+/// The node number of a relay: a peer that stands for the whole cluster rather than
+/// one node (Redis, which holds every node's changes). Node numbers in the
+/// configuration start at 1. A relay takes part in every family it is up for; which
+/// nodes' changes a node applies from it is the link's business (it knows the origin
+/// of each change and the family's policy).
+pub const RELAY_NODE: u32 = 0;
+
 /// What this node knows of a peer, up or not.
 #[derive(Clone, Debug)]
 pub(super) struct Peer {
@@ -87,7 +94,7 @@ impl Engine {
         };
         self.peers
             .iter()
-            .filter(|(_, p)| shared.policy.includes(p.node))
+            .filter(|(_, p)| p.node == RELAY_NODE || shared.policy.includes(p.node))
             .map(|(e, p)| (*e, p.up))
             .collect()
     }

@@ -2,9 +2,10 @@
 //! through a [`Link`] and hears from it through [`LinkEvent`]s in its inbox; what carries
 //! them (the TCP mesh today, Redis or SIP PUBLISH tomorrow) is the link's business.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Transport};
 use crate::eid::Eid;
 use crate::engine::Message;
 
@@ -25,6 +26,10 @@ pub enum LinkEvent {
         cause: String,
         detail: String,
     },
+    /// Everything the link delivered before this is in the inbox ahead of it: once the
+    /// loop has saved what it made of them, it tells the link with [`Link::saved`]
+    /// (a link that resumes from a position it keeps moves that position then).
+    Reached(u64),
 }
 
 /// How the loop reaches the other nodes.
@@ -38,6 +43,17 @@ pub trait Link: Send {
     fn status(&self) -> LinkStatus;
     /// Stops the link and joins its threads.
     fn shutdown(&mut self);
+    /// The loop saved the state it made of everything up to [`LinkEvent::Reached`]`(mark)`.
+    fn saved(&mut self, _mark: u64) {}
+    /// The families shared now, whenever they change (a link that keeps per-family
+    /// state forgets the families no longer shared: their changes were not applied).
+    fn shared(&mut self, _families: &BTreeSet<String>) {}
+    /// The loop stops with changes it has not sent yet (the rest of a large push): the
+    /// link must not count on its peers holding everything it holds.
+    fn unsent(&mut self) {}
+    /// `database shared refresh`: the family is compared in full at its next sync,
+    /// whatever the link believes it knows.
+    fn refresh(&mut self, _family: &str) {}
 }
 
 /// A peer as the link sees it.
@@ -74,4 +90,84 @@ pub struct LinkStatus {
     pub refusals: Vec<(String, u64)>,
     pub send_errors: u64,
     pub undecodable: u64,
+}
+
+/// The link `[general] transport` names; a reload that names another one stops the
+/// old link and starts the new.
+pub struct Chosen {
+    current: Option<(Transport, Box<dyn Link>)>,
+    make: Box<dyn FnMut(Transport) -> Box<dyn Link> + Send>,
+    shared: Option<BTreeSet<String>>,
+}
+
+impl Chosen {
+    pub fn new(make: Box<dyn FnMut(Transport) -> Box<dyn Link> + Send>) -> Self {
+        Chosen {
+            current: None,
+            make,
+            shared: None,
+        }
+    }
+}
+
+impl Link for Chosen {
+    fn configure(&mut self, cfg: &ClusterConfig, eid: Eid) {
+        let want = cfg.general.transport;
+        if self.current.as_ref().is_some_and(|(t, _)| *t != want) {
+            if let Some((_, mut old)) = self.current.take() {
+                old.shutdown();
+            }
+        }
+        let (_, link) = self.current.get_or_insert_with(|| {
+            let mut link = (self.make)(want);
+            if let Some(names) = &self.shared {
+                link.shared(names);
+            }
+            (want, link)
+        });
+        link.configure(cfg, eid);
+    }
+
+    fn send(&mut self, to: Eid, msg: &Message) {
+        if let Some((_, l)) = &mut self.current {
+            l.send(to, msg);
+        }
+    }
+
+    fn status(&self) -> LinkStatus {
+        self.current
+            .as_ref()
+            .map_or_else(LinkStatus::default, |(_, l)| l.status())
+    }
+
+    fn shutdown(&mut self) {
+        if let Some((_, l)) = &mut self.current {
+            l.shutdown();
+        }
+    }
+
+    fn saved(&mut self, mark: u64) {
+        if let Some((_, l)) = &mut self.current {
+            l.saved(mark);
+        }
+    }
+
+    fn shared(&mut self, families: &BTreeSet<String>) {
+        self.shared = Some(families.clone());
+        if let Some((_, l)) = &mut self.current {
+            l.shared(families);
+        }
+    }
+
+    fn unsent(&mut self) {
+        if let Some((_, l)) = &mut self.current {
+            l.unsent();
+        }
+    }
+
+    fn refresh(&mut self, family: &str) {
+        if let Some((_, l)) = &mut self.current {
+            l.refresh(family);
+        }
+    }
 }

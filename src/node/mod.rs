@@ -15,6 +15,7 @@ pub mod link;
 pub(crate) mod mesh;
 pub mod persist;
 mod reads;
+pub mod redis;
 mod repair;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -210,6 +211,8 @@ pub struct Node {
     next_watch_us: u64,
     /// Some shared family is small enough to be watched (the thread then wakes for it).
     watching: bool,
+    /// The link's last [`LinkEvent::Reached`] mark of this turn, told back once saved.
+    reached: Option<u64>,
 }
 
 /// Splits a DB() argument "family/key" into the AstDB family and key, at the last '/',
@@ -246,6 +249,7 @@ impl Node {
             watched: None,
             next_watch_us: 0,
             watching: false,
+            reached: None,
         }
     }
 
@@ -256,6 +260,9 @@ impl Node {
 
     /// Stops the link; the log and AstDB need nothing more (every batch was saved).
     pub fn shutdown(mut self) {
+        if self.engine.pushing() {
+            self.link.unsent();
+        }
         self.link.shutdown();
     }
 
@@ -298,6 +305,7 @@ impl Node {
                     detail,
                 }),
                 LinkEvent::Received { from, msg } => self.engine.receive(from, msg, now),
+                LinkEvent::Reached(mark) => self.reached = Some(mark),
             }
             if self.engine.queued_outputs() >= self.tuning.flush_outputs {
                 self.flush();
@@ -322,6 +330,11 @@ impl Node {
         }
         self.engine.tick(now);
         self.flush();
+        if self.unsaved.is_none() {
+            if let Some(mark) = self.reached.take() {
+                self.link.saved(mark);
+            }
+        }
 
         // Then the families due for a read, one at a time: each read follows the
         // execution of everything the engine returned before it.
@@ -347,6 +360,7 @@ impl Node {
             Command::Refresh(names) => {
                 for name in names {
                     self.reads.now(&name, at);
+                    self.link.refresh(&name);
                     // Telling the engine again makes it pull the family from its peers.
                     if self.told.remove(&name).is_some() {
                         self.refreshing.insert(name);
@@ -531,7 +545,9 @@ impl Node {
             changed = true;
         }
         if changed {
-            (self.shared)(self.told.keys().cloned().collect());
+            let names: BTreeSet<String> = self.told.keys().cloned().collect();
+            self.link.shared(&names);
+            (self.shared)(names);
         }
     }
 
