@@ -49,6 +49,70 @@ pub struct General {
     /// A batch of more changes than this to one family gives one summary event instead
     /// of one event per key.
     pub event_batch_limit: usize,
+    /// What carries the changes: the built-in mesh, or Redis (then `redis` is set).
+    pub transport: Transport,
+    pub redis: Option<RedisSettings>,
+}
+
+/// `[general] transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Every node connects to every `type = node` section.
+    #[default]
+    Mesh,
+    /// Every node keeps the shared families in one Redis (or Valkey) and reads the
+    /// others' changes from it; the nodes find each other there.
+    Redis,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Mesh => "mesh",
+            Transport::Redis => "redis",
+        })
+    }
+}
+
+/// The `redis_*` options of `[general]`, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS). With sentinels,
+    /// the host and port are the master's address until a sentinel names it.
+    pub url: String,
+    /// A PEM file of the CA(s) that signed the server's TLS certificate.
+    pub ca_file: Option<String>,
+    /// `host:port` of each Redis Sentinel; empty without Sentinel.
+    pub sentinels: Vec<String>,
+    /// The master's name as the sentinels know it.
+    pub master: Option<String>,
+    /// About how many changes the change stream keeps: a node away for fewer changes
+    /// than this catches up by reading them, beyond that by comparing the families.
+    pub stream_max: u64,
+}
+
+/// `redis_stream_max` unless set, and what it may be.
+pub const DEFAULT_REDIS_STREAM_MAX: u64 = 1_000_000;
+pub const REDIS_STREAM_MAX: std::ops::RangeInclusive<u64> = 1000..=100_000_000;
+
+/// Checks a `redis_url` as the Redis client will read it.
+fn redis_url(text: &str) -> Result<String, String> {
+    let want = "want redis://[user:password@]host:port[/db] or rediss:// for TLS";
+    if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+        return Err(format!("'{text}' is not a Redis URL ({want})"));
+    }
+    match redis::parse_redis_url(text) {
+        Some(url) if url.host_str().is_some_and(|h| !h.is_empty()) => {
+            let db = url.path().trim_matches('/');
+            if !db.is_empty() && db.parse::<u32>().is_err() {
+                return Err(format!(
+                    "'{text}': '{db}' is not a database number ({want})"
+                ));
+            }
+            Ok(text.to_string())
+        }
+        _ => Err(format!("'{text}' is not a Redis URL ({want})")),
+    }
 }
 
 /// A `type = node` section: one peer.
@@ -270,6 +334,12 @@ const GENERAL_OPTIONS: &[&str] = &[
     "bindport",
     "events",
     "event_batch_limit",
+    "transport",
+    "redis_url",
+    "redis_ca_file",
+    "redis_sentinels",
+    "redis_master",
+    "redis_stream_max",
 ];
 const NODE_OPTIONS: &[&str] = &["type", "node", "host"];
 const FAMILY_OPTIONS: &[&str] = &[
@@ -321,7 +391,17 @@ fn parse_general(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Gene
     let event_batch_limit = s.parsed("event_batch_limit", Some(DEFAULT_EVENT_BATCH_LIMIT), |t| {
         number_in(t, EVENT_BATCH_LIMITS, "a number of changes")
     });
+    let transport = s.parsed("transport", Some(Transport::Mesh), |t| {
+        match t.to_ascii_lowercase().as_str() {
+            "mesh" => Ok(Transport::Mesh),
+            "redis" => Ok(Transport::Redis),
+            _ => Err(format!("'{t}' is not a transport (want mesh or redis)")),
+        }
+    });
+    let redis = parse_redis(&mut s, transport == Some(Transport::Redis));
     Some(General {
+        transport: transport?,
+        redis: redis?,
         cluster_name: cluster_name?,
         cluster_node: cluster_node?,
         cluster_secret,
@@ -330,6 +410,113 @@ fn parse_general(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Gene
         events: events?,
         event_batch_limit: event_batch_limit?,
     })
+}
+
+/// The `redis_*` options: required and checked with `transport = redis`, refused
+/// without it (they would do nothing). `Some(None)` when not used.
+fn parse_redis(s: &mut Section, used: bool) -> Option<Option<RedisSettings>> {
+    const OPTIONS: [&str; 5] = [
+        "redis_url",
+        "redis_ca_file",
+        "redis_sentinels",
+        "redis_master",
+        "redis_stream_max",
+    ];
+    if !used {
+        let mut ok = true;
+        for option in OPTIONS {
+            if s.text(option).is_some() {
+                s.fail(
+                    Some(option),
+                    "is for transport = redis (this file uses the mesh)".into(),
+                );
+                ok = false;
+            }
+        }
+        return ok.then_some(None);
+    }
+    let url = s.parsed("redis_url", None, redis_url);
+    let ca_file = match s.text("redis_ca_file") {
+        None | Some("") => Some(None),
+        Some(path)
+            if !url
+                .as_deref()
+                .unwrap_or("rediss://")
+                .starts_with("rediss://") =>
+        {
+            s.fail(
+                Some("redis_ca_file"),
+                format!("'{path}' is for TLS: redis_url must start with rediss://"),
+            );
+            None
+        }
+        Some(path) => match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Some(Some(path.to_string())),
+            _ => {
+                s.fail(
+                    Some("redis_ca_file"),
+                    format!("'{path}' is not a readable file"),
+                );
+                None
+            }
+        },
+    };
+    let sentinels = match s.text("redis_sentinels") {
+        None | Some("") => Some(Vec::new()),
+        Some(list) => {
+            let mut out = Vec::new();
+            let mut bad = None;
+            for part in list.split(',').map(str::trim) {
+                match host_and_port(part, 26379) {
+                    Ok((host, port)) if host.contains(':') => out.push(format!("[{host}]:{port}")),
+                    Ok((host, port)) => out.push(format!("{host}:{port}")),
+                    Err(_) => bad = Some(part.to_string()),
+                }
+            }
+            match bad {
+                Some(part) => {
+                    s.fail(
+                        Some("redis_sentinels"),
+                        format!("'{part}' is not host[:port] (want a list like 10.0.0.5:26379, 10.0.0.6)"),
+                    );
+                    None
+                }
+                None => Some(out),
+            }
+        }
+    };
+    let master = match (s.text("redis_master"), sentinels.as_deref()) {
+        (Some(name), _) if !name.is_empty() => {
+            if sentinels.as_ref().is_some_and(Vec::is_empty) {
+                s.fail(
+                    Some("redis_master"),
+                    "needs redis_sentinels (the sentinels that know it)".into(),
+                );
+                None
+            } else {
+                Some(Some(name.to_string()))
+            }
+        }
+        (_, Some([_, ..])) => {
+            s.fail(
+                Some("redis_master"),
+                "is required with redis_sentinels (the master's name as the sentinels know it)"
+                    .into(),
+            );
+            None
+        }
+        _ => Some(None),
+    };
+    let stream_max = s.parsed("redis_stream_max", Some(DEFAULT_REDIS_STREAM_MAX), |t| {
+        number_in(t, REDIS_STREAM_MAX, "a number of changes")
+    });
+    Some(Some(RedisSettings {
+        url: url?,
+        ca_file: ca_file?,
+        sentinels: sentinels?,
+        master: master?,
+        stream_max: stream_max?,
+    }))
 }
 
 fn parse_node(
@@ -490,7 +677,11 @@ pub fn parse(sections: &[RawSection]) -> Result<ClusterConfig, Vec<ConfigError>>
             }
             seen.entry(node.node).or_insert(&node.section);
         }
-        for family in &presets {
+        // Over Redis the nodes find each other there: any node number may be named.
+        for family in presets
+            .iter()
+            .filter(|_| general.transport == Transport::Mesh)
+        {
             if let SharingPolicy::Multicast(list) = &family.policy {
                 for n in list {
                     if *n != general.cluster_node && !seen.contains_key(n) {
