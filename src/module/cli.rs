@@ -4,6 +4,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 
 use super::{now_ms, published, with_runtime};
+use crate::config::Transport;
 use crate::engine::family::Mode;
 use crate::node::inbox::Command as LoopCommand;
 use crate::node::link::PeerState;
@@ -283,13 +284,23 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
     for line in table(&NODE_HEADER, &rows) {
         out.line(&line);
     }
+    let redis = with_runtime(|rt| rt.config.general.transport == Transport::Redis)?;
     if !rejects.is_empty() {
-        out.line(&format!("Refused connections: {}", rejects.join(", ")));
+        let what = if redis {
+            "Refused"
+        } else {
+            "Refused connections"
+        };
+        out.line(&format!("{what}: {}", rejects.join(", ")));
+    }
+    if redis {
+        out.line(&format!("Link: {}", published().node.link.state));
     }
     Ok(format!(
-        "{} node{} configured.",
+        "{} node{} {}.",
         rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
+        if rows.len() == 1 { "" } else { "s" },
+        if redis { "seen in Redis" } else { "configured" }
     ))
 }
 
@@ -299,9 +310,22 @@ pub(crate) fn node_rows(filter: Option<&str>) -> Result<(Vec<Vec<String>>, Vec<S
     let status = published();
     let link = &status.node.link;
     let (rows, rejects) = with_runtime(|rt| {
-        let rows = rt
-            .config
-            .nodes
+        // Over Redis the nodes are those seen in its node table.
+        let seen: Vec<crate::config::PeerNode> = link
+            .peers
+            .iter()
+            .map(|p| crate::config::PeerNode {
+                section: format!("node{}", p.node),
+                node: p.node,
+                host: "via Redis".into(),
+                port: 0,
+            })
+            .collect();
+        let listed = match rt.config.general.transport {
+            Transport::Mesh => &rt.config.nodes,
+            Transport::Redis => &seen,
+        };
+        let rows = listed
             .iter()
             .filter(|n| filter.is_none_or(|f| f == n.node.to_string() || f == n.section))
             .map(|n| {
@@ -314,7 +338,11 @@ pub(crate) fn node_rows(filter: Option<&str>) -> Result<(Vec<Vec<String>>, Vec<S
                 vec![
                     n.node.to_string(),
                     n.section.clone(),
-                    n.address(),
+                    if n.port == 0 {
+                        n.host.clone()
+                    } else {
+                        n.address()
+                    },
                     peer.and_then(|p| p.eid)
                         .map_or_else(|| "unknown".into(), |e| e.to_string()),
                     state.to_string(),
@@ -493,13 +521,23 @@ pub(crate) fn status_lines() -> Result<Vec<(&'static str, String)>, String> {
             .iter()
             .filter(|p| p.state == PeerState::Up)
             .count();
-        let network = format!("{}; {up} of {} peers up", link.state, rt.config.nodes.len());
+        let (network, peers) = match g.transport {
+            Transport::Mesh => (
+                format!("{}; {up} of {} peers up", link.state, rt.config.nodes.len()),
+                ("Peers configured", rt.config.nodes.len().to_string()),
+            ),
+            Transport::Redis => (
+                format!("{}; {up} other node(s) up", link.state),
+                ("Nodes seen in Redis", link.peers.len().to_string()),
+            ),
+        };
+        let refused: u64 = link.refusals.iter().map(|(_, n)| n).sum();
         vec![
             ("Entity ID", rt.eid.to_string()),
             ("Cluster", g.cluster_name.clone()),
             ("Node", g.cluster_node.to_string()),
             ("Network", network),
-            ("Peers configured", rt.config.nodes.len().to_string()),
+peers,
             ("Shared families", rt.registry.len().to_string()),
             ("Capture", capture.to_string()),
             ("Dialplan writes seen", node.dialplan_writes.to_string()),
@@ -524,6 +562,16 @@ pub(crate) fn status_lines() -> Result<Vec<(&'static str, String)>, String> {
             ("Tombstones", c.tombstones.to_string()),
             ("Sends not delivered", link.send_errors.to_string()),
             ("Undecodable messages", link.undecodable.to_string()),
+            (
+                "Refused",
+                if link.refusals.is_empty() {
+                    "0".to_string()
+                } else {
+                    let causes: Vec<String> =
+                        link.refusals.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+                    format!("{refused} ({})", causes.join(", "))
+                },
+            ),
             ("Metadata file", rt.metadata_path().display().to_string()),
             (
                 "Replica log",

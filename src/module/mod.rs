@@ -19,14 +19,19 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::asterisk::events::StasisEvents;
 use crate::asterisk::thread::{self, OwnedThread, Signal};
 use crate::asterisk::{self, config::Loaded, db::AsteriskDb, Capture};
-use crate::config::{self, ClusterConfig, CONFIG_FILE};
+use crate::config::{self, ClusterConfig, Transport, CONFIG_FILE};
 use crate::eid::Eid;
 use crate::engine::family::{validate_family_name, Mode, Registry, SharedFamily};
 use crate::engine::{Engine, EngineConfig};
 use crate::metadata::{self, Marks, Metadata};
 use crate::node::events::{EventSink, NoEvents};
 use crate::node::inbox::{Command, Inbox};
+use crate::node::link::{Chosen, Link};
 use crate::node::mesh::Mesh;
+use crate::node::redis::RedisLink;
+
+/// Where the Redis link keeps where it stands, beside the replica log.
+const REDIS_STATE_FILE: &str = "astdb_cluster.redis";
 use crate::node::{self, Level, Node, Parts, Say, Status, SystemClock, Tuning};
 use crate::{error, notice, warning};
 
@@ -343,7 +348,21 @@ pub fn load() -> i32 {
         Parts {
             engine,
             db: Box::new(AsteriskDb::default()),
-            link: Box::new(Mesh::new(Arc::clone(&inbox), say())),
+            link: Box::new(Chosen::new({
+                let inbox = Arc::clone(&inbox);
+                let file = path.with_file_name(REDIS_STATE_FILE);
+                Box::new(move |transport| -> Box<dyn Link> {
+                    match transport {
+                        Transport::Mesh => Box::new(Mesh::new(Arc::clone(&inbox), say())),
+                        Transport::Redis => Box::new(RedisLink::new(
+                            Arc::clone(&inbox),
+                            say(),
+                            file.clone(),
+                            crashed,
+                        )),
+                    }
+                })
+            })),
             log: Box::new(replica),
             clock: Box::new(SystemClock::default()),
             say: say(),
