@@ -2,10 +2,14 @@
 //! processes on loopback: what replicates through Redis, what Redis holds, and how
 //! the cluster survives Redis's faults.
 
+mod netproxy;
+mod redisd;
 mod standin;
 
 use std::time::Duration;
 
+use netproxy::Relay;
+use redisd::{wait_until, RedisServer, Sentinel};
 use standin::{module_so, StandIn};
 
 const SECRET: &str = "redis-test-secret-0123456789";
@@ -22,82 +26,54 @@ mode = unique
 sync_interval = 500
 ";
 
-/// A throwaway redis-server on a free loopback port.
-struct Redis {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let r = Redis {
-            port,
-            child,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if r.cli(&["PING"]) == "PONG" {
-                return r;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn conf(node: u32, url: &str, extra: &str) -> String {
+/// astdb_cluster.conf of node `node` over Redis: `general` adds option lines to
+/// [general] (the URL among them), `extra` sections after the presets.
+fn conf(node: u32, general: &str, extra: &str) -> String {
     format!(
         "[general]\ncluster_name = redis.cluster\ncluster_node = {node}\ncluster_secret = {SECRET}\n\
-         transport = redis\nredis_url = {url}\n{PRESETS}{extra}"
+         transport = redis\n{general}\n{PRESETS}{extra}"
     )
 }
 
-fn node(name: &str, i: u32, url: &str) -> StandIn {
+fn node_with(name: &str, i: u32, general: &str) -> StandIn {
     StandIn::builder(&format!("{name}n{i}"))
         .eid(&format!("02:00:00:00:00:0{i}"))
-        .conf_file("astdb_cluster.conf", &conf(i, url, ""))
+        .conf_file("astdb_cluster.conf", &conf(i, general, ""))
         .module_path(module_so())
         .preload(&["res_astdb_cluster.so"])
         .start()
+}
+
+fn node(name: &str, i: u32, url: &str) -> StandIn {
+    node_with(name, i, &format!("redis_url = {url}"))
+}
+
+/// The family's hash in Redis.
+fn items_key(family: &str) -> String {
+    format!("astdbc:{{redis.cluster}}:h:g:{family}")
+}
+
+/// A status figure: the number before `label` on the Network line.
+fn count_before(status: &str, label: &str) -> u64 {
+    let at = status.find(label).unwrap_or_else(|| panic!("no '{label}' in {status}"));
+    status[..at]
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before '{label}' in {status}"))
+}
+
+fn compares(n: &StandIn) -> u64 {
+    count_before(&n.cli("astdb cluster show status"), "full comparison")
+}
+
+fn resumed(n: &StandIn) -> u64 {
+    count_before(&n.cli("astdb cluster show status"), "time(s)")
+}
+
+fn hlen(redis: &RedisServer, family: &str) -> usize {
+    redis.cli(&["HLEN", &items_key(family)]).parse().unwrap_or(0)
 }
 
 fn wait_value(n: &StandIn, family: &str, key: &str, want: Option<&str>) {
@@ -118,7 +94,7 @@ fn wait_connected(nodes: &[&StandIn]) {
 
 #[test]
 fn over_redis_a_write_and_its_delete_reach_every_node_and_redis_holds_no_readable_value() {
-    let redis = Redis::start();
+    let redis = RedisServer::builder().start();
     let url = redis.url();
     let nodes: Vec<StandIn> = (1..=3).map(|i| node("r0", i, &url)).collect();
     let refs: Vec<&StandIn> = nodes.iter().collect();
@@ -153,6 +129,277 @@ fn over_redis_a_write_and_its_delete_reach_every_node_and_redis_holds_no_readabl
         "2001",
         Some("sip:2001@10.0.0.2"),
     );
-    let nodes_out = nodes[0].cli("astdb cluster show nodes");
-    assert!(nodes_out.contains("2 nodes seen in Redis"), "{nodes_out}");
+    nodes[0].wait_for_cli("astdb cluster show nodes", Duration::from_secs(10), |s| {
+        s.contains("2 nodes seen in Redis")
+    });
+}
+
+#[test]
+fn a_node_started_while_every_other_node_is_down_receives_the_families_from_redis() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let mut a = node("r1", 1, &url);
+    wait_connected(&[&a]);
+    a.cli("database bulkput blacklist num 200 listed");
+    a.cli("database put blacklist gone soon");
+    assert!(wait_until(Duration::from_secs(15), || hlen(&redis, "blacklist") == 201));
+    a.cli("database del blacklist gone");
+    a.wait_for_cli("astdb cluster show status", Duration::from_secs(10), |_| {
+        redis
+            .cli(&["HGET", &items_key("blacklist"), "gone"])
+            .as_bytes()
+            .get(28)
+            == Some(&b'1')
+    });
+    a.stop();
+    let b = node("r1", 2, &url);
+    wait_value(&b, "blacklist", "num199", Some("listed"));
+    wait_value(&b, "blacklist", "num0", Some("listed"));
+    wait_value(&b, "blacklist", "gone", None);
+    b.wait_for_cli("database show blacklist", Duration::from_secs(15), |s| {
+        s.contains("200 results found")
+    });
+}
+
+#[test]
+fn a_node_that_was_away_reads_what_changed_from_the_stream_instead_of_comparing_in_full() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let a = node("r2", 1, &url);
+    let mut b = node("r2", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database bulkput blacklist num 500 listed");
+    wait_value(&b, "blacklist", "num499", Some("listed"));
+    // Let b save where it stands, then stop it cleanly.
+    std::thread::sleep(Duration::from_secs(1));
+    b.stop();
+    a.cli("database put blacklist while-away yes");
+    a.cli("database del blacklist num7");
+    b.restart();
+    wait_connected(&[&b]);
+    wait_value(&b, "blacklist", "while-away", Some("yes"));
+    wait_value(&b, "blacklist", "num7", None);
+    wait_value(&b, "blacklist", "num8", Some("listed"));
+    assert_eq!(resumed(&b), 1, "b resumed the stream where it stopped");
+    assert_eq!(compares(&b), 0, "and compared nothing in full");
+}
+
+#[test]
+fn a_node_away_longer_than_the_stream_keeps_compares_in_full_and_catches_up() {
+    let redis = RedisServer::builder().start();
+    let general = format!("redis_url = {}\nredis_stream_max = 1000", redis.url());
+    let a = node_with("r3", 1, &general);
+    let mut b = node_with("r3", 2, &general);
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist old value");
+    wait_value(&b, "blacklist", "old", Some("value"));
+    std::thread::sleep(Duration::from_secs(1));
+    b.stop();
+    a.cli("database bulkput blacklist num 5000 listed");
+    a.cli("database del blacklist old");
+    assert!(wait_until(Duration::from_secs(20), || hlen(&redis, "blacklist") == 5001));
+    let len: usize = redis
+        .cli(&["XLEN", "astdbc:{redis.cluster}:log"])
+        .parse()
+        .unwrap();
+    assert!(len < 5000, "the stream was trimmed ({len} entries)");
+    b.restart();
+    wait_value(&b, "blacklist", "num4999", Some("listed"));
+    wait_value(&b, "blacklist", "old", None);
+    assert!(compares(&b) >= 1);
+    b.wait_for_cli("database show blacklist", Duration::from_secs(15), |s| {
+        s.contains("5000 results found")
+    });
+}
+
+#[test]
+fn concurrent_writers_of_one_key_through_redis_end_with_the_same_value_everywhere() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let nodes: Vec<StandIn> = (1..=3).map(|i| node("r4", i, &url)).collect();
+    let refs: Vec<&StandIn> = nodes.iter().collect();
+    wait_connected(&refs);
+    std::thread::scope(|s| {
+        for (i, n) in nodes.iter().enumerate().take(2) {
+            s.spawn(move || {
+                for round in 0..20 {
+                    n.cli(&format!("dialplan set DB(blacklist/race)=n{i}r{round}"));
+                }
+            });
+        }
+    });
+    let value = |n: &StandIn| {
+        n.cli("database get blacklist race")
+            .lines()
+            .find_map(|l| l.strip_prefix("Value: ").map(str::to_string))
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let v: Vec<Option<String>> = nodes.iter().map(value).collect();
+            v[0].is_some() && v.iter().all(|x| *x == v[0])
+        }),
+        "values differ: {:?}",
+        nodes.iter().map(value).collect::<Vec<_>>()
+    );
+    let v = value(&nodes[0]).unwrap();
+    assert!(v.ends_with("r19"), "the last write of one of the writers wins: {v}");
+}
+
+#[test]
+fn with_redis_down_at_load_the_module_loads_astdb_works_and_it_connects_when_redis_appears() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = node("r5", 1, &url);
+    let b = node("r5", 2, &url);
+    assert!(a.cli("module show like astdb").contains("res_astdb_cluster.so"));
+    a.cli("database put blacklist early bird");
+    wait_value(&a, "blacklist", "early", Some("bird"));
+    let status = a.cli("astdb cluster show status");
+    assert!(status.contains("not connected"), "{status}");
+    assert!(a.wait_for_log("cannot reach Redis", Duration::from_secs(5)));
+    let redis = RedisServer::builder().start();
+    let _relay = Relay::start(port, redis.port());
+    wait_connected(&[&a, &b]);
+    wait_value(&b, "blacklist", "early", Some("bird"));
+    assert!(a.wait_for_log("connected to Redis", Duration::from_secs(5)));
+}
+
+#[test]
+fn redis_restarted_empty_gets_the_shared_families_back_from_the_nodes() {
+    let mut redis = RedisServer::builder().start();
+    let url = redis.url();
+    let a = node("r6", 1, &url);
+    let b = node("r6", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database bulkput blacklist num 100 listed");
+    b.cli("database put registrar 200 sip:200@b");
+    wait_value(&a, "02:00:00:00:00:02/registrar", "200", Some("sip:200@b"));
+    assert!(wait_until(Duration::from_secs(10), || hlen(&redis, "blacklist") == 100));
+    redis.restart_empty();
+    assert!(
+        wait_until(Duration::from_secs(30), || hlen(&redis, "blacklist") == 100),
+        "the nodes put the family back"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        redis.cli(&["HLEN", "astdbc:{redis.cluster}:h:u:registrar"]) == "1"
+    }));
+    a.cli("database put blacklist after restart");
+    wait_value(&b, "blacklist", "after", Some("restart"));
+}
+
+#[test]
+fn a_node_cut_off_from_redis_while_both_sides_write_converges_when_healed() {
+    let redis = RedisServer::builder().start();
+    let relay_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let relay = Relay::start(relay_port, redis.port());
+    let a = node("r7", 1, &format!("redis://127.0.0.1:{relay_port}"));
+    let b = node("r7", 2, &redis.url());
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist both here");
+    a.cli("database put blacklist doomed x");
+    wait_value(&b, "blacklist", "doomed", Some("x"));
+    relay.cut();
+    a.cli("database put blacklist from-a during-split");
+    a.cli("database del blacklist doomed");
+    b.cli("database put blacklist from-b during-split");
+    b.cli("database put blacklist both b-wins");
+    wait_value(&b, "blacklist", "from-b", Some("during-split"));
+    std::thread::sleep(Duration::from_secs(3));
+    relay.heal();
+    for n in [&a, &b] {
+        wait_value(n, "blacklist", "from-a", Some("during-split"));
+        wait_value(n, "blacklist", "from-b", Some("during-split"));
+        wait_value(n, "blacklist", "doomed", None);
+        wait_value(n, "blacklist", "both", Some("b-wins"));
+    }
+}
+
+#[test]
+fn a_sentinel_failover_is_followed_and_writes_go_on() {
+    let master = RedisServer::builder().start();
+    let mut master = master;
+    let replica = RedisServer::builder().replicaof(&master).start();
+    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(&master, "astdb", 2)).collect();
+    for s in &sentinels {
+        assert!(s.wait_discovered(1, 2, Duration::from_secs(20)));
+    }
+    let list: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
+    let general = format!(
+        "redis_url = {}\nredis_sentinels = {}\nredis_master = astdb",
+        master.url(),
+        list.join(", ")
+    );
+    let a = node_with("r8", 1, &general);
+    let b = node_with("r8", 2, &general);
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist before failover");
+    wait_value(&b, "blacklist", "before", Some("failover"));
+    master.kill();
+    assert!(sentinels[0].wait_master(replica.port(), Duration::from_secs(30)));
+    a.cli("database put blacklist after failover");
+    wait_value(&b, "blacklist", "after", Some("failover"));
+    let status = a.cli("astdb cluster show status");
+    assert!(status.contains(&format!(":{}", replica.port())), "{status}");
+}
+
+#[test]
+fn over_tls_with_an_acl_user_changes_replicate() {
+    let redis = RedisServer::builder().tls().user("astdb", "pw-0123").start();
+    let general = format!(
+        "redis_url = {}\nredis_ca_file = {}",
+        redis.url(),
+        redis.ca_file().unwrap().display()
+    );
+    let a = node_with("r9", 1, &general);
+    let b = node_with("r9", 2, &general);
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist over tls");
+    wait_value(&b, "blacklist", "over", Some("tls"));
+    assert!(a.cli("astdb cluster show status").contains("(TLS)"));
+}
+
+#[test]
+fn records_forged_or_moved_without_the_secret_are_refused_counted_and_not_applied() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let a = node("ra", 1, &url);
+    let b = node("ra", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist real one");
+    wait_value(&b, "blacklist", "real", Some("one"));
+    let log = "astdbc:{redis.cluster}:log";
+    // Made up: laid out like a record, sealed with nothing.
+    let fake = format!("{:016x}{}0|3|*|{}", u64::MAX >> 8, "020000000009", "x".repeat(60));
+    redis.cli(&["XADD", log, "*", "f", "blacklist", "m", "g", "i", "forged", "r", &fake]);
+    // Moved: a real record put under another key.
+    let real = redis.cli(&["--no-raw", "HGET", &items_key("blacklist"), "real"]);
+    assert!(!real.is_empty());
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "redis-cli -p {} --raw HGET '{}' real | head -c -1 | redis-cli -p {} -x XADD '{log}' '*' f blacklist m g i moved r",
+            redis.port(),
+            items_key("blacklist"),
+            redis.port()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    b.wait_for_cli("astdb cluster show status", Duration::from_secs(10), |s| {
+        s.contains("record does not open with cluster_secret: 2")
+    });
+    assert!(b.wait_for_log("does not open with cluster_secret", Duration::from_secs(5)));
+    wait_value(&b, "blacklist", "forged", None);
+    wait_value(&b, "blacklist", "moved", None);
+    // A later real change still arrives.
+    a.cli("database put blacklist still works");
+    wait_value(&b, "blacklist", "still", Some("works"));
 }

@@ -124,6 +124,10 @@ struct State {
     announced: bool,
     /// Unsent or unmerged work was dropped at some point: not a clean stop.
     dirty: bool,
+    /// Families compared with Redis in full, and times the stream was resumed where
+    /// this node had stopped (what a node away cost).
+    compares: u64,
+    resumed: u64,
 }
 
 impl Context {
@@ -464,7 +468,10 @@ impl Link for RedisLink {
             })
             .collect();
         LinkStatus {
-            state: format!("redis {} {connection}{lag}{held}", st.server),
+            state: format!(
+                "redis {} {connection}{lag}{held}; stream resumed {} time(s), {} full comparison(s)",
+                st.server, st.resumed, st.compares
+            ),
             peers,
             refusals: st.refusals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             send_errors: st.send_errors,

@@ -100,6 +100,7 @@ fn start(ctx: &Context, con: &mut Connection) -> redis::RedisResult<StreamId> {
     let mut st = ctx.state();
     let known = st.epoch.as_deref() == Some(epoch.as_str());
     if known && span.holds_after(st.delivered) {
+        st.resumed += 1;
         return Ok(st.delivered);
     }
     let why = if !known && st.epoch.is_some() {

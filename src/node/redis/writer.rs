@@ -380,6 +380,7 @@ impl Writer<'_> {
             send(self.ctx, family, mode, Body::Digest(nodes), now);
             return;
         }
+        self.ctx.state().compares += 1;
         match self.compare(&family, mode) {
             Ok(()) => {
                 let mut st = self.ctx.state();
