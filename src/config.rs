@@ -858,6 +858,118 @@ sync_mode = ro";
         assert!(errs.contains("[node3] colour: unknown option"), "{errs}");
     }
 
+    const REDIS: &str = "[general]
+cluster_name = fleet
+cluster_node = 7
+cluster_secret = some.super.secret.key
+transport = redis
+redis_url = redis://astdb:pw@10.0.0.5:6380/2
+[blacklist]
+type = family
+mode = global
+sharing_policy = multicast
+sharing_nodes = 7,12,40
+";
+
+    #[test]
+    fn redis_transport_needs_no_node_sections_and_lets_sharing_nodes_name_any_node() {
+        let cfg = parse(&sections(REDIS)).unwrap();
+        assert_eq!(cfg.general.transport, Transport::Redis);
+        let r = cfg.general.redis.as_ref().unwrap();
+        assert_eq!(r.url, "redis://astdb:pw@10.0.0.5:6380/2");
+        assert_eq!(r.url_shown(), "redis://astdb:***@10.0.0.5:6380/2");
+        assert_eq!(r.stream_max, DEFAULT_REDIS_STREAM_MAX);
+        assert!(r.sentinels.is_empty() && r.master.is_none());
+        assert!(cfg.nodes.is_empty());
+        assert_eq!(
+            parse(&sections(GOOD)).unwrap().general.transport,
+            Transport::Mesh
+        );
+    }
+
+    #[test]
+    fn redis_options_that_are_wrong_or_missing_are_named() {
+        let bad = |from: &str, to: &str| errors_of(&REDIS.replace(from, to));
+        let has = |errs: Vec<String>, want: &str| {
+            assert!(
+                errs.iter().any(|e| e.contains(want)),
+                "want '{want}' in {errs:?}"
+            );
+        };
+        has(
+            bad("transport = redis", "transport = pigeon"),
+            "transport: 'pigeon' is not a transport (want mesh or redis)",
+        );
+        has(
+            bad("redis_url = redis://astdb:pw@10.0.0.5:6380/2\n", ""),
+            "redis_url: is required",
+        );
+        has(
+            bad("redis://astdb:pw@10.0.0.5:6380/2", "http://10.0.0.5"),
+            "redis_url: 'http://10.0.0.5' is not a Redis URL",
+        );
+        has(bad("6380/2", "6380/two"), "'two' is not a database number");
+        has(
+            bad(
+                "transport = redis",
+                "transport = redis\nredis_ca_file = /etc/hosts",
+            ),
+            "redis_ca_file: '/etc/hosts' is for TLS: redis_url must start with rediss://",
+        );
+        has(
+            bad(
+                "redis_url = redis://astdb",
+                "redis_ca_file = /no/such.pem\nredis_url = rediss://astdb",
+            ),
+            "redis_ca_file: '/no/such.pem' is not a readable file",
+        );
+        has(
+            bad(
+                "transport = redis",
+                "transport = redis\nredis_sentinels = 10.0.0.8:26379",
+            ),
+            "redis_master: is required with redis_sentinels",
+        );
+        has(
+            bad(
+                "transport = redis",
+                "transport = redis\nredis_master = mymaster",
+            ),
+            "redis_master: needs redis_sentinels",
+        );
+        has(
+            bad(
+                "transport = redis",
+                "transport = redis\nredis_sentinels = 10.0.0.8:26379, bad host\nredis_master = m",
+            ),
+            "redis_sentinels: 'bad host' is not host[:port]",
+        );
+        has(
+            bad(
+                "transport = redis",
+                "transport = redis\nredis_stream_max = 10",
+            ),
+            "redis_stream_max: '10' is not a number of changes (1000 to 100000000)",
+        );
+        // Redis options with the mesh would do nothing: refused, named.
+        let errs = errors_of(&GOOD.replace(
+            "bindport = 5039",
+            "bindport = 5039\nredis_url = redis://10.0.0.5",
+        ));
+        has(
+            errs,
+            "redis_url: is for transport = redis (this file uses the mesh)",
+        );
+        let ok = parse(&sections(&REDIS.replace(
+            "transport = redis",
+            "transport = redis\nredis_sentinels = 10.0.0.8, [fd00::9]:26380\nredis_master = astdb",
+        )))
+        .unwrap();
+        let r = ok.general.redis.unwrap();
+        assert_eq!(r.sentinels, vec!["10.0.0.8:26379", "[fd00::9]:26380"]);
+        assert_eq!(r.master.as_deref(), Some("astdb"));
+    }
+
     #[test]
     fn missing_general_or_node_number_is_refused() {
         assert!(errors_of("[node2]\ntype = node\nnode = 2\nhost = a")[0]

@@ -55,7 +55,9 @@ fn items_key(family: &str) -> String {
 
 /// A status figure: the number before `label` on the Network line.
 fn count_before(status: &str, label: &str) -> u64 {
-    let at = status.find(label).unwrap_or_else(|| panic!("no '{label}' in {status}"));
+    let at = status
+        .find(label)
+        .unwrap_or_else(|| panic!("no '{label}' in {status}"));
     status[..at]
         .trim_end()
         .rsplit(' ')
@@ -73,7 +75,10 @@ fn resumed(n: &StandIn) -> u64 {
 }
 
 fn hlen(redis: &RedisServer, family: &str) -> usize {
-    redis.cli(&["HLEN", &items_key(family)]).parse().unwrap_or(0)
+    redis
+        .cli(&["HLEN", &items_key(family)])
+        .parse()
+        .unwrap_or(0)
 }
 
 fn wait_value(n: &StandIn, family: &str, key: &str, want: Option<&str>) {
@@ -142,7 +147,10 @@ fn a_node_started_while_every_other_node_is_down_receives_the_families_from_redi
     wait_connected(&[&a]);
     a.cli("database bulkput blacklist num 200 listed");
     a.cli("database put blacklist gone soon");
-    assert!(wait_until(Duration::from_secs(15), || hlen(&redis, "blacklist") == 201));
+    assert!(wait_until(Duration::from_secs(15), || hlen(
+        &redis,
+        "blacklist"
+    ) == 201));
     a.cli("database del blacklist gone");
     a.wait_for_cli("astdb cluster show status", Duration::from_secs(10), |_| {
         redis
@@ -197,7 +205,10 @@ fn a_node_away_longer_than_the_stream_keeps_compares_in_full_and_catches_up() {
     b.stop();
     a.cli("database bulkput blacklist num 5000 listed");
     a.cli("database del blacklist old");
-    assert!(wait_until(Duration::from_secs(20), || hlen(&redis, "blacklist") == 5001));
+    assert!(wait_until(Duration::from_secs(20), || hlen(
+        &redis,
+        "blacklist"
+    ) == 5001));
     let len: usize = redis
         .cli(&["XLEN", "astdbc:{redis.cluster}:log"])
         .parse()
@@ -242,7 +253,10 @@ fn concurrent_writers_of_one_key_through_redis_end_with_the_same_value_everywher
         nodes.iter().map(value).collect::<Vec<_>>()
     );
     let v = value(&nodes[0]).unwrap();
-    assert!(v.ends_with("r19"), "the last write of one of the writers wins: {v}");
+    assert!(
+        v.ends_with("r19"),
+        "the last write of one of the writers wins: {v}"
+    );
 }
 
 #[test]
@@ -255,7 +269,9 @@ fn with_redis_down_at_load_the_module_loads_astdb_works_and_it_connects_when_red
     let url = format!("redis://127.0.0.1:{port}");
     let a = node("r5", 1, &url);
     let b = node("r5", 2, &url);
-    assert!(a.cli("module show like astdb").contains("res_astdb_cluster.so"));
+    assert!(a
+        .cli("module show like astdb")
+        .contains("res_astdb_cluster.so"));
     a.cli("database put blacklist early bird");
     wait_value(&a, "blacklist", "early", Some("bird"));
     let status = a.cli("astdb cluster show status");
@@ -278,7 +294,10 @@ fn redis_restarted_empty_gets_the_shared_families_back_from_the_nodes() {
     a.cli("database bulkput blacklist num 100 listed");
     b.cli("database put registrar 200 sip:200@b");
     wait_value(&a, "02:00:00:00:00:02/registrar", "200", Some("sip:200@b"));
-    assert!(wait_until(Duration::from_secs(10), || hlen(&redis, "blacklist") == 100));
+    assert!(wait_until(Duration::from_secs(10), || hlen(
+        &redis,
+        "blacklist"
+    ) == 100));
     redis.restart_empty();
     assert!(
         wait_until(Duration::from_secs(30), || hlen(&redis, "blacklist") == 100),
@@ -327,7 +346,9 @@ fn a_sentinel_failover_is_followed_and_writes_go_on() {
     let master = RedisServer::builder().start();
     let mut master = master;
     let replica = RedisServer::builder().replicaof(&master).start();
-    let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(&master, "astdb", 2)).collect();
+    let sentinels: Vec<Sentinel> = (0..3)
+        .map(|_| Sentinel::start(&master, "astdb", 2))
+        .collect();
     for s in &sentinels {
         assert!(s.wait_discovered(1, 2, Duration::from_secs(20)));
     }
@@ -352,7 +373,10 @@ fn a_sentinel_failover_is_followed_and_writes_go_on() {
 
 #[test]
 fn over_tls_with_an_acl_user_changes_replicate() {
-    let redis = RedisServer::builder().tls().user("astdb", "pw-0123").start();
+    let redis = RedisServer::builder()
+        .tls()
+        .user("astdb", "pw-0123")
+        .start();
     let general = format!(
         "redis_url = {}\nredis_ca_file = {}",
         redis.url(),
@@ -377,8 +401,25 @@ fn records_forged_or_moved_without_the_secret_are_refused_counted_and_not_applie
     wait_value(&b, "blacklist", "real", Some("one"));
     let log = "astdbc:{redis.cluster}:log";
     // Made up: laid out like a record, sealed with nothing.
-    let fake = format!("{:016x}{}0|3|*|{}", u64::MAX >> 8, "020000000009", "x".repeat(60));
-    redis.cli(&["XADD", log, "*", "f", "blacklist", "m", "g", "i", "forged", "r", &fake]);
+    let fake = format!(
+        "{:016x}{}0|3|*|{}",
+        u64::MAX >> 8,
+        "020000000009",
+        "x".repeat(60)
+    );
+    redis.cli(&[
+        "XADD",
+        log,
+        "*",
+        "f",
+        "blacklist",
+        "m",
+        "g",
+        "i",
+        "forged",
+        "r",
+        &fake,
+    ]);
     // Moved: a real record put under another key.
     let real = redis.cli(&["--no-raw", "HGET", &items_key("blacklist"), "real"]);
     assert!(!real.is_empty());
@@ -402,4 +443,162 @@ fn records_forged_or_moved_without_the_secret_are_refused_counted_and_not_applie
     // A later real change still arrives.
     a.cli("database put blacklist still works");
     wait_value(&b, "blacklist", "still", Some("works"));
+}
+
+const POLICY_FAMILIES: &str = "
+[queue_state]
+type = family
+mode = global
+sharing_policy = multicast
+sharing_nodes = 1,2,3
+sync_interval = 200
+
+[settings]
+type = family
+mode = global
+sync_interval = 200
+";
+
+#[test]
+fn over_redis_multicast_reaches_exactly_its_nodes_read_only_never_publishes_and_db_shared_works() {
+    let redis = RedisServer::builder().start();
+    let nodes: Vec<StandIn> = (1..=4)
+        .map(|i| {
+            let families = if i == 4 {
+                POLICY_FAMILIES.replace(
+                    "[settings]\ntype = family\n",
+                    "[settings]\ntype = family\nsync_mode = ro\n",
+                )
+            } else {
+                POLICY_FAMILIES.to_string()
+            };
+            StandIn::builder(&format!("rbn{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file(
+                    "astdb_cluster.conf",
+                    &conf(i, &format!("redis_url = {}", redis.url()), &families),
+                )
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"])
+                .start()
+        })
+        .collect();
+    let refs: Vec<&StandIn> = nodes.iter().collect();
+    wait_connected(&refs);
+    let [n1, n2, n3, n4] = [&nodes[0], &nodes[1], &nodes[2], &nodes[3]];
+    let absent = |n: &StandIn, f: &str, k: &str| {
+        n.cli(&format!("database get {f} {k}"))
+            .contains("not found")
+    };
+
+    n1.cli("dialplan set DB(queue_state/sales)=7");
+    wait_value(n2, "queue_state", "sales", Some("7"));
+    wait_value(n3, "queue_state", "sales", Some("7"));
+    n4.cli("dialplan set DB(queue_state/from4)=x");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        absent(n4, "queue_state", "sales"),
+        "node 4 is not a sharing node"
+    );
+    for n in [n1, n2, n3] {
+        assert!(
+            absent(n, "queue_state", "from4"),
+            "node 4's writes are not accepted"
+        );
+    }
+
+    n2.cli("dialplan set DB(settings/language)=en");
+    wait_value(n4, "settings", "language", Some("en"));
+    n4.cli("database put settings language fr");
+    assert!(n4.wait_for_log("sync_mode=ro", Duration::from_secs(10)));
+    wait_value(n4, "settings", "language", Some("en"));
+    for n in [n1, n2, n3] {
+        assert!(n
+            .cli("database get settings language")
+            .contains("Value: en"));
+    }
+
+    // A family shared from the dialplan at run time.
+    n1.cli("dialplan set DB_SHARED(put,global)=runtime");
+    n3.cli("dialplan set DB_SHARED(put,global)=runtime");
+    n1.cli("dialplan set DB(runtime/k)=v");
+    wait_value(n3, "runtime", "k", Some("v"));
+}
+
+#[test]
+fn redis_forgets_a_tombstone_once_collected_but_never_an_item_written_again() {
+    use res_astdb_cluster::config::RedisSettings;
+    use res_astdb_cluster::engine::{Entry, Hlc, ItemId, Mode, SharingPolicy, Version};
+    use res_astdb_cluster::node::redis::record::Sealer;
+    use res_astdb_cluster::node::redis::server::{connect, Keys, Scripts};
+
+    let redis = RedisServer::builder().start();
+    let settings = RedisSettings {
+        url: redis.url(),
+        ca_file: None,
+        sentinels: Vec::new(),
+        master: None,
+        stream_max: 1000,
+    };
+    let mut con = connect(&settings).unwrap().con;
+    let keys = Keys::new("gc");
+    let sealer = Sealer::new("gc", SECRET);
+    let scripts = Scripts::default();
+    let origin = "02:00:00:00:00:01".parse().unwrap();
+    let put = |key: &str, ms: u64, value: Option<&str>, con: &mut redis::Connection| {
+        let item = ItemId::global(key);
+        let entry = Entry {
+            version: Version::new(Hlc::from_parts(ms, 0), origin),
+            value: value.map(Into::into),
+        };
+        let rec = sealer.seal(
+            "fam",
+            Mode::Global,
+            &item,
+            &entry,
+            1,
+            &SharingPolicy::Broadcast,
+        );
+        let replies: Vec<Vec<u8>> = scripts
+            .merge
+            .key(keys.items(Mode::Global, "fam"))
+            .key(keys.tombstones(Mode::Global, "fam"))
+            .key(keys.log())
+            .arg(1000)
+            .arg("fam")
+            .arg("g")
+            .arg(key)
+            .arg(rec)
+            .invoke(con)
+            .unwrap();
+        replies
+    };
+    put("dead", 1, Some("v"), &mut con);
+    put("dead", 2, None, &mut con);
+    put("back", 1, None, &mut con);
+    // An older write loses and is answered with the record Redis keeps.
+    let lost = put("dead", 1, Some("old"), &mut con);
+    assert!(lost[0].starts_with(b"0000"), "the newer record comes back");
+    assert_eq!(
+        put("dead", 2, None, &mut con)[0],
+        b"=",
+        "the same one is held"
+    );
+    // Written again after its deletion: no longer a tombstone.
+    put("back", 3, Some("alive"), &mut con);
+    let tombs = keys.tombstones(Mode::Global, "fam");
+    assert_eq!(redis.cli(&["ZCARD", &tombs]), "1");
+    let collected: i64 = scripts
+        .collect
+        .key(keys.items(Mode::Global, "fam"))
+        .key(&tombs)
+        .arg(u64::MAX / 2)
+        .arg(100)
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(collected, 1);
+    let items = keys.items(Mode::Global, "fam");
+    assert_eq!(redis.cli(&["HEXISTS", &items, "dead"]), "0");
+    assert_eq!(redis.cli(&["HEXISTS", &items, "back"]), "1");
+    assert_eq!(redis.cli(&["ZCARD", &tombs]), "0");
 }

@@ -26,7 +26,7 @@
 mod reader;
 pub mod record;
 pub mod server;
-mod writer;
+pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;

@@ -599,16 +599,16 @@ impl Writer<'_> {
     fn collect(&mut self) -> redis::RedisResult<()> {
         let ctx = self.ctx;
         let now = unix_ms(SystemTime::now());
-        let (read_to, families) = {
+        let (below, families) = {
             let st = ctx.state();
-            let read_to = st.nodes.iter().map(|n| n.read_to).min();
-            (read_to, st.shared.clone())
+            (
+                collect_below(st.nodes.iter().map(|n| n.read_to), now),
+                st.shared.clone(),
+            )
         };
-        let Some(read_to) = read_to else {
+        let Some(below) = below else {
             return Ok(());
         };
-        let by_age = now.saturating_sub(FORGET_NODE_MS);
-        let below = read_to.max(by_age).saturating_sub(COLLECT_GRACE_MS);
         let Some(con) = self.con.as_mut() else {
             return Ok(());
         };
@@ -632,6 +632,15 @@ impl Writer<'_> {
     }
 }
 
+/// Tombstones deleted at or before this (Redis ms) may go, given how far each node in
+/// the table has read (`None` before any node is known): every node has read past
+/// them and a grace has passed, or they are older than a node may stay away.
+pub fn collect_below(read_to: impl Iterator<Item = u64>, now_ms: u64) -> Option<u64> {
+    let slowest = read_to.min()?;
+    let by_age = now_ms.saturating_sub(FORGET_NODE_MS);
+    Some(slowest.max(by_age).saturating_sub(COLLECT_GRACE_MS))
+}
+
 /// Opens a stored record of `family`: the change, if it opens and is meant for this
 /// node; refusals are counted.
 fn open_stored(ctx: &Context, family: &str, mode: Mode, f: &[u8], rec: &[u8]) -> Option<Change> {
@@ -649,5 +658,26 @@ fn open_stored(ctx: &Context, family: &str, mode: Mode, f: &[u8], rec: &[u8]) ->
             ctx.refuse(cause, &format!("family {family}"));
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_wait_for_the_slowest_node_plus_a_grace_but_not_beyond_the_longest_absence() {
+        let now = 10 * FORGET_NODE_MS;
+        assert_eq!(collect_below(std::iter::empty(), now), None);
+        let slow = now - 3_600_000;
+        assert_eq!(
+            collect_below([now, slow, now - 10].into_iter(), now),
+            Some(slow - COLLECT_GRACE_MS)
+        );
+        // A node silent for longer than a node may stay away holds nothing back.
+        assert_eq!(
+            collect_below([now, 5].into_iter(), now),
+            Some(now - FORGET_NODE_MS - COLLECT_GRACE_MS)
+        );
     }
 }
