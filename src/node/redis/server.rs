@@ -20,8 +20,9 @@ use redis::{Client, Connection, ConnectionAddr, IntoConnectionInfo, Script, Valu
 use crate::config::RedisSettings;
 use crate::engine::Mode;
 
-/// How long to wait for a connection or a reply (a blocked read waits less).
+/// How long to wait for a reply (a blocked read waits less), and for a connection.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The names of one cluster's keys.
 #[derive(Clone, Debug)]
@@ -182,7 +183,7 @@ pub fn connect(settings: &RedisSettings) -> Result<Server, String> {
     }
     .map_err(|e| format!("{shown}: {e}"))?;
     let mut con = client
-        .get_connection_with_timeout(IO_TIMEOUT)
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
         .map_err(|e| format!("{shown}: {e}"))?;
     con.set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| con.set_write_timeout(Some(IO_TIMEOUT)))

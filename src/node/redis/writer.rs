@@ -179,6 +179,8 @@ impl Writer<'_> {
                     self.hold(family, mode, changes);
                 }
             }
+            // Stopping: a comparison now would only delay the unload.
+            Body::Digest(_) if self.ctx.stopping() => {}
             Body::Digest(nodes) if self.ensure() => self.digest(family, mode, nodes),
             Body::Pull(items) if self.ensure() => self.pull(family, mode, items),
             Body::Pull(_) => {
