@@ -602,3 +602,25 @@ fn redis_forgets_a_tombstone_once_collected_but_never_an_item_written_again() {
     assert_eq!(redis.cli(&["HEXISTS", &items, "back"]), "1");
     assert_eq!(redis.cli(&["ZCARD", &tombs]), "0");
 }
+
+#[test]
+fn a_node_killed_with_sigkill_catches_up_from_redis_when_it_starts_again() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let a = node("rc", 1, &url);
+    let mut b = node("rc", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database bulkput blacklist num 300 listed");
+    wait_value(&b, "blacklist", "num299", Some("listed"));
+    b.kill9();
+    a.cli("database put blacklist after-crash yes");
+    a.cli("database del blacklist num5");
+    b.restart();
+    wait_value(&b, "blacklist", "after-crash", Some("yes"));
+    wait_value(&b, "blacklist", "num5", None);
+    // After a crash the node does not trust what it knew: it compared in full.
+    assert!(compares(&b) >= 1);
+    b.wait_for_cli("database show blacklist", Duration::from_secs(15), |s| {
+        s.contains("300 results found")
+    });
+}
