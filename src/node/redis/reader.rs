@@ -100,7 +100,10 @@ fn start(ctx: &Context, con: &mut Connection) -> redis::RedisResult<StreamId> {
     let mut st = ctx.state();
     let known = st.epoch.as_deref() == Some(epoch.as_str());
     if known && span.holds_after(st.delivered) {
-        st.resumed += 1;
+        // (An empty stream at a first start is no resumption.)
+        if st.delivered > StreamId::default() {
+            st.resumed += 1;
+        }
         return Ok(st.delivered);
     }
     let why = if !known && st.epoch.is_some() {
