@@ -117,6 +117,16 @@ fn over_redis_a_write_and_its_delete_reach_every_node_and_redis_holds_no_readabl
         "5551234",
         Some("telemarketer-secret"),
     );
+    // The change is an event on the receivers, as over the mesh.
+    let events = nodes[1].events();
+    let change = events
+        .split("\n\n")
+        .find(|e| e.contains("Event: AstDBClusterKeyChange") && e.contains("Key: 5551234"))
+        .unwrap_or_else(|| panic!("no key change event: {events}"));
+    assert!(
+        change.contains("Source: peer") && change.contains("OriginNode: 1"),
+        "{change}"
+    );
     let dump = redis.cli(&["HGETALL", "astdbc:{redis.cluster}:h:g:blacklist"]);
     assert!(dump.contains("5551234"), "the key is there: {dump}");
     assert!(

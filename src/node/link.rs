@@ -51,6 +51,11 @@ pub trait Link: Send {
     /// The loop stops with changes it has not sent yet (the rest of a large push): the
     /// link must not count on its peers holding everything it holds.
     fn unsent(&mut self) {}
+    /// The node number of `eid` when the link knows it and the engine may not (over
+    /// Redis the other nodes are not the engine's peers).
+    fn node_of(&self, _eid: Eid) -> Option<u32> {
+        None
+    }
     /// `database shared refresh`: the family is compared in full at its next sync,
     /// whatever the link believes it knows.
     fn refresh(&mut self, _family: &str) {}
@@ -169,5 +174,9 @@ impl Link for Chosen {
         if let Some((_, l)) = &mut self.current {
             l.refresh(family);
         }
+    }
+
+    fn node_of(&self, eid: Eid) -> Option<u32> {
+        self.current.as_ref().and_then(|(_, l)| l.node_of(eid))
     }
 }

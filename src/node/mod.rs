@@ -390,6 +390,11 @@ impl Node {
         }
     }
 
+    /// The node number of `eid`, from the engine's peers or else from the link.
+    fn node_number(&self, eid: Eid) -> Option<u32> {
+        self.engine.node_of(eid).or_else(|| self.link.node_of(eid))
+    }
+
     /// The protocol version in use with `node`, as the link says.
     fn protocol_of(&self, node: u32) -> Option<u8> {
         self.link
@@ -428,7 +433,7 @@ impl Node {
         let held = self.engine.entry(name, owner, &key).map(|e| {
             (
                 e.version,
-                self.engine.node_of(e.version.origin),
+                self.node_number(e.version.origin),
                 e.is_tombstone(),
             )
         });
@@ -438,7 +443,7 @@ impl Node {
                 .engine
                 .copies(name, &key)
                 .into_iter()
-                .map(|(o, e)| (o, self.engine.node_of(o), e.version, e.is_tombstone()))
+                .map(|(o, e)| (o, self.node_number(o), e.version, e.is_tombstone()))
                 .collect(),
         };
         KeyInfo {
@@ -659,7 +664,7 @@ impl Node {
         let told = &self.told;
         let engine = &self.engine;
         let key_events = |family: &str| told.get(family).is_none_or(|f| f.key_events);
-        let node_of = |eid: Eid| engine.node_of(eid);
+        let node_of = |eid: Eid| self.node_number(eid);
         for event in events::change_events(
             changes,
             self.policy.batch_limit,

@@ -30,7 +30,7 @@ pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -42,7 +42,7 @@ use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
 use super::{Level, Say};
 use crate::config::{ClusterConfig, RedisSettings};
 use crate::eid::Eid;
-use crate::engine::{ItemId, Message, Mode, SharingPolicy, Version, RELAY_NODE};
+use crate::engine::{Body, ItemId, Message, Mode, SharingPolicy, Version, RELAY_NODE};
 use record::{Opened, Refusal, Sealer};
 use server::StreamId;
 
@@ -72,6 +72,9 @@ struct Context {
     inbox: Arc<Inbox>,
     say: Say,
     stop: AtomicBool,
+    /// Changes handed to the writer and not yet taken: bounded like the held ones,
+    /// so that a Redis that hangs rather than refuses cannot make the queue grow.
+    queued: AtomicUsize,
     state: Mutex<State>,
     /// Multicast presets: a change from a node outside the list is not applied.
     policies: Mutex<BTreeMap<String, SharingPolicy>>,
@@ -331,6 +334,7 @@ impl RedisLink {
             inbox: Arc::clone(&self.inbox),
             say: Arc::clone(&self.say),
             stop: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             state: Mutex::new(state),
             policies: Mutex::new(BTreeMap::new()),
             file: self.file.clone(),
@@ -417,9 +421,27 @@ impl Link for RedisLink {
     }
 
     fn send(&mut self, to: Eid, msg: &Message) {
-        if to == RELAY_EID {
-            self.job(Job::Send(msg.clone()));
+        if to != RELAY_EID {
+            return;
         }
+        if let (Some(r), Body::Changes(changes)) = (&self.running, &msg.body) {
+            let queued = r.ctx.queued.fetch_add(changes.len(), Ordering::Relaxed);
+            if queued > HELD_CHANGES {
+                r.ctx.queued.fetch_sub(changes.len(), Ordering::Relaxed);
+                let mut st = r.ctx.state();
+                st.synced.remove(&msg.family);
+                st.dirty = true;
+                st.send_errors += 1;
+                drop(st);
+                r.ctx.say_once(
+                    Level::Warning,
+                    "queue overflow",
+                    &format!("more than {HELD_CHANGES} changes wait for Redis, which does not answer; further ones are let go and their families compared in full once it does"),
+                );
+                return;
+            }
+        }
+        self.job(Job::Send(msg.clone()));
     }
 
     fn status(&self) -> LinkStatus {
@@ -490,6 +512,19 @@ impl Link for RedisLink {
 
     fn refresh(&mut self, family: &str) {
         self.job(Job::Refresh(family.to_string()));
+    }
+
+    fn node_of(&self, eid: Eid) -> Option<u32> {
+        let r = self.running.as_ref()?;
+        if eid == r.ctx.id.eid {
+            return Some(r.ctx.id.node);
+        }
+        r.ctx
+            .state()
+            .nodes
+            .iter()
+            .find(|n| n.eid == eid)
+            .map(|n| n.node)
     }
 
     fn unsent(&mut self) {

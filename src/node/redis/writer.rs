@@ -167,6 +167,11 @@ impl Writer<'_> {
     }
 
     fn send(&mut self, msg: Message) {
+        if let Body::Changes(c) = &msg.body {
+            self.ctx
+                .queued
+                .fetch_sub(c.len(), std::sync::atomic::Ordering::Relaxed);
+        }
         self.modes.insert(msg.family.clone(), msg.mode);
         let Message {
             family, mode, body, ..
