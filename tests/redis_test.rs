@@ -634,3 +634,57 @@ fn a_node_killed_with_sigkill_catches_up_from_redis_when_it_starts_again() {
         s.contains("300 results found")
     });
 }
+
+#[test]
+fn a_reload_moves_a_running_cluster_from_the_mesh_to_redis_and_a_bad_redis_option_changes_nothing()
+{
+    let redis = RedisServer::builder().start();
+    let base = standin::port_base(9);
+    let mesh = |i: u32| standin::cluster_conf("redis.cluster", SECRET, i, &[1, 2], base, PRESETS);
+    let nodes: Vec<StandIn> = (1..=2)
+        .map(|i| {
+            StandIn::builder(&format!("rdn{i}"))
+                .eid(&format!("02:00:00:00:00:0{i}"))
+                .conf_file("astdb_cluster.conf", &mesh(i))
+                .module_path(module_so())
+                .preload(&["res_astdb_cluster.so"])
+                .start()
+        })
+        .collect();
+    let [a, b] = [&nodes[0], &nodes[1]];
+    a.wait_for_cli("astdb cluster show status", Duration::from_secs(15), |s| {
+        s.contains("1 of 1 peers up")
+    });
+    a.cli("database put blacklist on mesh");
+    wait_value(b, "blacklist", "on", Some("mesh"));
+    // A typo in the new file: refused whole, named, the mesh goes on.
+    a.write_conf(
+        "astdb_cluster.conf",
+        &conf(
+            1,
+            &format!("redis_url = {}\nredis_stream_max = lots", redis.url()),
+            "",
+        ),
+    );
+    a.cli("module reload res_astdb_cluster.so");
+    assert!(a.wait_for_log(
+        "redis_stream_max: 'lots' is not a number of changes",
+        Duration::from_secs(5)
+    ));
+    a.cli("database put blacklist still mesh");
+    wait_value(b, "blacklist", "still", Some("mesh"));
+    for (i, n) in nodes.iter().enumerate() {
+        n.write_conf(
+            "astdb_cluster.conf",
+            &conf(i as u32 + 1, &format!("redis_url = {}", redis.url()), ""),
+        );
+        n.cli("module reload res_astdb_cluster.so");
+    }
+    wait_connected(&[a, b]);
+    a.cli("database put blacklist now redis");
+    wait_value(b, "blacklist", "now", Some("redis"));
+    assert!(wait_until(Duration::from_secs(10), || hlen(
+        &redis,
+        "blacklist"
+    ) == 3));
+}
