@@ -168,3 +168,32 @@ pub(crate) fn capture_unhook() {
     // SAFETY: restores what capture_hook swapped.
     unsafe { sys::astdb_cluster_capture_unhook() }
 }
+
+/// The library's own unit tests run without Asterisk and never call it, but an
+/// unoptimised test build keeps the wrappers that would; these stand in for the
+/// symbols only Asterisk and the glue provide, so that the test binary links. They
+/// are in no other build.
+#[cfg(test)]
+mod unit_test_links {
+    use std::ffi::{c_char, c_void};
+
+    #[no_mangle]
+    extern "C" fn astdb_cluster_headers() -> *const c_char {
+        c"unit tests".as_ptr()
+    }
+    #[no_mangle]
+    extern "C" fn astdb_cluster_db_get(_family: *const c_char, _key: *const c_char) -> *mut c_char {
+        std::ptr::null_mut()
+    }
+    #[no_mangle]
+    extern "C" fn astdb_cluster_free(_ptr: *mut c_void) {}
+    #[no_mangle]
+    extern "C" fn ast_db_gettree_by_prefix(
+        _family: *const c_char,
+        _key_prefix: *const c_char,
+    ) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    #[no_mangle]
+    extern "C" fn ast_db_freetree(_entry: *mut c_void) {}
+}
