@@ -688,3 +688,74 @@ fn a_reload_moves_a_running_cluster_from_the_mesh_to_redis_and_a_bad_redis_optio
         "blacklist"
     ) == 3));
 }
+
+/// A redis-server started by hand on `port`, keeping its snapshot in `dir`.
+fn redis_in(dir: &std::path::Path, port: u16) -> std::process::Child {
+    let child = std::process::Command::new(redisd::redis_server_bin())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            "snap.rdb",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ping = || {
+        std::process::Command::new(redisd::redis_cli_bin())
+            .args(["-p", &port.to_string(), "PING"])
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"PONG"))
+    };
+    assert!(wait_until(Duration::from_secs(10), ping));
+    child
+}
+
+#[test]
+fn redis_back_from_an_older_snapshot_gets_the_changes_it_lost_from_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = redis_in(dir.path(), port);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(redisd::redis_cli_bin())
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = node("rs", 1, &url);
+    let b = node("rs", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database put blacklist in-snapshot yes");
+    wait_value(&b, "blacklist", "in-snapshot", Some("yes"));
+    assert_eq!(cli(&["SAVE"]), "OK");
+    a.cli("database put blacklist after-snapshot yes");
+    wait_value(&b, "blacklist", "after-snapshot", Some("yes"));
+    // Redis dies and comes back with the snapshot: the second change is gone there.
+    let _ = server.kill();
+    let _ = server.wait();
+    server = redis_in(dir.path(), port);
+    let items = items_key("blacklist");
+    assert!(wait_until(Duration::from_secs(30), || {
+        cli(&["HEXISTS", &items, "after-snapshot"]) == "1"
+    }));
+    assert!(a.wait_for_log(
+        "Redis holds fewer changes than this node already saw",
+        Duration::from_secs(5)
+    ));
+    a.cli("database put blacklist later yes");
+    wait_value(&b, "blacklist", "later", Some("yes"));
+    let _ = server.kill();
+    let _ = server.wait();
+}

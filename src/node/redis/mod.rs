@@ -105,6 +105,8 @@ struct State {
     generation: u64,
     /// Delivered to the inbox up to here.
     delivered: StreamId,
+    /// The stream entry of this node's latest change merged into Redis.
+    pushed_to: StreamId,
     /// Marks handed to the loop with the position each stands for.
     marks: VecDeque<(u64, StreamId)>,
     next_mark: u64,
@@ -142,6 +144,13 @@ impl Context {
     fn forget_all(st: &mut State) {
         st.synced.clear();
         st.generation += 1;
+    }
+
+    /// Redis gives out stream IDs in order: one whose last ID is below what this node
+    /// already read or wrote there lost those changes (a failover to a replica that
+    /// lagged, a restart from an older snapshot).
+    fn lost_writes(st: &State, span: &server::StreamSpan) -> bool {
+        span.last < st.delivered.max(st.pushed_to)
     }
 
     /// Counts a refused record and says so once per cause.

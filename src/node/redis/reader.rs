@@ -99,7 +99,8 @@ fn start(ctx: &Context, con: &mut Connection) -> redis::RedisResult<StreamId> {
     let span = server::stream_span(con, &ctx.keys)?;
     let mut st = ctx.state();
     let known = st.epoch.as_deref() == Some(epoch.as_str());
-    if known && span.holds_after(st.delivered) {
+    let lost = super::Context::lost_writes(&st, &span);
+    if known && !lost && span.holds_after(st.delivered) {
         // (An empty stream at a first start is no resumption.)
         if st.delivered > StreamId::default() {
             st.resumed += 1;
@@ -108,6 +109,8 @@ fn start(ctx: &Context, con: &mut Connection) -> redis::RedisResult<StreamId> {
     }
     let why = if !known && st.epoch.is_some() {
         Some("Redis no longer holds the data set this node knew (it was emptied or replaced)")
+    } else if known && lost {
+        Some("Redis holds fewer changes than this node already saw there (a failover or a restart lost the last writes)")
     } else if known {
         Some("the change stream no longer holds everything since this node last read it")
     } else {

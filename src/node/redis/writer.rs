@@ -140,10 +140,24 @@ impl Writer<'_> {
         }
     }
 
-    /// A new data set (Redis emptied or replaced) voids what the link knew.
+    /// A new data set (Redis emptied or replaced), or one that lost changes this node
+    /// saw, voids what the link knew. Checked before anything is pushed on a new
+    /// connection: a push would move the stream past the evidence.
     fn check_epoch(&self, con: &mut Connection) -> redis::RedisResult<()> {
         let epoch = server::epoch(con, &self.ctx.keys)?;
+        let span = server::stream_span(con, &self.ctx.keys)?;
         let mut st = self.ctx.state();
+        if st.epoch.as_deref() == Some(epoch.as_str()) && super::Context::lost_writes(&st, &span) {
+            super::Context::forget_all(&mut st);
+            // The stream starts over from what Redis has.
+            st.pushed_to = span.last;
+            drop(st);
+            (self.ctx.say)(
+                Level::Notice,
+                "Redis holds fewer changes than this node already saw there (a failover or a restart lost the last writes): each shared family is compared and put back",
+            );
+            return Ok(());
+        }
         if st.epoch.as_deref() != Some(epoch.as_str()) {
             let had = st.epoch.replace(epoch).is_some();
             super::Context::forget_all(&mut st);
@@ -307,6 +321,7 @@ impl Writer<'_> {
             }
             let replies: Vec<Value> = inv.invoke(con)?;
             let mut winners = Vec::new();
+            let mut pushed_to = StreamId::default();
             let mut acks_now = Vec::new();
             let mut acks_later = Vec::new();
             for (c, reply) in chunk.iter().zip(replies) {
@@ -319,11 +334,12 @@ impl Writer<'_> {
                         }
                     }
                     Some(b'+') => {
+                        let id = std::str::from_utf8(&reply[1..])
+                            .ok()
+                            .and_then(StreamId::parse)
+                            .unwrap_or_default();
+                        pushed_to = pushed_to.max(id);
                         if tomb {
-                            let id = std::str::from_utf8(&reply[1..])
-                                .ok()
-                                .and_then(StreamId::parse)
-                                .unwrap_or_default();
                             acks_later.push((
                                 id,
                                 family.to_string(),
@@ -351,8 +367,10 @@ impl Writer<'_> {
                     }
                 }
             }
-            if !acks_later.is_empty() {
-                ctx.state().acks.extend(acks_later);
+            {
+                let mut st = ctx.state();
+                st.pushed_to = st.pushed_to.max(pushed_to);
+                st.acks.extend(acks_later);
             }
             if !winners.is_empty() {
                 send(ctx, family.to_string(), mode, Body::Changes(winners), now);
