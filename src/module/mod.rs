@@ -218,22 +218,29 @@ fn say() -> Say {
 /// Changes handled (local, applied, sent or received) after which the heap's free pages
 /// go back to the system.
 const TRIM_EVERY: u64 = 100_000;
+/// A turn that took this long (a large family read, even one that found nothing) is
+/// also followed by a trim, at most once per [`TRIM_GAP`].
+const TRIM_LONG_TURN: Duration = Duration::from_millis(50);
+const TRIM_GAP: Duration = Duration::from_secs(1);
 
-/// When to trim the heap: a catch-up or a bulk import leaves the allocator holding the
-/// pages of its transient buffers (decoded messages, reads, outputs), which it would
-/// keep for good: a million-key catch-up left the process 100 MB larger than the items
-/// it holds. Trimming costs a few milliseconds, so it is done once per
-/// [`TRIM_EVERY`] changes.
+/// When to trim the heap: a catch-up, a bulk import or a large read leaves the
+/// allocator holding the pages of its transient buffers (decoded messages, rows read,
+/// outputs), which it would keep for good: a million-key catch-up left the process
+/// 100 MB larger than the items it holds. A trim costs a few milliseconds, so it is done
+/// once per [`TRIM_EVERY`] changes, or after a long turn.
 #[derive(Default)]
 struct HeapTrim {
     trimmed_at: u64,
+    last: Option<Instant>,
 }
 
 impl HeapTrim {
-    fn after_turn(&mut self, c: &crate::engine::Counters) {
+    fn after_turn(&mut self, c: &crate::engine::Counters, took: Duration) {
         let work = c.applied + c.local_changes + c.sent_changes + c.received_changes;
-        if work.saturating_sub(self.trimmed_at) >= TRIM_EVERY {
+        let long = took >= TRIM_LONG_TURN && self.last.is_none_or(|t| t.elapsed() >= TRIM_GAP);
+        if long || work.saturating_sub(self.trimmed_at) >= TRIM_EVERY {
             self.trimmed_at = work;
+            self.last = Some(Instant::now());
             asterisk::trim_heap();
         }
     }
@@ -267,8 +274,9 @@ fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
                 capture = asterisk::capture_hook();
                 hooked_at = Some(Instant::now());
             }
+            let began = Instant::now();
             sleep = node.turn(pending);
-            trim.after_turn(node.engine().counters());
+            trim.after_turn(node.engine().counters(), began.elapsed());
             let status = Published {
                 node: node.status(),
                 capture,
