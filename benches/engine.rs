@@ -242,7 +242,8 @@ fn anti_entropy_cost() {
     let repaired = (0..DIFF)
         .filter(|i| {
             a.entry(FAMILY, None, &key(i * 97_331 % N))
-                .and_then(|e| e.value.as_deref())
+                .and_then(|e| e.value)
+                .as_deref()
                 == Some("changed")
         })
         .count();

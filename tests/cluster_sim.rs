@@ -816,9 +816,9 @@ impl Sim {
                         .chain(copy.keys())
                         .map(|k| {
                             let at = |n: &SimNode| {
-                                n.node.as_ref().and_then(|n| {
-                                    n.engine().entry(UNIQUE, Some(origin.eid), k).cloned()
-                                })
+                                n.node
+                                    .as_ref()
+                                    .and_then(|n| n.engine().entry(UNIQUE, Some(origin.eid), k))
                             };
                             format!("{k}: origin {:?} copy {:?}", at(origin), at(node))
                         })

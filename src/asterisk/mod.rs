@@ -39,6 +39,17 @@ pub(crate) unsafe fn owned(ptr: *const c_char) -> Option<String> {
     }
 }
 
+/// Hands the heap's free pages back to the system (glibc's `malloc_trim`; elsewhere
+/// nothing). After a large read or catch-up the allocator otherwise keeps the pages its
+/// transient buffers used, and the process stays that much larger.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: a plain call with no pointers; glibc serialises it with the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A C string for Asterisk; interior NULs (never valid in AstDB or config text) are cut.
 pub(crate) fn c_string(s: &str) -> CString {
     let end = s.find('\0').unwrap_or(s.len());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::engine::Engine;
-use super::item::{Entry, ItemId};
+use super::item::{Entry, ItemId, ItemView};
 use super::merge::Accepted;
 use super::message::{Body, Change, DigestNode, SummaryItem, SummaryRange};
 use super::output::Output;
@@ -134,26 +134,29 @@ impl Engine {
             let Some(fs) = self.families.get_mut(family) else {
                 return;
             };
-            let mut wanted: Vec<(u64, &ItemId, &Entry)> = Vec::new();
+            let mut wanted: Vec<(u64, ItemView)> = Vec::new();
             for r in ranges {
                 if !valid_node(r.depth, r.prefix) {
                     self.counters.dropped_invalid += 1;
                     continue;
                 }
                 nodes.push((r.depth, r.prefix));
-                let theirs: HashMap<&ItemId, &SummaryItem> =
-                    r.items.iter().map(|i| (&i.item, i)).collect();
+                let theirs: HashMap<(Option<Eid>, &str), &SummaryItem> = r
+                    .items
+                    .iter()
+                    .map(|i| ((i.item.owner, &*i.item.key), i))
+                    .collect();
                 let mut equal_tombstones = Vec::new();
-                for (pos, id, e) in fs.store.range(r.depth, r.prefix) {
-                    match theirs.get(id) {
-                        None => wanted.push((pos, id, e)),
+                for (pos, v) in fs.store.range(r.depth, r.prefix) {
+                    match theirs.get(&(v.owner, v.key)) {
+                        None => wanted.push((pos, v)),
                         Some(t) => {
-                            let mine = (e.version, e.is_tombstone());
+                            let mine = (v.version, v.is_tombstone());
                             let other = (t.version, t.tombstone);
                             if mine > other {
-                                wanted.push((pos, id, e));
-                            } else if mine == other && e.is_tombstone() {
-                                equal_tombstones.push(id.clone());
+                                wanted.push((pos, v));
+                            } else if mine == other && v.is_tombstone() {
+                                equal_tombstones.push(t.item.clone());
                             }
                         }
                     }
@@ -184,17 +187,17 @@ impl Engine {
                 }
             }
             if wanted.len() > push_slice {
-                let order = item_order(wanted.len(), |i| (wanted[i].1.owner, &*wanted[i].1.key));
+                let order = item_order(wanted.len(), |i| (wanted[i].1.owner, wanted[i].1.key));
                 queued = order
                     .into_iter()
-                    .map(|i| (wanted[i as usize].0, wanted[i as usize].2.version.hlc))
+                    .map(|i| (wanted[i as usize].0, wanted[i as usize].1.version.hlc))
                     .collect();
             } else {
                 push = wanted
                     .iter()
-                    .map(|&(_, id, e)| Change {
-                        item: id.clone(),
-                        entry: e.clone(),
+                    .map(|(_, v)| Change {
+                        item: v.id(),
+                        entry: v.entry(),
                     })
                     .collect();
             }
@@ -249,7 +252,7 @@ impl Engine {
         let changes: Vec<Change> = items
             .into_iter()
             .filter_map(|item| {
-                let entry = fs.store.get(item.owner, &item.key)?.clone();
+                let entry = fs.store.get(item.owner, &item.key)?.entry();
                 Some(Change { item, entry })
             })
             .collect();
@@ -271,10 +274,10 @@ fn summary_range(store: &ItemStore, depth: u8, prefix: u64) -> SummaryRange {
         prefix,
         items: store
             .range(depth, prefix)
-            .map(|(_, id, e)| SummaryItem {
-                item: id.clone(),
-                version: e.version,
-                tombstone: e.is_tombstone(),
+            .map(|(_, v)| SummaryItem {
+                item: v.id(),
+                version: v.version,
+                tombstone: v.is_tombstone(),
             })
             .collect(),
     }

@@ -299,13 +299,17 @@ impl Engine {
     }
 
     /// The state this node holds for an item (shared or not), for tests and the CLI.
-    pub fn entry(&self, family: &str, owner: Option<Eid>, key: &str) -> Option<&Entry> {
-        self.families.get(family)?.store.get(owner, key)
+    pub fn entry(&self, family: &str, owner: Option<Eid>, key: &str) -> Option<Entry> {
+        self.families
+            .get(family)?
+            .store
+            .get(owner, key)
+            .map(|v| v.entry())
     }
 
     /// The copies of `key` of unique family `family` held here, this node's own first
     /// and then each other node's that this node holds (tombstones included).
-    pub fn copies(&self, family: &str, key: &str) -> Vec<(Eid, &Entry)> {
+    pub fn copies(&self, family: &str, key: &str) -> Vec<(Eid, Entry)> {
         let Some(fs) = self.families.get(family) else {
             return Vec::new();
         };
@@ -316,7 +320,7 @@ impl Engine {
         owners
             .into_iter()
             .filter(|o| seen.insert(*o))
-            .filter_map(|o| fs.store.get(Some(o), key).map(|e| (o, e)))
+            .filter_map(|o| fs.store.get(Some(o), key).map(|v| (o, v.entry())))
             .collect()
     }
 
@@ -328,10 +332,7 @@ impl Engine {
     /// Every item held for `family`, tombstones included.
     pub fn items(&self, family: &str) -> Vec<(ItemId, Entry)> {
         self.families.get(family).map_or_else(Vec::new, |fs| {
-            fs.store
-                .iter()
-                .map(|(i, e)| (i.clone(), e.clone()))
-                .collect()
+            fs.store.iter().map(|v| (v.id(), v.entry())).collect()
         })
     }
 
@@ -546,11 +547,11 @@ impl Engine {
             families,
             peers: self.peers.iter().map(|(eid, p)| p.meta(*eid)).collect(),
             unconfirmed,
-            items: Box::new(self.families.iter().flat_map(|(name, fs)| {
-                fs.store
-                    .iter_unordered()
-                    .map(move |(id, entry)| (name.as_str(), id, entry))
-            })),
+            items: Box::new(
+                self.families.iter().flat_map(|(name, fs)| {
+                    fs.store.iter_unordered().map(move |v| (name.as_str(), v))
+                }),
+            ),
         }
     }
 }

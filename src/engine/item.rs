@@ -79,7 +79,7 @@ pub struct Contents {
 }
 
 impl Contents {
-    fn row_hash(position: u64, value: &str) -> u64 {
+    pub(crate) fn row_hash(position: u64, value: &str) -> u64 {
         xxh3_64_with_seed(value.as_bytes(), position)
     }
 
@@ -94,7 +94,12 @@ impl Contents {
     }
 
     pub(crate) fn remove_at(&mut self, position: u64, value: &str) {
-        self.sum = self.sum.wrapping_sub(Self::row_hash(position, value));
+        self.remove_hash(Self::row_hash(position, value));
+    }
+
+    /// Takes out a row whose [`Contents::row_hash`] is `hash`.
+    pub(crate) fn remove_hash(&mut self, hash: u64) {
+        self.sum = self.sum.wrapping_sub(hash);
         self.rows = self.rows.saturating_sub(1);
     }
 }
@@ -128,16 +133,77 @@ impl Entry {
         self.precedence(other) == Ordering::Greater
     }
 
+    /// [`Entry::beats`] against a state held in the store.
+    pub(crate) fn beats_held(&self, version: Version, value: Option<&str>) -> bool {
+        self.version
+            .cmp(&version)
+            .then_with(|| self.is_tombstone().cmp(&value.is_none()))
+            .then_with(|| self.value.as_deref().cmp(&value))
+            == Ordering::Greater
+    }
+
     /// The hash this entry contributes to the family digest (value excluded: the version
     /// names the value; summaries compare the same fields).
     pub(crate) fn digest_hash(&self, position: u64) -> u64 {
-        let mut buf = [0u8; 8 + 8 + 6 + 1];
-        buf[..8].copy_from_slice(&position.to_le_bytes());
-        buf[8..16].copy_from_slice(&self.version.hlc.0.to_le_bytes());
-        buf[16..22].copy_from_slice(&self.version.origin.0);
-        buf[22] = u8::from(self.is_tombstone());
-        xxh3_64(&buf)
+        digest_hash(position, self.version, self.is_tombstone())
     }
+}
+
+/// An item as the store holds it, borrowed: its strings are the store's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemView<'a> {
+    pub owner: Option<Eid>,
+    pub key: &'a str,
+    pub version: Version,
+    /// `None`: a tombstone.
+    pub value: Option<&'a str>,
+}
+
+impl<'a> ItemView<'a> {
+    /// The view of an item held elsewhere.
+    pub fn of(id: &'a ItemId, entry: &'a Entry) -> Self {
+        ItemView {
+            owner: id.owner,
+            key: &id.key,
+            version: entry.version,
+            value: entry.value.as_deref(),
+        }
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+
+    /// The item's identity, with its key copied.
+    pub fn id(&self) -> ItemId {
+        ItemId {
+            owner: self.owner,
+            key: self.key.into(),
+        }
+    }
+
+    /// The item's state, with its value copied.
+    pub fn entry(&self) -> Entry {
+        Entry {
+            version: self.version,
+            value: self.value.map(Arc::from),
+        }
+    }
+
+    /// Whether the item is `owner`'s `key`.
+    pub fn is(&self, owner: Option<Eid>, key: &str) -> bool {
+        self.owner == owner && self.key == key
+    }
+}
+
+/// [`Entry::digest_hash`] of a state given by its parts.
+pub(crate) fn digest_hash(position: u64, version: Version, tombstone: bool) -> u64 {
+    let mut buf = [0u8; 8 + 8 + 6 + 1];
+    buf[..8].copy_from_slice(&position.to_le_bytes());
+    buf[8..16].copy_from_slice(&version.hlc.0.to_le_bytes());
+    buf[16..22].copy_from_slice(&version.origin.0);
+    buf[22] = u8::from(tombstone);
+    xxh3_64(&buf)
 }
 
 /// Merges two states of the same item: the result is the winner. Commutative,

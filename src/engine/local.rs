@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::codec::{check_key, check_value};
 use super::engine::{own_owner, Engine, FamilyState};
 use super::family::{leading_parts, Mode, SharedFamily, SyncMode};
-use super::item::{Contents, Entry, ItemId};
+use super::item::{Contents, Entry, ItemId, ItemView};
 use super::message::Change;
 use super::output::{Changed, Output, Source, Warning, WarningKind};
 use super::version::{Hlc, Version};
@@ -48,7 +48,7 @@ impl Engine {
             let value = fs
                 .store
                 .get(item.owner, &item.key)
-                .and_then(|e| e.value.clone());
+                .and_then(|v| v.value.map(Arc::from));
             let (op, applied) = fs.apply_copy(&item, value);
             out.push(Output::Apply(op));
             self.applies_started.push(applied);
@@ -166,14 +166,19 @@ impl Engine {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> bool {
-        let unchanged = self
-            .entry(family, owner, key)
-            .is_some_and(|h| h.value.as_deref() == Some(value));
-        if unchanged {
+        let held = |e: &Engine| {
+            e.families
+                .get(family)
+                .and_then(|fs| fs.store.get(owner, key))
+                .map(|h| h.value == Some(value))
+        };
+        if held(self) == Some(true) {
             return true;
         }
         self.local_write(family, key, Some(value), now_ms, true, out);
-        self.entry(family, owner, key)
+        self.families
+            .get(family)
+            .and_then(|fs| fs.store.get(owner, key))
             .is_some_and(|h| h.value.is_some())
     }
 
@@ -216,24 +221,15 @@ impl Engine {
             seen.push(key);
         }
         let missing: Vec<Arc<str>> = self.families.get(family).map_or_else(Vec::new, |fs| {
-            let live_own = |id: &ItemId, e: &Entry| {
-                id.owner == owner && !e.is_tombstone() && in_scope(&id.key)
-            };
-            if ascending
-                && fs
-                    .store
-                    .iter_unordered()
-                    .filter(|(id, e)| live_own(id, e))
-                    .count()
-                    == present
-            {
+            let live_own = |v: &ItemView| v.owner == owner && !v.is_tombstone() && in_scope(v.key);
+            if ascending && fs.store.iter_unordered().filter(|v| live_own(v)).count() == present {
                 return Vec::new();
             }
             let seen: HashSet<&str> = seen.iter().map(String::as_str).collect();
             fs.store
                 .iter()
-                .filter(|(id, e)| live_own(id, e) && !seen.contains(&*id.key))
-                .map(|(id, _)| id.key.clone())
+                .filter(|v| live_own(v) && !seen.contains(v.key))
+                .map(|v| Arc::from(v.key))
                 .collect()
         });
         for key in missing {
@@ -290,12 +286,16 @@ impl Engine {
         let owner = own_owner(fs.mode, local);
         // What is held, looked at in place: a write that changes nothing copies nothing.
         let held_exists = match fs.store.get(owner, key) {
-            Some(h) if h.value.as_deref() == value => return,
+            Some(h) if h.value == value => return,
             Some(_) => true,
             None if value.is_none() => return,
             None => false,
         };
-        let held_value = || fs.store.get(owner, key).and_then(|h| h.value.clone());
+        let held_value = || {
+            fs.store
+                .get(owner, key)
+                .and_then(|h| h.value.map(Arc::from))
+        };
         let item = ItemId {
             owner,
             key: key.into(),
@@ -344,7 +344,7 @@ impl Engine {
             version: Version::new(hlc, local),
             value: value.map(Arc::from),
         };
-        fs.store.put(owner, key, entry.clone());
+        fs.store.put_shared(owner, &item.key, entry.clone());
         fs.tombstones.track(&item, &entry);
         fs.last_change_ms = Some(now_ms);
         self.counters.local_changes += 1;

@@ -167,9 +167,9 @@ impl Engine {
             let held = fs.store.get(item.owner, &item.key);
             // Only this node writes its own unique items. A newer version of one coming
             // back means this node lost its state: issue a newer version of what it holds.
-            let deleted_here = held.is_none_or(Entry::is_tombstone);
+            let deleted_here = held.is_none_or(|h| h.is_tombstone());
             if (entry.is_tombstone() && deleted_here)
-                || held.is_some_and(|h| !entry.beats(h))
+                || held.is_some_and(|h| !entry.beats_held(h.version, h.value))
                 || ro
                 || !fs.baseline
             {
@@ -178,9 +178,9 @@ impl Engine {
             self.clock.observe(entry.version.hlc);
             let reissued = Entry {
                 version: Version::new(self.clock.tick(now_ms), local),
-                value: held.and_then(|h| h.value.clone()),
+                value: held.and_then(|h| h.value.map(Into::into)),
             };
-            fs.store.put(item.owner, &item.key, reissued.clone());
+            fs.store.put_shared(item.owner, &item.key, reissued.clone());
             fs.tombstones.track(&item, &reissued);
             self.publish(
                 family,
@@ -239,7 +239,7 @@ impl Engine {
                         let value = fs
                             .store
                             .get_at(pos, item.owner, &item.key)
-                            .and_then(|e| e.value.clone());
+                            .and_then(|e| e.value.map(Into::into));
                         fs.apply_copy(&item, value)
                     }
                 };

@@ -62,7 +62,7 @@ pub use crate::eid::Eid;
 pub use family::{Mode, Origin, Registry, SharedFamily, SharingPolicy, SyncMode};
 
 pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
-pub use item::{merge, Contents, Entry, ItemId};
+pub use item::{merge, Contents, Entry, ItemId, ItemView};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use output::{
     Batch, CatchUp, CatchUpEnd, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,

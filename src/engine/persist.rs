@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::family::Mode;
-use super::item::{Entry, ItemId};
+use super::item::{Entry, ItemId, ItemView};
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
@@ -64,6 +64,14 @@ impl ItemState {
         ItemState {
             version: entry.version,
             value: entry.value.clone(),
+        }
+    }
+
+    /// The state of `entry`, its value moved rather than shared.
+    pub fn from_entry(entry: Entry) -> Self {
+        ItemState {
+            version: entry.version,
+            value: entry.value,
         }
     }
 
@@ -145,5 +153,5 @@ pub struct PersistedState<'a> {
     /// Items whose Apply is not known to have reached AstDB: (family, owner, key).
     pub unconfirmed: Vec<(&'a str, Option<Eid>, &'a str)>,
     /// Every item held, tombstones included, family by family.
-    pub items: Box<dyn Iterator<Item = (&'a str, &'a ItemId, &'a Entry)> + 'a>,
+    pub items: Box<dyn Iterator<Item = (&'a str, ItemView<'a>)> + 'a>,
 }

@@ -176,9 +176,9 @@ impl Engine {
         let changes: Vec<Change> = q.positions[q.next..end]
             .iter()
             .flat_map(|&pos| fs.store.at(pos))
-            .map(|(_, id, e)| Change {
-                item: id.clone(),
-                entry: e.clone(),
+            .map(|(_, v)| Change {
+                item: v.id(),
+                entry: v.entry(),
             })
             .collect();
         q.next = end;

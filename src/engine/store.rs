@@ -1,18 +1,26 @@
 //! The items of one shared family, indexed by digest position.
 //!
-//! Items are found by their position hash in a hash map, and the ordered set of positions
-//! makes every node of the digest tree (a 16-ary tree over the hash's nibbles) one
-//! contiguous range. The hashes and counts
-//! of the 4096 nodes at depth 3 are kept up to date as items change; shallower nodes are
-//! folded from them and deeper ones are computed from their (small) ranges on demand.
+//! Compact, because a family may hold millions of keys: per item one 28-byte slot in a
+//! table ordered by position hash, and one record (owner, key, value) in a string
+//! arena; no allocation of its own per item.
+//!
+//! The table is an ordered open-addressing table: an item's home slot is its position
+//! scaled to the table's size, it sits at or after its home, and the occupied slots are
+//! in position order. A lookup scans forward from the home slot (a few slots: the table
+//! is at most 90% full); every node of the digest tree (a 16-ary tree over the hash's
+//! nibbles) is one contiguous run of slots, so ranges come in position order for free.
+//! The hashes and counts of the 4096 nodes at depth 3 are kept up to date as items
+//! change; shallower nodes are folded from them and deeper ones are computed from their
+//! (small) ranges on demand.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use super::item::{position_of, Contents, Entry, ItemId};
+use super::item::{digest_hash, position_of, Contents, Entry, ItemView};
 use super::persist::ItemState;
+use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
@@ -21,9 +29,13 @@ pub(crate) const MAX_DEPTH: u8 = 16;
 const CACHED_DEPTH: u8 = 3;
 const CACHED_NODES: usize = 1 + 16 + 256 + 4096;
 
-/// Nodes at `CACHED_DEPTH`, each with a bucket of the positions under it.
-const BUCKETS: usize = 4096;
-const BUCKET_SHIFT: u32 = 64 - 4 * CACHED_DEPTH as u32;
+/// The table grows when more than this share (in tenths) of its home slots are taken...
+const MAX_LOAD_TENTHS: usize = 9;
+/// ...to hold this many times (in tenths) its items.
+const GROWN_TENTHS: usize = 14;
+/// The arena is rewritten when the records it no longer needs outweigh those it does
+/// (and are at least this many bytes).
+const MIN_GARBAGE: usize = 64 * 1024;
 
 /// Index in `ItemStore::cached` of the node `prefix` at `depth` (at most `CACHED_DEPTH`).
 fn cached_index(depth: u8, prefix: u64) -> usize {
@@ -31,7 +43,8 @@ fn cached_index(depth: u8, prefix: u64) -> usize {
     level_start + prefix as usize
 }
 
-/// Positions are already well-mixed 64-bit hashes: the map uses them as they are.
+/// Positions are already well-mixed 64-bit hashes: the change log's index uses them as
+/// they are.
 #[derive(Clone, Copy, Debug, Default)]
 struct PositionHasher(u64);
 
@@ -53,75 +66,106 @@ impl Hasher for PositionHasher {
 
 type PositionMap<V> = HashMap<u64, V, BuildHasherDefault<PositionHasher>>;
 
-/// One item held, with where its latest change sits in the change log (if it changed
-/// since the log was last taken).
-#[derive(Clone, Debug)]
-struct Held {
-    id: ItemId,
-    entry: Entry,
-    /// The log epoch `change` belongs to; the item is unchanged unless it is the store's.
-    epoch: u32,
-    change: u32,
-}
+const EMPTY: u8 = 0;
+const LIVE: u8 = 1;
+const TOMBSTONE: u8 = 2;
 
-impl Held {
-    /// A new item, not yet in the change log; its key shared from `shared` if given.
-    fn new(owner: Option<Eid>, key: &str, shared: Option<&Arc<str>>, entry: Entry) -> Self {
-        Held {
-            id: ItemId {
-                owner,
-                key: shared.map_or_else(|| key.into(), Arc::clone),
-            },
-            entry,
-            epoch: 0,
-            change: 0,
-        }
-    }
-
-    fn is(&self, owner: Option<Eid>, key: &str) -> bool {
-        self.id.owner == owner && &*self.id.key == key
-    }
-}
-
-/// Items that share a position hash (almost always exactly one).
-///
-/// Boxed, so that the map holds 16 bytes per item rather than the whole item: a map of a
-/// million items then grows (allocates afresh and copies everything) through tens of
-/// megabytes instead of hundreds, which is most of what a new node's catch-up costs.
-#[derive(Clone, Debug)]
-enum Slot {
-    One(Box<Held>),
-    Many(Box<[Held]>),
+/// One slot of the table: an item's position and version, whether it is a tombstone,
+/// and where its record starts in the arena (40 bits). 28 bytes.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, packed(4))]
+struct Slot {
+    pos: u64,
+    hlc: u64,
+    origin: [u8; 6],
+    at_hi: u8,
+    state: u8,
+    at_lo: u32,
 }
 
 impl Slot {
-    fn find(&self, owner: Option<Eid>, key: &str) -> Option<&Held> {
-        match self {
-            Slot::One(h) => h.is(owner, key).then_some(&**h),
-            Slot::Many(v) => v.iter().find(|h| h.is(owner, key)),
-        }
+    fn used(&self) -> bool {
+        self.state != EMPTY
     }
 
-    fn find_mut(&mut self, owner: Option<Eid>, key: &str) -> Option<&mut Held> {
-        match self {
-            Slot::One(h) => h.is(owner, key).then_some(&mut **h),
-            Slot::Many(v) => v.iter_mut().find(|h| h.is(owner, key)),
-        }
+    fn pos(&self) -> u64 {
+        self.pos
     }
 
-    fn held(&self) -> &[Held] {
-        match self {
-            Slot::One(h) => std::slice::from_ref(&**h),
-            Slot::Many(v) => v,
-        }
+    fn version(&self) -> Version {
+        Version::new(Hlc(self.hlc), Eid(self.origin))
     }
 
-    fn held_mut(&mut self) -> &mut [Held] {
-        match self {
-            Slot::One(h) => std::slice::from_mut(&mut **h),
-            Slot::Many(v) => v,
-        }
+    fn tombstone(&self) -> bool {
+        self.state == TOMBSTONE
     }
+
+    fn at(&self) -> usize {
+        (usize::from(self.at_hi) << 32) | self.at_lo as usize
+    }
+
+    fn new(pos: u64, entry: &Entry, at: usize) -> Self {
+        let mut slot = Slot {
+            pos,
+            ..Slot::default()
+        };
+        slot.set_state(entry);
+        slot.set_at(at);
+        slot
+    }
+
+    fn set_state(&mut self, entry: &Entry) {
+        self.hlc = entry.version.hlc.0;
+        self.origin = entry.version.origin.0;
+        self.state = if entry.is_tombstone() {
+            TOMBSTONE
+        } else {
+            LIVE
+        };
+    }
+
+    fn set_at(&mut self, at: usize) {
+        assert!(at < 1 << 40, "an item store's arena is limited to 1 TiB");
+        self.at_lo = at as u32;
+        self.at_hi = (at >> 32) as u8;
+    }
+
+    fn digest_hash(&self) -> u64 {
+        digest_hash(self.pos, self.version(), self.tombstone())
+    }
+}
+
+/// Appends `n` to `s` in 6-bit groups, low first, each an ASCII character (0x40 marks
+/// that more follow), so that the arena stays a valid UTF-8 string.
+fn put_len(s: &mut String, mut n: usize) {
+    while n >= 0x40 {
+        s.push(char::from((n & 0x3f) as u8 | 0x40));
+        n >>= 6;
+    }
+    s.push(char::from(n as u8));
+}
+
+/// The number [`put_len`] wrote at `at`, and where it ends.
+fn get_len(b: &[u8], mut at: usize) -> (usize, usize) {
+    let (mut n, mut shift) = (0usize, 0);
+    loop {
+        let byte = b[at];
+        at += 1;
+        n |= usize::from(byte & 0x3f) << shift;
+        if byte & 0x40 == 0 {
+            return (n, at);
+        }
+        shift += 6;
+    }
+}
+
+/// An item's record in the arena, parsed: whose (0 for none, else index + 1 in
+/// `ItemStore::owners`), its key and value, and where it ends.
+struct Record<'a> {
+    owner: usize,
+    key: &'a str,
+    value: Option<&'a str>,
+    end: usize,
 }
 
 /// What a merge did to the store.
@@ -129,8 +173,8 @@ impl Slot {
 pub enum Merged {
     /// The item was new here.
     Inserted,
-    /// The incoming state won over the one held, which is returned.
-    Replaced(Entry),
+    /// The incoming state won over the one held, whose version is returned.
+    Replaced(Version),
     /// The state held already wins or is equal; nothing changed.
     Kept,
     /// The item was absent and the caller refused to let it in.
@@ -148,53 +192,44 @@ pub(crate) struct Logged {
 
 pub(crate) type ChangeLog = Vec<Logged>;
 
+/// No further record in a chain of the change log.
+const NO_RECORD: u32 = u32::MAX;
+
 /// One family's items with their digest tree.
 ///
-/// Items are found by position in a hash map. The positions are also kept in one bucket
-/// per digest-tree node at `CACHED_DEPTH` (unordered: they are sorted when a range is
-/// read, which is rare, rather than on every insert). When tracking is on, every change (but not a `put_untracked`)
-/// is also recorded in a change log, once per item, for the persistence delta.
-#[derive(Clone, Debug)]
+/// When tracking is on, every change (but not a `put_untracked`) is also recorded in a
+/// change log, once per item, for the persistence delta; the log's index (by position)
+/// lives only until the log is taken.
+#[derive(Clone, Debug, Default)]
 pub struct ItemStore {
-    items: PositionMap<Slot>,
-    /// `BUCKETS` buckets once the first item is in.
-    buckets: Vec<Vec<u64>>,
+    /// `homes` home slots, then a tail for the items displaced past the last one.
+    slots: Vec<Slot>,
+    homes: usize,
+    len: usize,
+    /// The items' records, one after the other: owner, key length, key, and (unless a
+    /// tombstone) value length and value. Lengths as [`put_len`] writes them.
+    arena: String,
+    /// Bytes of the arena no item points to any more.
+    garbage: usize,
+    /// The owners named by records (index + 1; 0 is no owner).
+    owners: Vec<Eid>,
     /// (XOR of entry digest hashes, item count) per node of depths 0 to 3, level by
     /// level (1 + 16 + 256 + 4096 nodes); empty until first use.
     cached: Vec<(u64, u32)>,
     live: usize,
     tombstones: usize,
     tracking: bool,
-    /// Starts at 1; an item whose `epoch` differs has not changed since the last take.
-    epoch: u32,
     log: ChangeLog,
+    /// Per position, the log index of the latest item logged there, and per log index
+    /// the one logged before it at the same position (`NO_RECORD`: none).
+    logged: PositionMap<u32>,
+    chain: Vec<u32>,
     /// Log index of the item last written.
     last: u32,
-    /// Log index of items removed during this epoch, for when they come back.
-    removed: HashMap<ItemId, u32>,
     /// The owner whose live items this node's AstDB family holds (see [`ItemStore::watch`]),
     /// and their contents summary.
     watched: Option<Option<Eid>>,
     contents: Contents,
-}
-
-impl Default for ItemStore {
-    fn default() -> Self {
-        ItemStore {
-            items: PositionMap::default(),
-            buckets: Vec::new(),
-            cached: Vec::new(),
-            live: 0,
-            tombstones: 0,
-            tracking: false,
-            epoch: 1,
-            log: Vec::new(),
-            last: 0,
-            removed: HashMap::new(),
-            watched: None,
-            contents: Contents::default(),
-        }
-    }
 }
 
 /// Whether `prefix` has at most `depth` nibbles, as a digest-tree node's must.
@@ -217,6 +252,12 @@ pub(crate) fn node_range(depth: u8, prefix: u64) -> RangeInclusive<u64> {
     lo..=hi
 }
 
+/// Where the item looked for is, or where it would go.
+enum Found {
+    At(usize),
+    Absent(usize),
+}
+
 impl ItemStore {
     pub fn new() -> Self {
         Self::default()
@@ -235,11 +276,9 @@ impl ItemStore {
     pub(crate) fn watch(&mut self, owner: Option<Eid>) {
         self.watched = Some(owner);
         let mut contents = Contents::default();
-        for slot in self.items.values() {
-            for h in slot.held() {
-                if let (true, Some(value)) = (h.id.owner == owner, &h.entry.value) {
-                    contents.add(owner, &h.id.key, value);
-                }
+        for (pos, v) in self.range(0, 0) {
+            if let (true, Some(value)) = (v.owner == owner, v.value) {
+                contents.add_at(pos, value);
             }
         }
         self.contents = contents;
@@ -258,13 +297,100 @@ impl ItemStore {
         self.tombstones
     }
 
-    pub(crate) fn get(&self, owner: Option<Eid>, key: &str) -> Option<&Entry> {
+    /// The home slot of position `pos`.
+    fn home(&self, pos: u64) -> usize {
+        ((u128::from(pos) * self.homes as u128) >> 64) as usize
+    }
+
+    fn owner_code(&self, owner: Option<Eid>) -> Option<usize> {
+        match owner {
+            None => Some(0),
+            Some(eid) => self.owners.iter().position(|o| *o == eid).map(|i| i + 1),
+        }
+    }
+
+    fn owner_of(&self, code: usize) -> Option<Eid> {
+        code.checked_sub(1).map(|i| self.owners[i])
+    }
+
+    fn record(&self, slot: &Slot) -> Record<'_> {
+        let b = self.arena.as_bytes();
+        let (owner, at) = get_len(b, slot.at());
+        let (klen, at) = get_len(b, at);
+        let key = &self.arena[at..at + klen];
+        let mut end = at + klen;
+        let value = if slot.tombstone() {
+            None
+        } else {
+            let (vlen, at) = get_len(b, end);
+            end = at + vlen;
+            Some(&self.arena[at..end])
+        };
+        Record {
+            owner,
+            key,
+            value,
+            end,
+        }
+    }
+
+    fn view(&self, slot: &Slot) -> ItemView<'_> {
+        let r = self.record(slot);
+        ItemView {
+            owner: self.owner_of(r.owner),
+            key: r.key,
+            version: slot.version(),
+            value: r.value,
+        }
+    }
+
+    /// Appends the record of `owner`'s `key` holding `value` (code `owner`); where it starts.
+    fn append_record(&mut self, owner: usize, key: &str, value: Option<&str>) -> usize {
+        let at = self.arena.len();
+        put_len(&mut self.arena, owner);
+        put_len(&mut self.arena, key.len());
+        self.arena.push_str(key);
+        if let Some(v) = value {
+            put_len(&mut self.arena, v.len());
+            self.arena.push_str(v);
+        }
+        at
+    }
+
+    /// The item `owner` (code) / `key` at `pos`, or where it would be inserted.
+    fn find(&self, pos: u64, owner: usize, key: &str) -> Found {
+        if self.homes == 0 {
+            return Found::Absent(0);
+        }
+        let mut i = self.home(pos);
+        while i < self.slots.len() && self.slots[i].used() && self.slots[i].pos() < pos {
+            i += 1;
+        }
+        while i < self.slots.len() && self.slots[i].used() && self.slots[i].pos() == pos {
+            let r = self.record(&self.slots[i]);
+            if r.owner == owner && r.key == key {
+                return Found::At(i);
+            }
+            i += 1;
+        }
+        Found::Absent(i)
+    }
+
+    fn find_item(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<usize> {
+        match self.find(pos, self.owner_code(owner)?, key) {
+            Found::At(i) => Some(i),
+            Found::Absent(_) => None,
+        }
+    }
+
+    pub(crate) fn get(&self, owner: Option<Eid>, key: &str) -> Option<ItemView<'_>> {
         self.get_at(position_of(owner, key), owner, key)
     }
 
     /// [`ItemStore::get`] for an item whose position is known.
-    pub(crate) fn get_at(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<&Entry> {
-        self.items.get(&pos)?.find(owner, key).map(|h| &h.entry)
+    pub(crate) fn get_at(&self, pos: u64, owner: Option<Eid>, key: &str) -> Option<ItemView<'_>> {
+        self.find_item(pos, owner, key)
+            .map(|i| self.view(&self.slots[i]))
     }
 
     /// Merges `incoming` into the item: it replaces the held state only if it wins.
@@ -275,7 +401,7 @@ impl ItemStore {
 
     /// Like [`ItemStore::merge`], for an item at position `pos`, but an absent item is
     /// let in only if `refuse_new` says no (one lookup instead of a `get` and a `merge`).
-    /// A new item keeps `key` itself rather than a copy.
+    /// The change log shares `key` rather than a copy.
     pub(crate) fn merge_unless(
         &mut self,
         pos: u64,
@@ -292,6 +418,17 @@ impl ItemStore {
     pub(crate) fn put(&mut self, owner: Option<Eid>, key: &str, entry: Entry) -> Merged {
         let pos = position_of(owner, key);
         self.write(pos, owner, key, None, entry, true, || false)
+    }
+
+    /// [`ItemStore::put`], the change log sharing `key` rather than a copy.
+    pub(crate) fn put_shared(
+        &mut self,
+        owner: Option<Eid>,
+        key: &Arc<str>,
+        entry: Entry,
+    ) -> Merged {
+        let pos = position_of(owner, key);
+        self.write(pos, owner, key, Some(key), entry, true, || false)
     }
 
     /// Like [`ItemStore::put`], without recording the change (restoring persisted state).
@@ -313,165 +450,238 @@ impl ItemStore {
         force: bool,
         refuse_new: impl FnOnce() -> bool,
     ) -> Merged {
-        let new_hash = incoming.digest_hash(pos);
-        let new_tomb = incoming.is_tombstone();
-        let (outcome, held) = match self.items.entry(pos) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                if refuse_new() {
+        let mut refuse_new = Some(refuse_new);
+        let mut refused = || refuse_new.take().is_some_and(|f| f());
+        let code = match self.owner_code(owner) {
+            Some(code) => code,
+            None => {
+                if refused() {
                     return Merged::Refused;
                 }
-                if self.buckets.is_empty() {
-                    self.buckets = vec![Vec::new(); BUCKETS];
-                }
-                self.buckets[(pos >> BUCKET_SHIFT) as usize].push(pos);
-                let Slot::One(h) =
-                    v.insert(Slot::One(Box::new(Held::new(owner, key, shared, incoming))))
-                else {
-                    unreachable!("a slot just made holds one item")
-                };
-                (Merged::Inserted, &mut **h)
-            }
-            std::collections::hash_map::Entry::Occupied(o) => {
-                let slot = o.into_mut();
-                if slot.find(owner, key).is_some() {
-                    let Some(h) = slot.find_mut(owner, key) else {
-                        unreachable!("the item was just found")
-                    };
-                    if !force && !incoming.beats(&h.entry) {
-                        return Merged::Kept;
-                    }
-                    let old = std::mem::replace(&mut h.entry, incoming);
-                    (Merged::Replaced(old), h)
-                } else {
-                    if refuse_new() {
-                        return Merged::Refused;
-                    }
-                    let held = Held::new(owner, key, shared, incoming);
-                    let taken = std::mem::replace(slot, Slot::Many(Box::default()));
-                    let mut v = match taken {
-                        Slot::One(h) => vec![*h],
-                        Slot::Many(v) => v.into_vec(),
-                    };
-                    v.push(held);
-                    *slot = Slot::Many(v.into_boxed_slice());
-                    let Slot::Many(v) = slot else {
-                        unreachable!("the slot was just made a list")
-                    };
-                    let Some(h) = v.last_mut() else {
-                        unreachable!("an item was just pushed")
-                    };
-                    (Merged::Inserted, h)
-                }
+                self.owners.push(owner.unwrap_or_default());
+                self.owners.len()
             }
         };
-        if self.tracking {
-            let state = Some(ItemState::of(&held.entry));
-            if held.epoch == self.epoch {
-                self.log[held.change as usize].state = state;
-            } else {
-                let back = if self.removed.is_empty() {
-                    None
-                } else {
-                    self.removed.remove(&held.id)
-                };
-                let at = match back {
-                    Some(at) => {
-                        self.log[at as usize].state = state;
-                        at
+        let watched = self.watched == Some(owner);
+        let new_hash = incoming.digest_hash(pos);
+        let outcome = match self.find(pos, code, key) {
+            Found::At(i) => {
+                let slot = self.slots[i];
+                let old_version = slot.version();
+                let (old_row, same_value, value_at, end) = {
+                    let r = self.record(&slot);
+                    if !force && !incoming.beats_held(old_version, r.value) {
+                        return Merged::Kept;
                     }
-                    None => {
-                        self.log.push(Logged {
-                            owner,
-                            key: held.id.key.clone(),
-                            state,
-                        });
-                        (self.log.len() - 1) as u32
-                    }
+                    let old_row = r
+                        .value
+                        .filter(|_| watched)
+                        .map(|v| Contents::row_hash(pos, v));
+                    (
+                        old_row,
+                        r.value == incoming.value.as_deref(),
+                        r.value.map(|v| r.end - v.len()),
+                        r.end,
+                    )
                 };
-                held.epoch = self.epoch;
-                held.change = at;
+                if let Some(h) = old_row {
+                    self.contents.remove_hash(h);
+                }
+                self.account(pos, slot.digest_hash() ^ new_hash, 0);
+                self.count(slot.tombstone(), -1);
+                self.slots[i].set_state(&incoming);
+                if !same_value {
+                    match (value_at, incoming.value.as_deref()) {
+                        // A value of the same length: written over the old one.
+                        (Some(at), Some(v)) if end - at == v.len() => {
+                            self.arena.replace_range(at..end, v);
+                        }
+                        (_, value) => {
+                            self.garbage += end - slot.at();
+                            let at = self.append_record(code, key, value);
+                            self.slots[i].set_at(at);
+                        }
+                    }
+                }
+                Merged::Replaced(old_version)
             }
-            self.last = held.change;
-        }
-        if self.watched == Some(owner) {
-            if let Merged::Replaced(Entry {
-                value: Some(old), ..
-            }) = &outcome
-            {
-                self.contents.remove_at(pos, old);
+            Found::Absent(at) => {
+                if refused() {
+                    return Merged::Refused;
+                }
+                let record = self.append_record(code, key, incoming.value.as_deref());
+                self.insert(at, Slot::new(pos, &incoming, record));
+                self.account(pos, new_hash, 1);
+                Merged::Inserted
             }
-            if let (Merged::Inserted | Merged::Replaced(_), Some(new)) =
-                (&outcome, &held.entry.value)
-            {
+        };
+        self.count(incoming.is_tombstone(), 1);
+        if watched {
+            if let Some(new) = &incoming.value {
                 self.contents.add_at(pos, new);
             }
         }
-        match &outcome {
-            Merged::Inserted => {
-                self.account(pos, new_hash, 1);
-                self.count(new_tomb, 1);
-            }
-            Merged::Replaced(old) => {
-                self.account(pos, old.digest_hash(pos) ^ new_hash, 0);
-                self.count(old.is_tombstone(), -1);
-                self.count(new_tomb, 1);
-            }
-            Merged::Kept | Merged::Refused => {}
+        if self.tracking {
+            let key = shared.map_or_else(|| Arc::from(key), Arc::clone);
+            self.log_change(pos, owner, key, Some(ItemState::from_entry(incoming)));
         }
+        self.compact_arena_if_due();
         outcome
+    }
+
+    /// Puts `slot` at index `at` (where [`ItemStore::find`] said), shifting the run it
+    /// lands in one slot on.
+    fn insert(&mut self, at: usize, slot: Slot) {
+        if (self.len + 1) * 10 > self.homes * MAX_LOAD_TENTHS {
+            self.grow();
+            // The table was rebuilt: find the place again.
+            let at = match self.find_free_place(slot.pos()) {
+                Some(at) => at,
+                None => unreachable!("a grown table has room"),
+            };
+            return self.insert_at(at, slot);
+        }
+        self.insert_at(at, slot)
+    }
+
+    /// The index a new item at `pos` goes to (after any with the same position).
+    fn find_free_place(&self, pos: u64) -> Option<usize> {
+        let mut i = self.home(pos);
+        while i < self.slots.len() && self.slots[i].used() && self.slots[i].pos() <= pos {
+            i += 1;
+        }
+        (i < self.slots.len()).then_some(i)
+    }
+
+    fn insert_at(&mut self, at: usize, slot: Slot) {
+        let Some(free) = self.slots[at.min(self.slots.len())..]
+            .iter()
+            .position(|s| !s.used())
+            .map(|n| at + n)
+        else {
+            // The run reaches the end of the tail: a bigger tail, and again.
+            self.rebuild(self.homes, self.slots.len() - self.homes + 64);
+            let at = match self.find_free_place(slot.pos()) {
+                Some(at) => at,
+                None => unreachable!("a rebuilt table has room"),
+            };
+            return self.insert_at(at, slot);
+        };
+        self.slots.copy_within(at..free, at + 1);
+        self.slots[at] = slot;
+        self.len += 1;
+    }
+
+    fn grow(&mut self) {
+        let homes = ((self.len + 1) * GROWN_TENTHS / 10).max(16);
+        self.rebuild(homes, 16 + homes / 256);
+    }
+
+    /// Lays the items out again over `homes` home slots and a tail of `tail`.
+    fn rebuild(&mut self, homes: usize, tail: usize) {
+        let old = std::mem::take(&mut self.slots);
+        let mut tail = tail;
+        loop {
+            self.homes = homes;
+            let mut slots = vec![Slot::default(); homes + tail];
+            let mut next = 0usize;
+            let mut fits = true;
+            for s in old.iter().filter(|s| s.used()) {
+                let i = next.max(self.home(s.pos()));
+                if i >= slots.len() {
+                    fits = false;
+                    break;
+                }
+                slots[i] = *s;
+                next = i + 1;
+            }
+            if fits {
+                self.slots = slots;
+                return;
+            }
+            tail *= 2;
+        }
+    }
+
+    /// Empties slot `i`, moving the displaced items after it one slot back.
+    fn remove_at(&mut self, i: usize) {
+        let mut j = i + 1;
+        while j < self.slots.len() && self.slots[j].used() && self.home(self.slots[j].pos()) < j {
+            j += 1;
+        }
+        self.slots.copy_within(i + 1..j, i);
+        self.slots[j - 1] = Slot::default();
+        self.len -= 1;
+    }
+
+    /// Rewrites the arena without the records no item points to, once they outweigh
+    /// those it does.
+    fn compact_arena_if_due(&mut self) {
+        if self.garbage < MIN_GARBAGE || self.garbage * 2 < self.arena.len() {
+            return;
+        }
+        let mut arena = String::with_capacity(self.arena.len() - self.garbage);
+        for i in 0..self.slots.len() {
+            let slot = self.slots[i];
+            if !slot.used() {
+                continue;
+            }
+            let end = self.record(&slot).end;
+            let at = arena.len();
+            arena.push_str(&self.arena[slot.at()..end]);
+            self.slots[i].set_at(at);
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    /// Records the item's latest state in the change log (once per item until taken).
+    fn log_change(
+        &mut self,
+        pos: u64,
+        owner: Option<Eid>,
+        key: Arc<str>,
+        state: Option<ItemState>,
+    ) {
+        let head = self.logged.get(&pos).copied().unwrap_or(NO_RECORD);
+        let mut at = head;
+        while at != NO_RECORD {
+            let l = &mut self.log[at as usize];
+            if l.owner == owner && *l.key == *key {
+                l.state = state;
+                self.last = at;
+                return;
+            }
+            at = self.chain[at as usize];
+        }
+        let at = self.log.len() as u32;
+        self.log.push(Logged { owner, key, state });
+        self.chain.push(head);
+        self.logged.insert(pos, at);
+        self.last = at;
     }
 
     /// Forgets the item entirely (a collected tombstone, or a family reset).
     pub(crate) fn remove(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
         let pos = position_of(owner, key);
-        let slot = self.items.get_mut(&pos)?;
-        let held = match slot {
-            Slot::One(h) if h.is(owner, key) => {
-                let Some(Slot::One(h)) = self.items.remove(&pos) else {
-                    unreachable!("the slot holds this one item")
-                };
-                self.unbucket(pos);
-                *h
-            }
-            Slot::One(..) => return None,
-            Slot::Many(v) => {
-                let i = v.iter().position(|h| h.is(owner, key))?;
-                let mut list = std::mem::take(v).into_vec();
-                let h = list.swap_remove(i);
-                if list.is_empty() {
-                    self.items.remove(&pos);
-                    self.unbucket(pos);
-                } else {
-                    *v = list.into_boxed_slice();
-                }
-                h
-            }
+        let i = self.find_item(pos, owner, key)?;
+        let slot = self.slots[i];
+        let r = self.record(&slot);
+        let entry = Entry {
+            version: slot.version(),
+            value: r.value.map(Arc::from),
         };
-        let Held {
-            id,
-            entry,
-            epoch,
-            change,
-        } = held;
+        self.garbage += r.end - slot.at();
+        self.remove_at(i);
         if self.tracking {
-            let at = if epoch == self.epoch {
-                self.log[change as usize].state = None;
-                change
-            } else {
-                self.log.push(Logged {
-                    owner,
-                    key: id.key.clone(),
-                    state: None,
-                });
-                (self.log.len() - 1) as u32
-            };
-            self.removed.insert(id, at);
+            self.log_change(pos, owner, Arc::from(key), None);
         }
         if let (true, Some(value)) = (self.watched == Some(owner), &entry.value) {
             self.contents.remove_at(pos, value);
         }
-        self.account_remove(pos, entry.digest_hash(pos));
-        self.count(entry.is_tombstone(), -1);
+        self.account_remove(pos, slot.digest_hash());
+        self.count(slot.tombstone(), -1);
+        self.compact_arena_if_due();
         Some(entry)
     }
 
@@ -480,28 +690,9 @@ impl ItemStore {
     pub(crate) fn forget(&mut self, owner: Option<Eid>, key: &str) -> Option<Entry> {
         let removed = self.remove(owner, key);
         if removed.is_none() && self.tracking {
-            let id = ItemId {
-                owner,
-                key: key.into(),
-            };
-            if !self.removed.contains_key(&id) {
-                self.log.push(Logged {
-                    owner,
-                    key: id.key.clone(),
-                    state: None,
-                });
-                self.removed.insert(id, (self.log.len() - 1) as u32);
-            }
+            self.log_change(position_of(owner, key), owner, Arc::from(key), None);
         }
         removed
-    }
-
-    fn unbucket(&mut self, pos: u64) {
-        if let Some(b) = self.buckets.get_mut((pos >> BUCKET_SHIFT) as usize) {
-            if let Some(i) = b.iter().position(|p| *p == pos) {
-                b.swap_remove(i);
-            }
-        }
     }
 
     /// The log record of the item last merged or put (when tracking): its strings are
@@ -518,16 +709,8 @@ impl ItemStore {
         if self.log.is_empty() {
             return Vec::new();
         }
-        self.removed.clear();
-        if self.epoch == u32::MAX {
-            for slot in self.items.values_mut() {
-                for h in slot.held_mut() {
-                    h.epoch = 0;
-                }
-            }
-            self.epoch = 0;
-        }
-        self.epoch += 1;
+        self.logged.clear();
+        self.chain.clear();
         std::mem::take(&mut self.log)
     }
 
@@ -583,17 +766,34 @@ impl ItemStore {
                 .get(cached_index(depth, prefix))
                 .map_or((0, 0), |&(h, c)| (h, c as usize));
         }
-        // Below the cached depth a node lies within one bucket; order does not matter.
-        let range = node_range(depth, prefix);
         let mut acc = (0u64, 0usize);
-        let bucket = self.buckets.get((range.start() >> BUCKET_SHIFT) as usize);
-        for pos in bucket.into_iter().flatten().filter(|p| range.contains(p)) {
-            for (pos, _, e) in self.at(*pos) {
-                acc.0 ^= e.digest_hash(pos);
-                acc.1 += 1;
-            }
+        for s in self.slots_in(depth, prefix) {
+            acc.0 ^= s.digest_hash();
+            acc.1 += 1;
         }
         acc
+    }
+
+    /// The occupied slots under the digest-tree node `prefix` at `depth`, in order.
+    fn slots_in(&self, depth: u8, prefix: u64) -> impl Iterator<Item = &Slot> {
+        let range = node_range(depth, prefix);
+        let (lo, hi) = (*range.start(), *range.end());
+        let start = if self.homes == 0 { 0 } else { self.home(lo) };
+        let last_home = if self.homes == 0 { 0 } else { self.home(hi) };
+        self.slots
+            .get(start..)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+            .take_while(move |(n, s)| {
+                if s.used() {
+                    s.pos() <= hi
+                } else {
+                    start + n <= last_home
+                }
+            })
+            .map(|(_, s)| s)
+            .filter(move |s| s.used() && s.pos() >= lo)
     }
 
     /// The items under the digest-tree node `prefix` at `depth`, with their positions,
@@ -602,41 +802,33 @@ impl ItemStore {
         &self,
         depth: u8,
         prefix: u64,
-    ) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
-        let range = node_range(depth, prefix);
-        let first = (range.start() >> BUCKET_SHIFT) as usize;
-        let last = (range.end() >> BUCKET_SHIFT) as usize;
-        let buckets = self.buckets.get(first..=last).unwrap_or(&[]);
-        buckets
-            .iter()
-            .flat_map(move |b| {
-                let mut in_range: Vec<u64> =
-                    b.iter().copied().filter(|p| range.contains(p)).collect();
-                in_range.sort_unstable();
-                in_range
-            })
-            .flat_map(|pos| self.at(pos))
+    ) -> impl Iterator<Item = (u64, ItemView<'_>)> {
+        self.slots_in(depth, prefix)
+            .map(|s| (s.pos(), self.view(s)))
     }
 
     /// Every item, in position order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
-        self.range(0, 0).map(|(_, id, e)| (id, e))
+    pub(crate) fn iter(&self) -> impl Iterator<Item = ItemView<'_>> {
+        self.range(0, 0).map(|(_, v)| v)
     }
 
-    /// Every item held, in no particular order (cheaper than [`ItemStore::iter`]).
-    pub(crate) fn iter_unordered(&self) -> impl Iterator<Item = (&ItemId, &Entry)> {
-        self.items
-            .values()
-            .flat_map(Slot::held)
-            .map(|h| (&h.id, &h.entry))
+    /// Every item held, in no particular order (here: position order, as cheap).
+    pub(crate) fn iter_unordered(&self) -> impl Iterator<Item = ItemView<'_>> {
+        self.iter()
     }
 
-    pub(super) fn at(&self, pos: u64) -> impl Iterator<Item = (u64, &ItemId, &Entry)> {
-        self.items
-            .get(&pos)
-            .map_or(&[][..], Slot::held)
+    /// The items at position `pos`.
+    pub(super) fn at(&self, pos: u64) -> impl Iterator<Item = (u64, ItemView<'_>)> {
+        let start = if self.homes == 0 {
+            self.slots.len()
+        } else {
+            self.home(pos)
+        };
+        self.slots[start..]
             .iter()
-            .map(move |h| (pos, &h.id, &h.entry))
+            .take_while(move |s| s.used() && s.pos() <= pos)
+            .filter(move |s| s.pos() == pos)
+            .map(move |s| (pos, self.view(s)))
     }
 }
 
@@ -682,9 +874,9 @@ mod tests {
                 }
             }
             let mut expected = Contents::default();
-            for (id, e) in s.iter_unordered() {
-                if let (true, Some(v)) = (id.owner == mine, &e.value) {
-                    expected.add(mine, &id.key, v);
+            for h in s.iter_unordered() {
+                if let (true, Some(v)) = (h.owner == mine, h.value) {
+                    expected.add(mine, h.key, v);
                 }
             }
             assert_eq!(s.contents(), expected, "after step {i}");
@@ -802,7 +994,7 @@ mod tests {
         for i in (0..5000u64).step_by(3) {
             s.remove(None, &format!("k{i}"));
         }
-        let all: Vec<u64> = s.iter().map(|(id, _)| id.position()).collect();
+        let all: Vec<u64> = s.iter().map(|v| position_of(v.owner, v.key)).collect();
         assert_eq!(all.len(), 5000 - 1667);
         assert!(all.windows(2).all(|w| w[0] < w[1]));
         for depth in 0..6u8 {
@@ -813,11 +1005,83 @@ mod tests {
             };
             let range = node_range(depth, prefix);
             let want: Vec<u64> = all.iter().copied().filter(|p| range.contains(p)).collect();
-            let got: Vec<u64> = s.range(depth, prefix).map(|(p, _, _)| p).collect();
+            let got: Vec<u64> = s.range(depth, prefix).map(|(p, _)| p).collect();
             assert_eq!(got, want, "depth {depth}");
             let (_, count) = s.node(depth, prefix);
             assert_eq!(count, want.len(), "depth {depth}");
         }
+    }
+
+    #[test]
+    fn the_table_agrees_with_a_model_through_collisions_growth_and_rewrites() {
+        use std::collections::BTreeMap;
+        let mut s = ItemStore::tracked();
+        s.watch(None);
+        let mut model: BTreeMap<(u64, String), Entry> = BTreeMap::new();
+        let mut rng: u64 = 99;
+        for i in 0..30_000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let k = format!("k{}", rng % 3000);
+            // 512 positions for 3000 keys: many share one, and runs are long.
+            let pos = (position_of(None, &k) % 512) << 55;
+            let value = match rng % 7 {
+                0 => None,
+                n => Some("v".repeat((n as usize * 7 + (rng >> 20) as usize) % 90)),
+            };
+            let e = entry((rng >> 8) % 2000, value.as_deref());
+            let key: Arc<str> = k.as_str().into();
+            let merged = s.merge_unless(pos, None, &key, e.clone(), || false);
+            let held = model.entry((pos, k)).or_insert_with(|| e.clone());
+            if e.beats(held) {
+                *held = e;
+                assert!(matches!(merged, Merged::Replaced(_)), "step {i}");
+            }
+            if i % 5000 == 0 {
+                s.take_changes();
+            }
+        }
+        let mut expected = Contents::default();
+        let (mut hash, mut live) = (0u64, 0usize);
+        for ((pos, k), e) in &model {
+            let got = s.get_at(*pos, None, k).map(|v| v.entry());
+            assert_eq!(got.as_ref(), Some(e), "{k}");
+            hash ^= e.digest_hash(*pos);
+            live += usize::from(!e.is_tombstone());
+            if let Some(v) = &e.value {
+                expected.add_at(*pos, v);
+            }
+        }
+        assert_eq!(s.node(0, 0), (hash, model.len()));
+        assert_eq!(s.live_count(), live);
+        assert_eq!(s.contents(), expected);
+        let order: Vec<u64> = s.range(0, 0).map(|(p, _)| p).collect();
+        let want: Vec<u64> = model.keys().map(|(p, _)| *p).collect();
+        assert_eq!(order, want);
+        for depth in [1u8, 4, 9] {
+            let prefix = want[want.len() / 2] >> (64 - 4 * u32::from(depth));
+            let range = node_range(depth, prefix);
+            let n = want.iter().filter(|p| range.contains(p)).count();
+            assert_eq!(s.range(depth, prefix).count(), n, "depth {depth}");
+            assert_eq!(s.node(depth, prefix).1, n, "depth {depth}");
+        }
+        assert!(s.garbage * 2 <= s.arena.len() || s.garbage < MIN_GARBAGE);
+    }
+
+    #[test]
+    fn items_crowding_the_end_of_the_table_get_a_longer_tail() {
+        let mut s = ItemStore::new();
+        for i in 0..300u64 {
+            let key: Arc<str> = format!("end{i}").into();
+            s.merge_unless(u64::MAX - i % 2, None, &key, entry(i, Some("x")), || false);
+        }
+        for i in 0..300u64 {
+            let pos = u64::MAX - i % 2;
+            assert!(s.get_at(pos, None, &format!("end{i}")).is_some(), "end{i}");
+        }
+        assert_eq!(s.range(16, u64::MAX).count(), 150);
+        assert_eq!(s.node(0, 0).1, 300);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::engine::{
-    Eid, Entry, FamilyMeta, Hlc, ItemDelta, ItemId, ItemRef, ItemState, Mode, PeerMeta,
+    Eid, Entry, FamilyMeta, Hlc, ItemDelta, ItemId, ItemRef, ItemState, ItemView, Mode, PeerMeta,
     PersistDelta, PersistedState, RestoredState, Version,
 };
 
@@ -325,10 +325,9 @@ impl ReplicaLog {
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&header())?;
         let mut len = HEADER_LEN;
-        let items = state.items.map(|(family, id, entry)| {
-            let state = Some((entry.version, entry.value.as_deref()));
-            (family, id.owner, &*id.key, state)
-        });
+        let items = state
+            .items
+            .map(|(family, v)| (family, v.owner, v.key, Some((v.version, v.value))));
         let head = |b: &mut Vec<u8>| {
             put_len(b, 0);
             encode_families(b, &state.families);
@@ -377,7 +376,12 @@ impl ReplicaLog {
                 .iter()
                 .map(|(f, i)| (f.as_str(), i.owner, &*i.key))
                 .collect(),
-            items: Box::new(state.items.iter().map(|(f, i, e)| (f.as_str(), i, e))),
+            items: Box::new(
+                state
+                    .items
+                    .iter()
+                    .map(|(f, i, e)| (f.as_str(), ItemView::of(i, e))),
+            ),
         };
         self.compact(view)
     }

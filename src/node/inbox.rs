@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::link::LinkEvent;
 use crate::config::ClusterConfig;
-use crate::engine::Registry;
+use crate::engine::{Body, Message, Registry};
 
 /// What the CLI, the dialplan and `module reload` ask of the loop.
 #[derive(Debug)]
@@ -34,11 +34,23 @@ pub enum Command {
 /// back to reading every family (nothing is lost, only later).
 pub const MAX_PENDING: usize = 1_000_000;
 
+/// Changes from peers waiting for the module's thread beyond which the link's thread
+/// waits for it to take them (for at most [`MAX_RECEIVED_WAIT`]). A new node's catch-up
+/// arrives faster than AstDB takes it; decoded, a change costs some hundred bytes, so the
+/// backlog waits undecoded, on the link's side, rather than as a million decoded changes.
+pub const MAX_PENDING_RECEIVED: usize = 65_536;
+/// The longest the link's thread waits for the module's thread to take its changes; if
+/// the thread takes nothing for that long (it is stopping, say), pushes no longer wait
+/// until it takes something again.
+pub const MAX_RECEIVED_WAIT: Duration = Duration::from_secs(1);
+
 /// Work for the module's thread, filled by Asterisk threads and the transport.
 #[derive(Default)]
 pub struct Inbox {
     state: Mutex<State>,
     wake: Condvar,
+    /// Signalled when the module's thread takes what is pending.
+    taken: Condvar,
 }
 
 #[derive(Default)]
@@ -48,6 +60,10 @@ struct State {
     /// busy, pushes only queue (waking costs the pusher, often a PBX thread, a system
     /// call).
     waiting: bool,
+    /// Changes carried by the messages in `pending.events`.
+    received: usize,
+    /// A push waited [`MAX_RECEIVED_WAIT`] in vain: none waits until the next take.
+    stalled: bool,
 }
 
 impl State {
@@ -168,8 +184,38 @@ impl Inbox {
         });
     }
 
+    /// Queues an event from the link. A message with changes waits first while more
+    /// than [`MAX_PENDING_RECEIVED`] changes are pending (see there).
     pub fn push_event(&self, event: LinkEvent) {
-        self.push(|pending| pending.events.push(event));
+        let changes = match &event {
+            LinkEvent::Received {
+                msg:
+                    Message {
+                        body: Body::Changes(c),
+                        ..
+                    },
+                ..
+            } => c.len(),
+            _ => 0,
+        };
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if changes > 0 && !state.stalled && state.received >= MAX_PENDING_RECEIVED {
+            let (s, waited) = self
+                .taken
+                .wait_timeout_while(state, MAX_RECEIVED_WAIT, |s| {
+                    s.received >= MAX_PENDING_RECEIVED
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            state = s;
+            state.stalled = waited.timed_out();
+        }
+        state.received += changes;
+        state.pending.events.push(event);
+        let wake = state.wake();
+        drop(state);
+        if wake {
+            self.wake.notify_one();
+        }
     }
 
     pub fn push_command(&self, command: Command) {
@@ -199,7 +245,14 @@ impl Inbox {
                 .0;
             state.waiting = false;
         }
-        std::mem::take(&mut state.pending)
+        let taken = std::mem::take(&mut state.pending);
+        let waiters = std::mem::take(&mut state.received) >= MAX_PENDING_RECEIVED;
+        state.stalled = false;
+        drop(state);
+        if waiters {
+            self.taken.notify_all();
+        }
+        taken
     }
 }
 

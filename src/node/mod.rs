@@ -741,7 +741,7 @@ impl Node {
         }
         let rows = {
             let read = rows;
-            read.to_vec()
+            read.packed()
         };
         let before = self.engine.counters().local_changes;
         // A large read goes to the engine a slice at a time first, each slice's changes
@@ -751,15 +751,18 @@ impl Node {
         let slice = self.tuning.flush_outputs.max(1);
         let sliced = rows.len() > slice;
         if sliced {
-            for part in rows.chunks(slice) {
+            for start in (0..rows.len()).step_by(slice) {
+                let part = rows.to_vec(start..rows.len().min(start + slice));
                 let now = self.clock.wall_ms();
-                self.engine.local_rows(name, part, now);
+                self.engine.local_rows(name, &part, now);
                 self.flush();
             }
         }
         if !(sliced && self.engine.holds_contents(name, read)) {
             let now = self.clock.wall_ms();
-            self.engine.local_snapshot(name, rows, now);
+            let all = rows.to_vec(0..rows.len());
+            drop(rows);
+            self.engine.local_snapshot(name, all, now);
         }
         if self.engine.counters().local_changes > before {
             let at = self.clock.mono_us();
