@@ -249,7 +249,9 @@ fn three_nodes_form_a_full_mesh_and_deliver_in_order_both_ways() {
 fn a_payload_of_several_mib_arrives_intact() {
     let _s = serial();
     let mut nodes = mesh(2);
+    // Each side sends: each must have seen the other come up.
     wait_up(&nodes[0], &[2]);
+    wait_up(&nodes[1], &[1]);
     let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
     nodes[0].t().send(2, big.clone()).unwrap();
     nodes[1].t().send(1, b"small".to_vec()).unwrap();
