@@ -4,7 +4,8 @@
 #   make install      install it into Asterisk (see README for the variables)
 #   make test         the whole test suite, against the stand-in Asterisk
 #   make demo         a local three-node cluster on loopback
-#   make bench        benchmarks, printing figures
+#   make bench        benchmarks, printing figures (cluster figure 7 runs redis-server
+#                     and redis-benchmark)
 
 CARGO ?= cargo
 PROFILE_DIR := target/release

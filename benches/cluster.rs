@@ -6,7 +6,7 @@
 //!
 //! | variable | default | figure |
 //! |---|---|---|
-//! | `BENCH_FIGURES` | `1,2,3,4,5,6` | which figures to run |
+//! | `BENCH_FIGURES` | `1,2,3,4,5,6,7` | which figures to run |
 //! | `BENCH_UPDATES` | 100000 | 1: keys written per path |
 //! | `BENCH_UPDATE_PATHS` | `cli,dialplan,events` | 1: which writer paths (`events`: the dialplan path with change events off, on, and one per key) |
 //! | `BENCH_REPEAT` | 3 | 1: runs per path (the median is the figure) |
@@ -17,8 +17,14 @@
 //! | `BENCH_COST_WRITES` | 50000 | 5: DB() writes per timed loop |
 //! | `BENCH_COST_ROUNDS` | 7 | 5: loops per family |
 //! | `BENCH_CAPTURE_SAMPLES` | 60 | 6: CLI / AMI writes timed to the peer |
+//! | `BENCH_REDIS_SETS` | 1000000 | 7: SETs redis-benchmark sends a primary (the reference) |
+//! | `BENCH_REDIS_CLUSTERS` | `mesh:3,redis:3,redis:8` | 7: the clusters compared, transport:nodes |
+//! | `BENCH_REDIS_UPDATES` | 100000 | 7: keys written per updates run |
+//! | `BENCH_REDIS_REPEAT` | 1 | 7: updates runs per cluster (the median is the figure) |
+//! | `BENCH_REDIS_SAMPLES` | 100 | 7: latency samples per cluster |
+//! | `BENCH_REDIS_NEW_NODE_KEYS` | 1000000 | 7: keys a new node receives |
 //! | `BENCH_TIMEOUT_S` | 300 | how long any one wait may take |
-//! | `BENCH_TRACE` | 0 | 1: figures 1 and 3 print the nodes' counters as they go |
+//! | `BENCH_TRACE` | 0 | 1: figures 1, 3 and 7 print the nodes' counters as they go |
 //!
 //! Writes go through test-only stand-in commands (see asterisk-stubs/README.md):
 //! `database bulkput` (ast_db_put in a loop: the module finds these at the
@@ -27,12 +33,23 @@
 //! sees each write at once). Arrival is timed inside the receiving process by
 //! `database waitcount` / `database waitfor`; every time is CLOCK_REALTIME in µs,
 //! so figures from different processes on this machine compare directly.
+//!
+//! Figure 7 runs real `redis-server` processes (`tests/redisd/`) and `redis-benchmark`
+//! (`REDIS_SERVER`, `REDIS_CLI`, `REDIS_BENCHMARK` name other binaries): first Redis's
+//! own primary→replica rate on this machine, then, for each cluster of
+//! `BENCH_REDIS_CLUSTERS`, latency, replicated updates/s (to every other node) and a
+//! new node's catch-up as in figures 2, 1 and 3, each on a fresh cluster (and a fresh
+//! redis-server); over Redis the nodes have no [node] sections, only `transport = redis`
+//! and `redis_url`.
 
+#[path = "../tests/redisd/mod.rs"]
+mod redisd;
 #[path = "../tests/standin/mod.rs"]
 mod standin;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use redisd::RedisServer;
 use standin::{module_so, StandIn};
 
 const SECRET: &str = "bench-cluster-secret-0123456789";
@@ -92,30 +109,111 @@ fn base_port(slot: u16) -> u16 {
     standin::port_base(slot + 5)
 }
 
-fn conf(node: u32, nodes: u32, base: u16, general: &str, families: &str) -> String {
-    let all: Vec<u32> = (1..=nodes).collect();
-    standin::cluster_conf_with("bench.cluster", SECRET, node, &all, base, general, families)
-}
-
 fn family(name: &str, interval_ms: u64) -> String {
     format!("\n[{name}]\ntype = family\nmode = global\nsync_interval = {interval_ms}\n")
 }
 
-fn start_node(slot: u16, node: u32, nodes: u32, families: &str) -> StandIn {
-    start_node_with(slot, node, nodes, "", families)
+/// What carries a cluster's changes.
+#[derive(Clone, Copy)]
+enum Net<'a> {
+    /// The module's own mesh: a [nodeN] section per peer, a port per node.
+    Mesh,
+    /// `transport = redis` with this server's URL; no node sections.
+    Redis(&'a RedisServer),
 }
 
-/// A node whose [general] also holds `general` (option lines).
-fn start_node_with(slot: u16, node: u32, nodes: u32, general: &str, families: &str) -> StandIn {
-    StandIn::builder(&format!("bench{slot}n{node}"))
-        .eid(&format!("02:00:00:00:{slot:02x}:{node:02x}"))
-        .conf_file(
-            "astdb_cluster.conf",
-            &conf(node, nodes, base_port(slot), general, families),
-        )
-        .module_path(module_so())
-        .preload(&["res_astdb_cluster.so"])
-        .start()
+/// A figure's cluster: its transport, how many nodes its configuration has, and the
+/// port slot (1..=4) its mesh nodes listen in.
+#[derive(Clone, Copy)]
+struct Cluster<'a> {
+    net: Net<'a>,
+    nodes: u32,
+    slot: u16,
+}
+
+impl<'a> Cluster<'a> {
+    fn mesh(nodes: u32, slot: u16) -> Self {
+        Cluster {
+            net: Net::Mesh,
+            nodes,
+            slot,
+        }
+    }
+
+    /// astdb_cluster.conf of `node`; [general] also holds `general` (option lines).
+    fn conf(&self, node: u32, general: &str, families: &str) -> String {
+        match self.net {
+            Net::Mesh => {
+                let all: Vec<u32> = (1..=self.nodes).collect();
+                standin::cluster_conf_with(
+                    "bench.cluster",
+                    SECRET,
+                    node,
+                    &all,
+                    base_port(self.slot),
+                    general,
+                    families,
+                )
+            }
+            Net::Redis(redis) => format!(
+                "[general]\ncluster_name = bench.cluster\ncluster_node = {node}\n\
+                 cluster_secret = {SECRET}\ntransport = redis\nredis_url = {}\n{general}{families}",
+                redis.url()
+            ),
+        }
+    }
+
+    fn start(&self, node: u32, general: &str, families: &str) -> StandIn {
+        let slot = self.slot;
+        StandIn::builder(&format!("bench{slot}n{node}"))
+            .eid(&format!("02:00:00:00:{slot:02x}:{node:02x}"))
+            .conf_file("astdb_cluster.conf", &self.conf(node, general, families))
+            .module_path(module_so())
+            .preload(&["res_astdb_cluster.so"])
+            .start()
+    }
+
+    /// Nodes 1..=`count`.
+    fn start_first(&self, count: u32, general: &str, families: &str) -> Vec<StandIn> {
+        (1..=count)
+            .map(|i| self.start(i, general, families))
+            .collect()
+    }
+
+    /// Until each of `nodes` (those of the cluster that run) sees all the others up.
+    fn wait_up(&self, nodes: &[&StandIn], timeout: Duration) {
+        let up = nodes.len().saturating_sub(1);
+        match self.net {
+            Net::Mesh => {
+                let want = format!("{up} of {} peers up", self.nodes.saturating_sub(1));
+                for n in nodes {
+                    n.wait_for_cli("astdb cluster show status", timeout, |s| s.contains(&want));
+                }
+            }
+            Net::Redis(_) => {
+                let want = format!("{up} other node(s) up");
+                for n in nodes {
+                    n.wait_for_cli("astdb cluster show status", timeout, |s| {
+                        s.contains(" connected")
+                            && !s.contains("not connected")
+                            && s.contains(&want)
+                    });
+                }
+            }
+        }
+    }
+
+    /// Over Redis, redis-server's pid: a process whose CPU counts with the nodes'.
+    fn server_pid(&self) -> Option<u32> {
+        match self.net {
+            Net::Mesh => None,
+            Net::Redis(redis) => redis.pid(),
+        }
+    }
+}
+
+fn start_node(slot: u16, node: u32, nodes: u32, families: &str) -> StandIn {
+    Cluster::mesh(nodes, slot).start(node, "", families)
 }
 
 fn wait_all_up(nodes: &[&StandIn], peers: usize, timeout: Duration) {
@@ -196,7 +294,12 @@ fn peer_bytes(node: &StandIn, peer: u32) -> (u64, u64) {
 
 /// CPU seconds (user + system, all threads) the stand-in process has used so far.
 fn cpu_secs(node: &StandIn) -> f64 {
-    let Some(pid) = node.pid() else { return 0.0 };
+    pid_cpu_secs(node.pid())
+}
+
+/// CPU seconds (user + system, all threads) process `pid` has used so far.
+fn pid_cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0.0, |stat| stat_cpu_secs(&stat))
 }
 
@@ -216,15 +319,19 @@ fn stat_cpu_secs(stat: &str) -> f64 {
 }
 
 fn cpu_line(nodes: &[&StandIn], before: &[f64], n: usize) -> String {
+    let numbered: Vec<(u32, &StandIn)> = (1..).zip(nodes.iter().copied()).collect();
+    cpu_line_of(&numbered, before, n)
+}
+
+/// CPU each (node number, node) used since `before`, in all and per update.
+fn cpu_line_of(nodes: &[(u32, &StandIn)], before: &[f64], n: usize) -> String {
     nodes
         .iter()
         .zip(before)
-        .enumerate()
-        .map(|(i, (node, b))| {
+        .map(|((i, node), b)| {
             let used = cpu_secs(node) - b;
             format!(
-                "node {}: {used:.2} CPU-s ({:.1} us/update)",
-                i + 1,
+                "node {i}: {used:.2} CPU-s ({:.1} us/update)",
                 used * 1e6 / n as f64
             )
         })
@@ -301,9 +408,11 @@ fn figure_updates(n: usize, repeat: usize, timeout: Duration, trace: bool) {
         println!("  {what}");
         let mut rates = Vec::new();
         for run in 1..=repeat {
-            if let Some(r) = updates_run(n, fam, interval, general, &cmd, timeout, trace, run) {
-                rates.push(r);
-            }
+            let cluster = Cluster::mesh(3, 1);
+            let r = updates_run(
+                &cluster, n, fam, interval, general, &cmd, timeout, trace, run,
+            );
+            rates.extend(r.rate);
         }
         rates.sort_by(f64::total_cmp);
         if let Some(median) = rates.get(rates.len() / 2) {
@@ -315,9 +424,28 @@ fn figure_updates(n: usize, repeat: usize, timeout: Duration, trace: bool) {
     }
 }
 
-/// One run of figure 1 on a fresh cluster; the rate if both peers got every key.
+/// What one run of [`updates_run`] measured.
+struct UpdatesRun {
+    /// Replicated updates/s, if every peer got every key.
+    rate: Option<f64>,
+    /// The writer's (node 1's) process CPU per update, first write to last arrival, µs.
+    writer_us: f64,
+}
+
+/// "both peers" or "all N peers".
+fn peers_word(peers: usize) -> String {
+    if peers == 2 {
+        "both peers".into()
+    } else {
+        format!("all {peers} peers")
+    }
+}
+
+/// One run of figure 1 on a fresh cluster of `cluster.nodes` nodes: node 1 runs `cmd`,
+/// every other node waits for the `n` keys of `fam`.
 #[allow(clippy::too_many_arguments)]
 fn updates_run(
+    cluster: &Cluster,
     n: usize,
     fam: &str,
     interval: u64,
@@ -326,15 +454,16 @@ fn updates_run(
     timeout: Duration,
     trace: bool,
     run: usize,
-) -> Option<f64> {
+) -> UpdatesRun {
     let families = family(fam, interval);
-    let nodes: Vec<StandIn> = (1..=3)
-        .map(|i| start_node_with(1, i, 3, general, &families))
-        .collect();
+    let nodes = cluster.start_first(cluster.nodes, general, &families);
     let refs: Vec<&StandIn> = nodes.iter().collect();
-    wait_all_up(&refs, 2, Duration::from_secs(30));
+    cluster.wait_up(&refs, Duration::from_secs(30));
+    let peers = nodes.len() - 1;
     let done = std::sync::atomic::AtomicBool::new(false);
     let cpu_before: Vec<f64> = nodes.iter().map(cpu_secs).collect();
+    let server_before = pid_cpu_secs(cluster.server_pid());
+    let redis_before: Vec<(f64, f64)> = nodes.iter().map(redis_threads_cpu).collect();
     let (write, arrivals) = std::thread::scope(|s| {
         let waiters: Vec<_> = nodes[1..]
             .iter()
@@ -356,40 +485,79 @@ fn updates_run(
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         (write, arrivals)
     });
+    let writer_us = (cpu_secs(&nodes[0]) - cpu_before[0]) * 1e6 / n as f64;
+    let server_used = pid_cpu_secs(cluster.server_pid()) - server_before;
+    let redis_after: Vec<(f64, f64)> = nodes.iter().map(redis_threads_cpu).collect();
     let loop_cpu: Vec<f64> = nodes.iter().map(loop_cpu_secs).collect();
     let start = must_num(&write, "start");
     let end = must_num(&write, "end");
-    let held: Vec<String> = arrivals
+    let lacks = |i: usize| {
+        format!(
+            "node {} did NOT get all keys within {timeout:?} (has {})",
+            i + 2,
+            count(&nodes[i + 1], fam)
+        )
+    };
+    let missing: Vec<String> = arrivals
         .iter()
         .enumerate()
-        .map(|(i, a)| match a {
-            Some(t) => format!("node {} all keys at {}", i + 2, secs(t - start)),
-            None => format!(
-                "node {} did NOT get all keys within {timeout:?} (has {})",
-                i + 2,
-                count(&nodes[i + 1], fam)
-            ),
-        })
+        .filter(|(_, a)| a.is_none())
+        .map(|(i, _)| lacks(i))
         .collect();
+    let held = if peers <= 2 {
+        arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match a {
+                Some(t) => format!("node {} all keys at {}", i + 2, secs(t - start)),
+                None => lacks(i),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        let got: Vec<i64> = arrivals.iter().flatten().copied().collect();
+        let mut text = match (got.iter().min(), got.iter().max()) {
+            (Some(first), Some(last)) => format!(
+                "{} of {peers} peers all keys, the first at {}, the last at {}",
+                got.len(),
+                secs(first - start),
+                secs(last - start)
+            ),
+            _ => format!("no peer got all keys within {timeout:?}"),
+        };
+        for m in &missing {
+            text.push_str("; ");
+            text.push_str(m);
+        }
+        text
+    };
     println!(
-        "    run {run}: {n} writes on node 1 in {} ({}, the stand-in's own rate); {}",
+        "    run {run}: {n} writes on node 1 in {} ({}, the stand-in's own rate); {held}",
         secs(end - start),
         rate(n, end - start),
-        held.join(", ")
     );
-    let result = if arrivals.iter().all(Option::is_some) {
+    let result = if missing.is_empty() {
         let last = arrivals.iter().flatten().max().copied().unwrap_or(end);
         println!(
-            "      {} replicated updates/s (first write to both peers complete); the peers needed {} after the last write",
+            "      {} replicated updates/s (first write to {} complete); the peers needed {} after the last write",
             rate(n, last - start),
+            peers_word(peers),
             secs(last - end)
         );
         Some(n as f64 / ((last - start).max(1) as f64 / 1e6))
     } else {
         None
     };
+    let server = if cluster.server_pid().is_some() {
+        format!(
+            "; redis-server: {server_used:.2} CPU-s ({:.1} us/update)",
+            server_used * 1e6 / n as f64
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "      CPU used, first write to last arrival (incl. the test commands' own polling): {}; load now {}",
+        "      CPU used, first write to last arrival (incl. the test commands' own polling): {}{server}; load now {}",
         cpu_line(&refs, &cpu_before, n),
         load()
     );
@@ -403,28 +571,174 @@ fn updates_run(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Net::Redis(_) = cluster.net {
+        println!(
+            "      Redis link threads, first write to last arrival (reader astdb-cl-redis-r / writer -w): {}",
+            redis_before
+                .iter()
+                .zip(&redis_after)
+                .enumerate()
+                .map(|(i, ((r0, w0), (r1, w1)))| {
+                    format!(
+                        "node {}: {:.2} / {:.2} s ({:.1} / {:.1} us/update)",
+                        i + 1,
+                        r1 - r0,
+                        w1 - w0,
+                        (r1 - r0) * 1e6 / n as f64,
+                        (w1 - w0) * 1e6 / n as f64
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Net::Redis(redis) = cluster.net {
+        println!(
+            "      redis-server's time by command over the whole run (INFO commandstats; a script's inner calls count in both): {}",
+            command_stats(redis, n)
+        );
+    }
+    for line in health(&refs) {
+        println!("      {line}");
+    }
     println!(
         "      AMI events raised (after Stasis delivered everything queued): {}",
         events.join(", ")
     );
-    result
+    UpdatesRun {
+        rate: result,
+        writer_us,
+    }
 }
 
 /// CPU seconds the module's own thread has used so far.
 fn loop_cpu_secs(node: &StandIn) -> f64 {
-    let Some(pid) = node.pid() else { return 0.0 };
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
+    threads_cpu_secs(node, &["astdb-cl-node"])
+}
+
+/// (tid, CPU seconds) of the stand-in's threads whose name starts with one of `names`,
+/// by tid. (Linux keeps 15 bytes of a thread's name: "astdb-cl-redis-r" and
+/// "astdb-cl-redis-w" both read "astdb-cl-redis-".)
+fn threads_cpu(node: &StandIn, names: &[&str]) -> Vec<(u64, f64)> {
+    let Some(pid) = node.pid() else {
+        return Vec::new();
     };
-    tasks
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(u64, f64)> = tasks
         .flatten()
         .filter(|t| {
             std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|c| c.trim() == "astdb-cl-node")
+                .is_ok_and(|c| names.iter().any(|n| c.trim().starts_with(n)))
         })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
-        .map(|stat| stat_cpu_secs(&stat))
-        .sum()
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            Some((tid, stat_cpu_secs(&stat)))
+        })
+        .collect();
+    threads.sort_by_key(|t| t.0);
+    threads
+}
+
+/// CPU seconds the stand-in's threads whose name starts with one of `names` have used
+/// so far.
+fn threads_cpu_secs(node: &StandIn, names: &[&str]) -> f64 {
+    threads_cpu(node, names).iter().fold(0.0, |a, t| a + t.1)
+}
+
+/// CPU seconds of the Redis link's (reader, writer) threads so far. Their names read
+/// alike in /proc; the link starts the reader first, so it has the lower tid.
+fn redis_threads_cpu(node: &StandIn) -> (f64, f64) {
+    match threads_cpu(node, &["astdb-cl-redis"]).as_slice() {
+        [r, w] => (r.1, w.1),
+        other => (-1.0, other.iter().fold(0.0, |a, t| a + t.1)),
+    }
+}
+
+/// The commands redis-server spent most time in: calls, µs per call and per update
+/// (of `n`), from `INFO commandstats`.
+fn command_stats(redis: &RedisServer, n: usize) -> String {
+    let info = redis.try_cli(&["INFO", "commandstats"]).unwrap_or_default();
+    // cmdstat_evalsha:calls=616,usec=2504771,usec_per_call=4066.19,...
+    let mut stats: Vec<(String, i64, i64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            Some((
+                name.to_string(),
+                num_after(rest, "calls=")?,
+                num_after(rest, "usec=")?,
+            ))
+        })
+        .collect();
+    stats.sort_by_key(|s| -s.2);
+    stats
+        .iter()
+        .take(5)
+        .map(|(name, calls, usec)| {
+            format!(
+                "{name} {calls} calls, {:.0} us/call, {:.2} us/update",
+                *usec as f64 / (*calls).max(1) as f64,
+                *usec as f64 / n.max(1) as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What may have gone wrong on `nodes`: their change counters (sent / received,
+/// applied, dropped; sends not delivered, refused, undecodable) and the WARNING and
+/// ERROR lines of their logs.
+fn health(nodes: &[&StandIn]) -> Vec<String> {
+    let mut counters = Vec::new();
+    let mut problems = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let status = node.cli("astdb cluster show status");
+        let (sent, received) = pair_after(&status, "Changes sent / received:");
+        let get = |label: &str| num_after(&status, label).unwrap_or(-1);
+        counters.push(format!(
+            "node {}: {sent} / {received}, {} applied, {} dropped",
+            i + 1,
+            get("Remote changes applied:"),
+            get("Remote changes dropped:")
+        ));
+        for label in ["Sends not delivered:", "Undecodable messages:", "Refused:"] {
+            let v = get(label);
+            if v != 0 {
+                problems.push(format!("node {}: {label} {v}", i + 1));
+            }
+        }
+        if status.contains("change(s) waiting") || status.contains("not connected") {
+            problems.push(format!("node {}: Network: {}", i + 1, network_line(node)));
+        }
+        let log = node.log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("] WARNING[") || l.contains("] ERROR["))
+            .collect();
+        if let Some(first) = bad.first() {
+            problems.push(format!(
+                "node {}: {} WARNING/ERROR log line(s), the first: {}",
+                i + 1,
+                bad.len(),
+                first.trim()
+            ));
+        }
+    }
+    vec![
+        format!(
+            "changes sent / received, applied, dropped: {}",
+            counters.join("; ")
+        ),
+        if problems.is_empty() {
+            "problems: none (no sends undelivered, nothing refused, no WARNING/ERROR in the logs)"
+                .into()
+        } else {
+            format!("PROBLEMS: {}", problems.join("; "))
+        },
+    ]
 }
 
 /// How many key change and summary events a node's AMI event log holds.
@@ -547,6 +861,95 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Write-to-visible latencies (µs) of single dialplan DB() writes of `fam` on `writer`:
+/// to the first of `watchers` seeing it, and to the last of them.
+struct Latencies {
+    first_peer: Vec<i64>,
+    all_peers: Vec<i64>,
+    missed: usize,
+}
+
+/// `samples` single DB() writes on `writer`, each timed until every one of `watchers`
+/// sees it (`database waitfor` in each); both lists come back sorted.
+fn latency_samples(
+    writer: &StandIn,
+    watchers: &[&StandIn],
+    fam: &str,
+    samples: usize,
+) -> Latencies {
+    // Warm-up: the first write after start may pay for lazy set-up.
+    writer.cli(&format!("dialplan set DB({fam}/warmup)=1"));
+    for w in watchers {
+        w.cli(&format!("database waitfor {fam} warmup 10000"));
+    }
+    let mut first_peer = Vec::new();
+    let mut all_peers = Vec::new();
+    let mut missed = 0;
+    // More waiters need longer to connect and take their first look.
+    let mut lead = Duration::from_millis(30 * watchers.len().max(1) as u64);
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..samples {
+        let key = format!("s{i}");
+        let (visible, write) = std::thread::scope(|s| {
+            let waits: Vec<_> = watchers
+                .iter()
+                .map(|w| {
+                    let key = &key;
+                    s.spawn(move || w.cli(&format!("database waitfor {fam} {key} 10000")))
+                })
+                .collect();
+            // Let the waiters' -rx connect and take their first look before the write;
+            // the random part keeps the samples from locking to the module's 100 ms tick.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            std::thread::sleep(lead + Duration::from_micros(rng % 100_000));
+            let write = writer.cli(&format!("dialplan bulkset 1 DB({fam}/{key})=x{i}"));
+            let visible: Vec<String> = waits.into_iter().map(|w| w.join().unwrap()).collect();
+            (visible, write)
+        });
+        if visible.iter().all(|v| v.contains("Visible")) {
+            let start = must_num(&write, "start");
+            first_peer.push(must_num(&visible[0], " at ") - start);
+            all_peers.push(
+                visible
+                    .iter()
+                    .map(|v| must_num(v, " at ") - start)
+                    .max()
+                    .unwrap_or(0),
+            );
+        } else {
+            // A waiter started after the value arrived (or timed out): not a sample.
+            missed += 1;
+            lead += Duration::from_millis(10);
+        }
+    }
+    first_peer.sort_unstable();
+    all_peers.sort_unstable();
+    Latencies {
+        first_peer,
+        all_peers,
+        missed,
+    }
+}
+
+/// "p50 …, p99 …, min …, max …, mean … (n samples, m discarded)" of sorted µs.
+fn latency_line(lat: &[i64], missed: usize) -> String {
+    if lat.is_empty() {
+        return format!("no samples ({missed} missed)");
+    }
+    let mean = lat.iter().sum::<i64>() as f64 / lat.len() as f64;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms, mean {:.2} ms ({} samples, {missed} discarded)",
+        percentile(lat, 0.5) as f64 / 1e3,
+        percentile(lat, 0.99) as f64 / 1e3,
+        lat[0] as f64 / 1e3,
+        lat[lat.len() - 1] as f64 / 1e3,
+        mean / 1e3,
+        lat.len()
+    )
+}
+
 /// Figure 2: write-to-visible latency of single dialplan DB() writes under light load.
 fn figure_latency(samples: usize) {
     header(&format!(
@@ -556,50 +959,8 @@ fn figure_latency(samples: usize) {
     let nodes: Vec<StandIn> = (1..=3).map(|i| start_node(2, i, 3, &families)).collect();
     let refs: Vec<&StandIn> = nodes.iter().collect();
     wait_all_up(&refs, 2, Duration::from_secs(30));
-    // Warm-up: the first write after start may pay for lazy set-up.
-    nodes[0].cli("dialplan set DB(bench_lat/warmup)=1");
-    nodes[1].cli("database waitfor bench_lat warmup 10000");
-
-    let mut lat = Vec::new();
-    let mut missed = 0;
-    let mut lead = Duration::from_millis(30);
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..samples {
-        let key = format!("s{i}");
-        let (visible, write) = std::thread::scope(|s| {
-            let w = s.spawn(|| nodes[1].cli(&format!("database waitfor bench_lat {key} 10000")));
-            // Let the waiter's -rx connect and take its first look before the write; the
-            // random part keeps the samples from locking to the module's 100 ms tick.
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            std::thread::sleep(lead + Duration::from_micros(rng % 100_000));
-            let write = nodes[0].cli(&format!("dialplan bulkset 1 DB(bench_lat/{key})=x{i}"));
-            (w.join().unwrap(), write)
-        });
-        if visible.contains("Visible") {
-            lat.push(must_num(&visible, " at ") - must_num(&write, "start"));
-        } else {
-            // The waiter started after the value arrived (or timed out): not a sample.
-            missed += 1;
-            lead += Duration::from_millis(10);
-        }
-    }
-    lat.sort_unstable();
-    if lat.is_empty() {
-        println!("  no samples ({missed} missed)");
-        return;
-    }
-    let mean = lat.iter().sum::<i64>() as f64 / lat.len() as f64;
-    println!(
-        "  p50 {:.2} ms, p99 {:.2} ms, min {:.2} ms, max {:.2} ms, mean {:.2} ms ({} samples, {missed} discarded)",
-        percentile(&lat, 0.5) as f64 / 1e3,
-        percentile(&lat, 0.99) as f64 / 1e3,
-        lat[0] as f64 / 1e3,
-        lat[lat.len() - 1] as f64 / 1e3,
-        mean / 1e3,
-        lat.len()
-    );
+    let lat = latency_samples(&nodes[0], &[&nodes[1]], "bench_lat", samples);
+    println!("  {}", latency_line(&lat.first_peer, lat.missed));
     println!(
         "  measured from just before the DB() write on node 1 (its clock) to the first poll that\n  \
          sees the key on node 2 (`database waitfor`, polling ast_db_get inside the process every\n  \
@@ -635,9 +996,22 @@ fn catch_up_progress(
 /// Figure 3: how long a node that starts empty takes to hold a family of `n` keys.
 fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
     header(&format!("3. a new node receives a {n}-key global family"));
+    new_node_run(&Cluster::mesh(2, 3), n, timeout, trace);
+}
+
+/// A new node joining a cluster that holds `n` keys: nodes 1..N-1 of `cluster` start,
+/// node 1 writes the family (bulkput) and the others receive it; then node N starts
+/// empty. The µs from node N's spawn to all keys present there.
+fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> Option<i64> {
     let families = family("bench_big", 5000);
-    let node1 = start_node(3, 1, 2, &families);
-    let rss1_before = rss_kib(&node1, "VmRSS:");
+    let last = cluster.nodes;
+    let holders = cluster.start_first(last - 1, "", &families);
+    let node1 = &holders[0];
+    if holders.len() > 1 {
+        let refs: Vec<&StandIn> = holders.iter().collect();
+        cluster.wait_up(&refs, Duration::from_secs(30));
+    }
+    let rss1_before = rss_kib(node1, "VmRSS:");
     let out = node1.cli(&format!("database bulkput bench_big k {n}"));
     let took = must_num(&out, "end") - must_num(&out, "start");
     println!(
@@ -645,12 +1019,12 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
         secs(took),
         rate(n, took)
     );
-    // Wait until the module has read them (its 5 s family read), so node 2 gets them
+    // Wait until the module has read them (its 5 s family read), so node N gets them
     // from the engine and not from a race with the first read.
     let t = Instant::now();
     let deadline = t + timeout;
     loop {
-        let seen = status_number(&node1, "Local changes:");
+        let seen = status_number(node1, "Local changes:");
         if seen >= n as i64 {
             println!(
                 "  node 1's module took them in (local changes {seen}) {:.1} s after the bulkput",
@@ -660,55 +1034,100 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
         }
         if Instant::now() > deadline {
             println!("  node 1's module did not take the keys in (local changes {seen}); skipped");
-            return;
+            return None;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if holders.len() > 1 {
+        let t0 = Instant::now();
+        let others: Vec<Option<i64>> = std::thread::scope(|s| {
+            let waits: Vec<_> = holders[1..]
+                .iter()
+                .map(|h| s.spawn(move || wait_count(h, "bench_big", n, timeout)))
+                .collect();
+            waits.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        if others.iter().any(Option::is_none) {
+            println!(
+                "  nodes 2..{} did not all get the {n} keys within {timeout:?} (they have {}); skipped",
+                last - 1,
+                holders[1..]
+                    .iter()
+                    .map(|h| count(h, "bench_big").to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return None;
+        }
+        println!(
+            "  nodes 2..{} hold them too, {:.1} s after node 1's module took them in",
+            last - 1,
+            t0.elapsed().as_secs_f64()
+        );
     }
     println!(
         "  node 1 memory: RSS {} -> {} KiB once the module holds them ({:.0} B/key; peak RSS {} KiB)",
         rss1_before,
-        rss_kib(&node1, "VmRSS:"),
-        per_key(rss_kib(&node1, "VmRSS:") - rss1_before, n),
-        rss_kib(&node1, "VmHWM:")
+        rss_kib(node1, "VmRSS:"),
+        per_key(rss_kib(node1, "VmRSS:") - rss1_before, n),
+        rss_kib(node1, "VmHWM:")
     );
     // What holding the family costs node 1 alone: its reads at the 5 s interval, skipped
     // while AstDB has committed nothing.
     let idle = Duration::from_secs(10);
-    let c0 = cpu_secs(&node1);
-    let reads0 = family_reads(&node1);
+    let c0 = cpu_secs(node1);
+    let reads0 = family_reads(node1);
     std::thread::sleep(idle);
-    let reads1 = family_reads(&node1);
+    let reads1 = family_reads(node1);
     println!(
-        "  node 1 alone, nothing changing: {:.2} CPU-s in {:.0} s; family reads {} done, {} skipped (AstDB unchanged)",
-        cpu_secs(&node1) - c0,
+        "  node 1{}, nothing changing: {:.2} CPU-s in {:.0} s; family reads {} done, {} skipped (AstDB unchanged)",
+        if holders.len() > 1 { "" } else { " alone" },
+        cpu_secs(node1) - c0,
         idle.as_secs_f64(),
         reads1.0 - reads0.0,
         reads1.1 - reads0.1
     );
-    println!("  load before node 2 starts: {}", load());
-    let cpu1 = cpu_secs(&node1);
+    println!("  load before node {last} starts: {}", load());
+    let cpu1 = cpu_secs(node1);
+    let server_before = pid_cpu_secs(cluster.server_pid());
     let spawned = realtime_us();
-    let node2 = start_node(3, 2, 2, &families);
+    let new = cluster.start(last, "", &families);
     let answering = realtime_us();
-    let rss2_before = rss_kib(&node2, "VmRSS:");
+    let rss2_before = rss_kib(&new, "VmRSS:");
     let done = std::sync::atomic::AtomicBool::new(false);
     let arrived = std::thread::scope(|s| {
         if trace {
-            let (node1, node2, done) = (&node1, &node2, &done);
-            s.spawn(move || catch_up_progress(node1, node2, spawned, done));
+            let (new, done) = (&new, &done);
+            s.spawn(move || catch_up_progress(node1, new, spawned, done));
         }
-        let arrived = wait_count(&node2, "bench_big", n, timeout);
+        let arrived = wait_count(&new, "bench_big", n, timeout);
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         arrived
     });
-    println!(
-        "  CPU used from node 2's spawn to the last key: {}",
-        cpu_line(&[&node1, &node2], &[cpu1, 0.0], n)
-    );
+    let server_used = pid_cpu_secs(cluster.server_pid()) - server_before;
+    let threads = match cluster.net {
+        Net::Mesh => format!("module thread (astdb-cl-node) {:.2} s", loop_cpu_secs(&new)),
+        Net::Redis(_) => {
+            let (r, w) = redis_threads_cpu(&new);
+            format!(
+                "module thread (astdb-cl-node) {:.2} s, Redis reader {r:.2} s, Redis writer {w:.2} s",
+                loop_cpu_secs(&new)
+            )
+        }
+    };
+    let mut cpu = cpu_line_of(&[(1, node1), (last, &new)], &[cpu1, 0.0], n);
+    if cluster.server_pid().is_some() {
+        cpu.push_str(&format!(
+            ", redis-server: {server_used:.2} CPU-s ({:.1} us/key)",
+            server_used * 1e6 / n as f64
+        ));
+    }
+    println!("  CPU used from node {last}'s spawn to the last key: {cpu}");
+    println!("  node {last}'s threads, spawn to the last key: {threads}");
     match arrived {
         Some(done) => {
             println!(
-                "  node 2 started (control socket answering after {}), holds all {n} keys {} after spawn",
+                "  node {last} started (control socket answering after {}), holds all {n} keys {} after spawn",
                 secs(answering - spawned),
                 secs(done - spawned)
             );
@@ -719,23 +1138,63 @@ fn figure_new_node(n: usize, timeout: Duration, trace: bool) {
             );
         }
         None => println!(
-            "  node 2 did NOT get all keys within {timeout:?}: has {}",
-            count(&node2, "bench_big")
+            "  node {last} did NOT get all keys within {timeout:?}: has {}",
+            count(&new, "bench_big")
         ),
     }
     println!(
-        "  node 2 memory: RSS {} -> {} KiB after the catch-up ({:.0} B/key; peak RSS {} KiB)",
+        "  node {last} memory: RSS {} -> {} KiB after the catch-up ({:.0} B/key; peak RSS {} KiB)",
         rss2_before,
-        rss_kib(&node2, "VmRSS:"),
-        per_key(rss_kib(&node2, "VmRSS:") - rss2_before, n),
-        rss_kib(&node2, "VmHWM:")
+        rss_kib(&new, "VmRSS:"),
+        per_key(rss_kib(&new, "VmRSS:") - rss2_before, n),
+        rss_kib(&new, "VmHWM:")
     );
-    let (bin, bout) = peer_bytes(&node2, 1);
-    println!(
-        "  node 2's counters for node 1: {bin} bytes in, {bout} bytes out ({:.1} B/key in); load now {}",
-        bin as f64 / n as f64,
-        load()
-    );
+    match cluster.net {
+        Net::Mesh => {
+            let counters: Vec<String> = (1..last)
+                .map(|peer| {
+                    let (bin, bout) = peer_bytes(&new, peer);
+                    format!(
+                        "for node {peer}: {bin} bytes in, {bout} bytes out ({:.1} B/key in)",
+                        bin as f64 / n as f64
+                    )
+                })
+                .collect();
+            println!(
+                "  node {last}'s counters {}; load now {}",
+                counters.join("; "),
+                load()
+            );
+        }
+        Net::Redis(redis) => {
+            let info = redis.cli(&["INFO", "memory"]);
+            println!(
+                "  Redis used_memory {} KiB ({:.0} B/key, the family's hash and the change stream); status of node {last}: {}; load now {}",
+                num_after(&info, "used_memory:").unwrap_or(-1) / 1024,
+                num_after(&info, "used_memory:").unwrap_or(0) as f64 / n as f64,
+                network_line(&new),
+                load()
+            );
+        }
+    }
+    let mut all: Vec<&StandIn> = holders.iter().collect();
+    all.push(&new);
+    for line in health(&all) {
+        println!("  {line}");
+    }
+    arrived.map(|t| t - spawned)
+}
+
+/// The Network line of `astdb cluster show status`.
+fn network_line(node: &StandIn) -> String {
+    node.cli("astdb cluster show status")
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Network:")
+                .map(|r| r.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// A memory figure of the stand-in's process from /proc/<pid>/status, in KiB (`field`:
@@ -930,9 +1389,403 @@ fn figure_db_cost(n: usize, rounds: usize) {
     );
 }
 
+/// `redis-benchmark`, or `REDIS_BENCHMARK` if set.
+fn redis_benchmark_bin() -> std::path::PathBuf {
+    std::env::var_os("REDIS_BENCHMARK")
+        .map_or_else(|| "redis-benchmark".into(), std::path::PathBuf::from)
+}
+
+/// Whether `bin --version` runs.
+fn runs(bin: &std::path::Path) -> bool {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A field of `INFO replication` (or any INFO section) as a number.
+fn info_number(redis: &RedisServer, section: &str, field: &str) -> Option<i64> {
+    let info = redis.try_cli(&["INFO", section]).ok()?;
+    num_after(&info, &format!("\n{field}:"))
+}
+
+/// Figure 7a: Redis's own primary→replica rate here, the yardstick for the transport.
+/// The SETs/s as applied by the replica, if it caught up.
+fn redis_reference(sets: usize, timeout: Duration) -> Option<f64> {
+    println!("  7a. the reference: Redis's own primary -> replica replication");
+    let primary = RedisServer::builder().start();
+    let replica = RedisServer::builder().replicaof(&primary).start();
+    if !redisd::wait_until(Duration::from_secs(30), || {
+        replica
+            .try_cli(&["INFO", "replication"])
+            .is_ok_and(|i| i.contains("master_link_status:up"))
+    }) {
+        println!("    the replica never linked to the primary; skipped");
+        return None;
+    }
+    let port = primary.port().to_string();
+    let n = sets.to_string();
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        "set",
+        "-n",
+        &n,
+        "-d",
+        "32",
+        "-r",
+        "1000000",
+        "-P",
+        "16",
+        "-q",
+    ];
+    println!(
+        "    command: {} {}  (port {port}: the primary; the replica replicates it on port {})",
+        redis_benchmark_bin().display(),
+        args.join(" "),
+        replica.port()
+    );
+    let cpu_before = [pid_cpu_secs(primary.pid()), pid_cpu_secs(replica.pid())];
+    let start = realtime_us();
+    let out = std::process::Command::new(redis_benchmark_bin())
+        .args(args)
+        .output();
+    let replied = realtime_us();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            println!(
+                "    redis-benchmark failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("    cannot run redis-benchmark: {e}");
+            return None;
+        }
+    };
+    // -q rewrites its progress line with \r; the last piece is the result.
+    let said = out
+        .rsplit(['\r', '\n'])
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_string();
+    let target = info_number(&primary, "replication", "master_repl_offset").unwrap_or(-1);
+    // The replica's offset counts what it has applied; polled (a redis-cli run each,
+    // a few ms) until it reaches the primary's at the benchmark's end.
+    let mut applied_at = None;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let at = info_number(&replica, "replication", "slave_repl_offset").unwrap_or(-1);
+        if at >= target {
+            applied_at = Some(realtime_us());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let used = [
+        pid_cpu_secs(primary.pid()) - cpu_before[0],
+        pid_cpu_secs(replica.pid()) - cpu_before[1],
+    ];
+    println!("    redis-benchmark says: {said}");
+    println!(
+        "    the primary answered all {sets} SETs in {} ({}, as the client saw them); replication offset {target}",
+        secs(replied - start),
+        rate(sets, replied - start)
+    );
+    let result = match applied_at {
+        Some(t) => {
+            let per_s = sets as f64 / ((t - start).max(1) as f64 / 1e6);
+            println!(
+                "    the replica had applied them all {} after the start, {} after the last reply",
+                secs(t - start),
+                secs(t - replied)
+            );
+            println!(
+                "    => Redis primary -> replica: {per_s:.0} SETs/s as applied by the replica (32-byte values, 16 per pipeline, 50 clients)"
+            );
+            Some(per_s)
+        }
+        None => {
+            println!("    the replica did NOT reach offset {target} within {timeout:?}");
+            None
+        }
+    };
+    println!(
+        "    CPU: primary {:.2} CPU-s ({:.2} us/SET), replica {:.2} CPU-s ({:.2} us/SET); keys: primary {}, replica {} (-r draws keys at random: repeats overwrite); load now {}",
+        used[0],
+        used[0] * 1e6 / sets as f64,
+        used[1],
+        used[1] * 1e6 / sets as f64,
+        primary.try_cli(&["DBSIZE"]).unwrap_or_default(),
+        replica.try_cli(&["DBSIZE"]).unwrap_or_default(),
+        load()
+    );
+    result
+}
+
+/// What figure 7 measured for one cluster.
+struct RedisFigureRow {
+    label: String,
+    redis: bool,
+    nodes: u32,
+    rate: Option<f64>,
+    writer_us: Option<f64>,
+    latency: Option<(f64, f64)>,
+    new_node_us: Option<i64>,
+}
+
+/// Sizes of figure 7.
+struct RedisFigureSizes {
+    sets: usize,
+    updates: usize,
+    repeat: usize,
+    samples: usize,
+    new_node_keys: usize,
+    clusters: String,
+}
+
+/// Figure 7: the Redis transport beside the mesh (replicated updates/s to every other
+/// node, the writer's CPU per update, write-to-visible latency, a new node's catch-up),
+/// and beside Redis's own primary→replica replication on this machine.
+fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
+    header(&format!(
+        "7. the Redis transport: {} updates per run ({} run(s)), {} latency samples, a new node receiving {} keys; clusters {}",
+        sizes.updates, sizes.repeat, sizes.samples, sizes.new_node_keys, sizes.clusters
+    ));
+    if !runs(&redisd::redis_server_bin()) || !runs(&redis_benchmark_bin()) {
+        println!(
+            "  skipped: {} or {} does not run (Debian: apt-get install redis-server redis-tools)",
+            redisd::redis_server_bin().display(),
+            redis_benchmark_bin().display()
+        );
+        return;
+    }
+    let reference = redis_reference(sizes.sets, timeout);
+    let mut rows = Vec::new();
+    for spec in sizes
+        .clusters
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        let Some((kind, count)) = spec.split_once(':') else {
+            println!("  '{spec}' is not transport:nodes (mesh:3, redis:8); skipped");
+            continue;
+        };
+        let (redis, nodes) = match (kind.trim(), count.trim().parse::<u32>()) {
+            ("mesh", Ok(n)) if (2..=9).contains(&n) => (false, n),
+            ("redis", Ok(n)) if n >= 2 => (true, n),
+            _ => {
+                println!("  '{spec}': want mesh:2..9 or redis:2.. ; skipped");
+                continue;
+            }
+        };
+        rows.push(redis_figure_cluster(sizes, redis, nodes, timeout, trace));
+    }
+    println!("\n  => figure 7, summary (load now {}):", load());
+    match reference {
+        Some(r) => println!(
+            "     Redis's own primary -> replica (redis-benchmark SET, above): {r:.0} SETs/s"
+        ),
+        None => println!("     Redis's own primary -> replica: no figure"),
+    }
+    println!(
+        "     {:<16} {:>11} {:>19} {:>28} {:>23}",
+        "cluster",
+        "updates/s",
+        "writer CPU/update",
+        "latency p50/p99, all peers",
+        format!("new node, {} keys", sizes.new_node_keys)
+    );
+    let or_na = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
+    for r in &rows {
+        println!(
+            "     {:<16} {:>11} {:>19} {:>28} {:>23}",
+            r.label,
+            or_na(r.rate.map(|x| format!("{x:.0}/s"))),
+            or_na(r.writer_us.map(|x| format!("{x:.2} us"))),
+            or_na(r.latency.map(|(a, b)| format!("{a:.2} / {b:.2} ms"))),
+            or_na(r.new_node_us.map(secs)),
+        );
+    }
+    // The issue's targets, beside the figures.
+    let redis_rows: Vec<&RedisFigureRow> = rows.iter().filter(|r| r.redis).collect();
+    if let (Some(small), Some(big)) = (
+        redis_rows.iter().min_by_key(|r| r.nodes),
+        redis_rows.iter().max_by_key(|r| r.nodes),
+    ) {
+        if let (Some(a), Some(b), true) = (small.writer_us, big.writer_us, big.nodes > small.nodes)
+        {
+            println!(
+                "     writer CPU per update over Redis: {} nodes {a:.2} us, {} nodes {b:.2} us ({:.2}x)   [target: does not grow with the number of nodes]",
+                small.nodes,
+                big.nodes,
+                b / a
+            );
+        }
+    }
+    let mesh3 = rows.iter().find(|r| !r.redis && r.nodes == 3);
+    let redis_big = redis_rows.iter().max_by_key(|r| r.nodes);
+    if let (Some(m), Some(r)) = (mesh3, redis_big) {
+        if let (Some(mr), Some(rr)) = (m.rate, r.rate) {
+            println!(
+                "     {} nodes over Redis {rr:.0}/s vs the mesh's 3 nodes {mr:.0}/s ({:.2}x)   [target: >= the mesh's 3-node rate]",
+                r.nodes,
+                rr / mr
+            );
+        }
+    }
+    if let (Some(reference), Some(best)) = (
+        reference,
+        redis_rows.iter().filter_map(|r| r.rate).reduce(f64::max),
+    ) {
+        println!(
+            "     best rate over Redis {best:.0}/s = {:.0}% of Redis's own primary -> replica SETs/s",
+            best * 100.0 / reference
+        );
+    }
+}
+
+/// Figure 7 for one cluster: latency, updates runs and a new node, each on a cluster
+/// (and, over Redis, a redis-server) of its own.
+fn redis_figure_cluster(
+    sizes: &RedisFigureSizes,
+    redis: bool,
+    nodes: u32,
+    timeout: Duration,
+    trace: bool,
+) -> RedisFigureRow {
+    // A fresh redis-server for each cluster: nothing left from the one before.
+    let server = || redis.then(|| RedisServer::builder().start());
+    let label = if redis {
+        format!("Redis, {nodes} nodes")
+    } else {
+        format!("mesh, {nodes} nodes")
+    };
+    println!("\n  7b. {label}");
+
+    // Latency: single DB() writes on node 1, each until every other node has it.
+    let latency = {
+        let srv = server();
+        let cluster = cluster_on(srv.as_ref(), nodes);
+        let families = family("bench_rlat", 5000);
+        let running = cluster.start_first(nodes, "", &families);
+        let refs: Vec<&StandIn> = running.iter().collect();
+        cluster.wait_up(&refs, Duration::from_secs(30));
+        let lat = latency_samples(&running[0], &refs[1..], "bench_rlat", sizes.samples);
+        println!(
+            "    write-to-visible, single dialplan DB() writes on node 1, {} samples (idle cluster):",
+            sizes.samples
+        );
+        println!(
+            "      seen on node 2:          {}",
+            latency_line(&lat.first_peer, lat.missed)
+        );
+        println!(
+            "      seen on {}: {}",
+            if nodes > 2 {
+                format!("all {} peers  ", nodes - 1)
+            } else {
+                "the peer      ".into()
+            },
+            latency_line(&lat.all_peers, lat.missed)
+        );
+        for line in health(&refs) {
+            println!("      {line}");
+        }
+        (!lat.all_peers.is_empty()).then(|| {
+            (
+                percentile(&lat.all_peers, 0.5) as f64 / 1e3,
+                percentile(&lat.all_peers, 0.99) as f64 / 1e3,
+            )
+        })
+    };
+
+    // Replicated updates/s: a dialplan bulkset on node 1 until every other node has it.
+    println!(
+        "    replicated updates/s: dialplan bulkset of {} DB() writes on node 1, until all {} other nodes hold them",
+        sizes.updates,
+        nodes - 1
+    );
+    let cmd = format!(
+        "dialplan bulkset {} DB(bench_rup/k{{i}})=v{{i}}",
+        sizes.updates
+    );
+    let mut rates = Vec::new();
+    let mut cpus = Vec::new();
+    for run in 1..=sizes.repeat {
+        let srv = server();
+        let cluster = cluster_on(srv.as_ref(), nodes);
+        let r = updates_run(
+            &cluster,
+            sizes.updates,
+            "bench_rup",
+            5000,
+            "",
+            &cmd,
+            timeout,
+            trace,
+            run,
+        );
+        if let Some(rate) = r.rate {
+            rates.push(rate);
+            cpus.push(r.writer_us);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let rate = median(rates.clone());
+    let writer_us = median(cpus);
+    if let (Some(r), Some(c)) = (rate, writer_us) {
+        println!(
+            "    => {label}: {r:.0} replicated updates/s, writer (node 1) {c:.2} CPU-us/update (medians of {} run(s))",
+            rates.len()
+        );
+    }
+
+    // A new node: nodes 1..N-1 hold the family, node N starts empty.
+    println!(
+        "    a new node (node {nodes}) receives {} keys that nodes 1..{} hold:",
+        sizes.new_node_keys,
+        nodes - 1
+    );
+    let new_node_us = {
+        let srv = server();
+        let cluster = cluster_on(srv.as_ref(), nodes);
+        new_node_run(&cluster, sizes.new_node_keys, timeout, trace)
+    };
+    RedisFigureRow {
+        label,
+        redis,
+        nodes,
+        rate,
+        writer_us,
+        latency,
+        new_node_us,
+    }
+}
+
+/// Figure 7's cluster of `nodes`: over `redis` when given, else the mesh (slot 1).
+fn cluster_on(redis: Option<&RedisServer>, nodes: u32) -> Cluster<'_> {
+    Cluster {
+        net: redis.map_or(Net::Mesh, Net::Redis),
+        nodes,
+        slot: 1,
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; there is no filtering here.
-    let figures = std::env::var("BENCH_FIGURES").unwrap_or_else(|_| "1,2,3,4,5,6".into());
+    let figures = std::env::var("BENCH_FIGURES").unwrap_or_else(|_| "1,2,3,4,5,6,7".into());
     let wanted = |f: &str| figures.split(',').any(|x| x.trim() == f);
     let timeout = Duration::from_secs(env_usize("BENCH_TIMEOUT_S", 300) as u64);
     println!(
@@ -974,5 +1827,20 @@ fn main() {
     }
     if wanted("6") {
         figure_capture(env_usize("BENCH_CAPTURE_SAMPLES", 60));
+    }
+    if wanted("7") {
+        figure_redis(
+            &RedisFigureSizes {
+                sets: env_usize("BENCH_REDIS_SETS", 1_000_000),
+                updates: env_usize("BENCH_REDIS_UPDATES", 100_000),
+                repeat: env_usize("BENCH_REDIS_REPEAT", 1).max(1),
+                samples: env_usize("BENCH_REDIS_SAMPLES", 100),
+                new_node_keys: env_usize("BENCH_REDIS_NEW_NODE_KEYS", 1_000_000),
+                clusters: std::env::var("BENCH_REDIS_CLUSTERS")
+                    .unwrap_or_else(|_| "mesh:3,redis:3,redis:8".into()),
+            },
+            timeout,
+            env_usize("BENCH_TRACE", 0) != 0,
+        );
     }
 }
