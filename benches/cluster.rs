@@ -573,7 +573,7 @@ fn updates_run(
     );
     if let Net::Redis(_) = cluster.net {
         println!(
-            "      Redis link threads, first write to last arrival (reader astdb-cl-redis-r / writer -w): {}",
+            "      Redis link threads, first write to last arrival (reader astdb-cl-rd-in / writer -out): {}",
             redis_before
                 .iter()
                 .zip(&redis_after)
@@ -617,8 +617,7 @@ fn loop_cpu_secs(node: &StandIn) -> f64 {
 }
 
 /// (tid, CPU seconds) of the stand-in's threads whose name starts with one of `names`,
-/// by tid. (Linux keeps 15 bytes of a thread's name: "astdb-cl-redis-r" and
-/// "astdb-cl-redis-w" both read "astdb-cl-redis-".)
+/// by tid.
 fn threads_cpu(node: &StandIn, names: &[&str]) -> Vec<(u64, f64)> {
     let Some(pid) = node.pid() else {
         return Vec::new();
@@ -648,13 +647,12 @@ fn threads_cpu_secs(node: &StandIn, names: &[&str]) -> f64 {
     threads_cpu(node, names).iter().fold(0.0, |a, t| a + t.1)
 }
 
-/// CPU seconds of the Redis link's (reader, writer) threads so far. Their names read
-/// alike in /proc; the link starts the reader first, so it has the lower tid.
+/// CPU seconds of the Redis link's (reader, writer) threads so far.
 fn redis_threads_cpu(node: &StandIn) -> (f64, f64) {
-    match threads_cpu(node, &["astdb-cl-redis"]).as_slice() {
-        [r, w] => (r.1, w.1),
-        other => (-1.0, other.iter().fold(0.0, |a, t| a + t.1)),
-    }
+    (
+        threads_cpu_secs(node, &["astdb-cl-rd-in"]),
+        threads_cpu_secs(node, &["astdb-cl-rd-out"]),
+    )
 }
 
 /// The commands redis-server spent most time in: calls, µs per call and per update

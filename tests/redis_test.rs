@@ -92,7 +92,7 @@ fn wait_value(n: &StandIn, family: &str, key: &str, want: Option<&str>) {
 fn wait_connected(nodes: &[&StandIn]) {
     for n in nodes {
         n.wait_for_cli("astdb cluster show status", Duration::from_secs(15), |s| {
-            s.contains(" connected")
+            s.contains(") connected")
         });
     }
 }

@@ -353,11 +353,11 @@ impl RedisLink {
         let (tx, rx) = unbounded();
         let mut threads = Vec::new();
         let spawned = [
-            ("astdb-cl-redis-r", {
+            ("astdb-cl-rd-in", {
                 let ctx = Arc::clone(&ctx);
                 Box::new(move || reader::run(&ctx)) as Box<dyn FnOnce() + Send>
             }),
-            ("astdb-cl-redis-w", {
+            ("astdb-cl-rd-out", {
                 let ctx = Arc::clone(&ctx);
                 Box::new(move || writer::run(&ctx, &rx))
             }),

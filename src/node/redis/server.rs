@@ -89,7 +89,7 @@ for i = 4, #ARGV, 2 do
       'f', ARGV[2], 'm', ARGV[3], 'i', item, 'r', rec)
     if string.sub(rec, 29, 29) == '1' then
       redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^(%d+)')), item)
-    else
+    elseif cur and string.sub(cur, 29, 29) == '1' then
       redis.call('ZREM', KEYS[2], item)
     end
     out[#out + 1] = '+' .. id

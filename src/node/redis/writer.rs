@@ -13,6 +13,7 @@ use super::record::{self, field, Presence};
 use super::server::{self, bytes, lost_connection, mode_letter, Scripts, StreamId};
 use super::{Context, Job, Seen, HELD_CHANGES};
 use crate::eid::Eid;
+use crate::engine::item::{digest_hash, position_of};
 use crate::engine::{Body, Change, DigestNode, ItemId, Message, Mode, SummaryItem, SummaryRange};
 use crate::node::link::LinkEvent;
 use crate::node::{unix_ms, Level};
@@ -32,6 +33,8 @@ const FORGET_NODE_MS: u64 = 7 * 24 * 3600 * 1000;
 const SCAN_COUNT: usize = 2000;
 /// Changes per message handed to the loop from a comparison.
 const COMPARE_CHANGES: usize = 4096;
+/// Changes merged by one script call (Redis runs nothing else meanwhile: a few ms).
+const MERGE_CHANGES: usize = 2048;
 /// The state file is written at most this often while running.
 const FILE_EVERY: Duration = Duration::from_millis(500);
 
@@ -68,8 +71,18 @@ pub(super) fn run(ctx: &Context, rx: &Receiver<Job>) {
         next_file: now,
         file_at: StreamId::default(),
     };
+    let mut next: Option<Job> = None;
     loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
+        let job = match next.take() {
+            Some(job) => Ok(job),
+            None => rx.recv_timeout(Duration::from_millis(100)),
+        };
+        match job {
+            Ok(Job::Send(msg)) => {
+                let (msg, after) = coalesce(msg, rx);
+                next = after;
+                w.job(Job::Send(msg));
+            }
             Ok(job) => w.job(job),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -86,6 +99,30 @@ pub(super) fn run(ctx: &Context, rx: &Receiver<Job>) {
         ctx.state().dirty = true;
     }
     ctx.state().writing = false;
+}
+
+/// Pushes to one family queued behind `msg`, joined to it (up to [`MERGE_CHANGES`]):
+/// one script call merges them all. Returns the first job that could not join.
+fn coalesce(mut msg: Message, rx: &Receiver<Job>) -> (Message, Option<Job>) {
+    let Body::Changes(changes) = &mut msg.body else {
+        return (msg, None);
+    };
+    while changes.len() < MERGE_CHANGES {
+        match rx.try_recv() {
+            Ok(Job::Send(m))
+                if m.family == msg.family
+                    && m.mode == msg.mode
+                    && matches!(&m.body, Body::Changes(c) if c.len() + changes.len() <= MERGE_CHANGES) =>
+            {
+                if let Body::Changes(more) = m.body {
+                    changes.extend(more);
+                }
+            }
+            Ok(other) => return (msg, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (msg, None)
 }
 
 impl Writer<'_> {
@@ -301,7 +338,7 @@ impl Writer<'_> {
         let policy = ctx.policy(family);
         let keys = &ctx.keys;
         let now = unix_ms(SystemTime::now());
-        for chunk in changes.chunks(512) {
+        for chunk in changes.chunks(MERGE_CHANGES) {
             let mut inv = self.scripts.merge.prepare_invoke();
             inv.key(keys.items(mode, family))
                 .key(keys.tombstones(mode, family))
@@ -406,7 +443,8 @@ impl Writer<'_> {
             return;
         }
         self.ctx.state().compares += 1;
-        match self.compare(&family, mode) {
+        let root = nodes.iter().find(|n| n.depth == 0).map(|n| n.hash);
+        match self.compare(&family, mode, root) {
             Ok(()) => {
                 let mut st = self.ctx.state();
                 if st.generation == generation && st.shared.contains(&family) {
@@ -424,14 +462,35 @@ impl Writer<'_> {
         }
     }
 
-    fn compare(&mut self, family: &str, mode: Mode) -> redis::RedisResult<()> {
+    /// Sends the engine everything Redis holds of the family, then a summary of it so
+    /// that the engine pushes what Redis lacks, unless `root` (the engine's digest
+    /// root) says it holds nothing, or exactly what Redis holds.
+    fn compare(&mut self, family: &str, mode: Mode, root: Option<u64>) -> redis::RedisResult<()> {
         let Some(con) = self.con.as_mut() else {
             return Err(std::io::Error::other("not connected").into());
         };
         let ctx = self.ctx;
         let key = ctx.keys.items(mode, family);
         let now = unix_ms(SystemTime::now());
+        // First the versions alone: when they add up to the engine's digest, nothing
+        // needs to move (and nothing is applied, so their seals need not be opened).
+        if root.is_some_and(|r| r != 0) && root == Some(header_root(con, &key, mode)?) {
+            send(
+                ctx,
+                family.to_string(),
+                mode,
+                Body::Digest(vec![DigestNode {
+                    depth: 0,
+                    prefix: 0,
+                    hash: root.unwrap_or(0),
+                }]),
+                now,
+            );
+            return Ok(());
+        }
         let mut cursor: u64 = 0;
+        let mut redis_root = 0u64;
+        let mut seen = std::collections::HashSet::new();
         let mut summary = Vec::new();
         let mut changes = Vec::new();
         loop {
@@ -444,6 +503,11 @@ impl Writer<'_> {
             let mut it = pairs.into_iter();
             while let (Some(f), Some(rec)) = (it.next(), it.next()) {
                 if let Some(c) = open_stored(ctx, family, mode, &f, &rec) {
+                    let pos = position_of(c.item.owner, &c.item.key);
+                    if !seen.insert(pos) {
+                        continue;
+                    }
+                    redis_root ^= digest_hash(pos, c.entry.version, c.entry.is_tombstone());
                     summary.push(SummaryItem {
                         item: c.item.clone(),
                         version: c.entry.version,
@@ -463,6 +527,10 @@ impl Writer<'_> {
         }
         if !changes.is_empty() {
             send(ctx, family.to_string(), mode, Body::Changes(changes), now);
+        }
+        // An empty family (a new node) or the same contents: Redis lacks nothing.
+        if root == Some(0) || root == Some(redis_root) {
+            return Ok(());
         }
         send(
             ctx,
@@ -664,6 +732,37 @@ pub fn collect_below(read_to: impl Iterator<Item = u64>, now_ms: u64) -> Option<
     let slowest = read_to.min()?;
     let by_age = now_ms.saturating_sub(FORGET_NODE_MS);
     Some(slowest.max(by_age).saturating_sub(COLLECT_GRACE_MS))
+}
+
+/// The digest root of a family as the clear headers of its records in Redis say.
+fn header_root(con: &mut Connection, key: &str, mode: Mode) -> redis::RedisResult<u64> {
+    let mut cursor: u64 = 0;
+    let mut root = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (next, pairs): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+            .arg(key)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query(con)?;
+        let mut it = pairs.into_iter();
+        while let (Some(f), Some(rec)) = (it.next(), it.next()) {
+            if let (Some(item), Some((version, tomb))) =
+                (record::item_of(mode, &f), record::peek(&rec))
+            {
+                let pos = position_of(item.owner, &item.key);
+                // HSCAN may return an item twice (while Redis resizes the hash).
+                if seen.insert(pos) {
+                    root ^= digest_hash(pos, version, tomb);
+                }
+            }
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(root);
+        }
+    }
 }
 
 /// Opens a stored record of `family`: the change, if it opens and is meant for this
