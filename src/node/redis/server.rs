@@ -71,30 +71,33 @@ pub fn mode_of(letter: &[u8]) -> Option<Mode> {
 /// Merges records into a family, atomically: each is stored (and appended to the
 /// stream) only when its sort key (the first 29 bytes: version, then kind) is above
 /// the stored one's. Replies per record: `+<stream id>` stored, `=` already held, or
-/// the newer record Redis holds.
+/// the newer record Redis holds. The stream is trimmed once per call.
 ///
 /// KEYS: items hash, tombstones, stream. ARGV: stream length, family, mode letter,
 /// then item and record pairs.
 const MERGE: &str = r"
 local out = {}
+local added = false
 for i = 4, #ARGV, 2 do
   local item, rec = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', KEYS[1], item)
   local new = string.sub(rec, 1, 29)
-  if cur and string.sub(cur, 1, 29) >= new then
-    if string.sub(cur, 1, 29) == new then out[#out + 1] = '=' else out[#out + 1] = cur end
+  local held = cur and string.sub(cur, 1, 29)
+  if held and held >= new then
+    if held == new then out[#out + 1] = '=' else out[#out + 1] = cur end
   else
     redis.call('HSET', KEYS[1], item, rec)
-    local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], '*',
-      'f', ARGV[2], 'm', ARGV[3], 'i', item, 'r', rec)
-    if string.sub(rec, 29, 29) == '1' then
+    local id = redis.call('XADD', KEYS[3], '*', 'f', ARGV[2], 'm', ARGV[3], 'i', item, 'r', rec)
+    added = true
+    if string.byte(rec, 29) == 49 then
       redis.call('ZADD', KEYS[2], tonumber(string.match(id, '^(%d+)')), item)
-    elseif cur and string.sub(cur, 29, 29) == '1' then
+    elseif held and string.byte(held, 29) == 49 then
       redis.call('ZREM', KEYS[2], item)
     end
     out[#out + 1] = '+' .. id
   end
 end
+if added then redis.call('XTRIM', KEYS[3], 'MAXLEN', '~', ARGV[1]) end
 return out
 ";
 
