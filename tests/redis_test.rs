@@ -759,3 +759,25 @@ fn redis_back_from_an_older_snapshot_gets_the_changes_it_lost_from_the_nodes() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+#[test]
+fn a_bulk_import_larger_than_what_waits_for_redis_reaches_every_node() {
+    let redis = RedisServer::builder().start();
+    let url = redis.url();
+    let a = node("rq", 1, &url);
+    let b = node("rq", 2, &url);
+    wait_connected(&[&a, &b]);
+    a.cli("database bulkput blacklist num 300000 listed");
+    b.wait_for_cli(
+        "database get blacklist num299999",
+        Duration::from_secs(90),
+        |s| s.contains("Value: listed"),
+    );
+    assert!(wait_until(Duration::from_secs(60), || hlen(
+        &redis,
+        "blacklist"
+    ) == 300_000));
+    b.wait_for_cli("database shared show", Duration::from_secs(60), |s| {
+        s.contains("300000")
+    });
+}

@@ -51,6 +51,9 @@ pub const RELAY_EID: Eid = Eid([0xff; 6]);
 /// Changes held while Redis cannot be reached; beyond this they are dropped and the
 /// families concerned are compared in full once it is back.
 pub const HELD_CHANGES: usize = 200_000;
+/// How long the loop waits for the writer to take a burst of pushes before it lets
+/// them go (their families are then compared in full).
+const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A node not heard from for this long is shown down.
 pub const NODE_SILENT_MS: u64 = 5_000;
 
@@ -143,6 +146,13 @@ impl Context {
     /// Forgets what the link knew of every family: each is compared in full next.
     fn forget_all(st: &mut State) {
         st.synced.clear();
+        st.generation += 1;
+    }
+
+    /// Forgets what the link knew of `family`; a comparison under way (of any family)
+    /// no longer counts either, as it may have started before what was lost.
+    fn forget(st: &mut State, family: &str) {
+        st.synced.remove(family);
         st.generation += 1;
     }
 
@@ -298,6 +308,8 @@ pub struct RedisLink {
     running: Option<Running>,
     closed_because: String,
     shared: BTreeSet<String>,
+    /// When a wait for the writer last ran out.
+    gave_up: Option<std::time::Instant>,
 }
 
 impl RedisLink {
@@ -312,6 +324,7 @@ impl RedisLink {
             running: None,
             closed_because: "not started".into(),
             shared: BTreeSet::new(),
+            gave_up: None,
         }
     }
 
@@ -434,11 +447,26 @@ impl Link for RedisLink {
             return;
         }
         if let (Some(r), Body::Changes(changes)) = (&self.running, &msg.body) {
+            // While Redis takes changes, a burst (a bulk import) waits for the writer
+            // rather than being let go; only a Redis that does not answer drops them.
+            // After a wait that did not help, the next ones do not wait (for a while).
+            let waited = std::time::Instant::now();
+            let patient = self.gave_up.is_none_or(|at| at.elapsed() > QUEUE_WAIT * 2);
+            while patient
+                && r.ctx.queued.load(Ordering::Relaxed) > HELD_CHANGES
+                && r.ctx.state().writing
+            {
+                if waited.elapsed() > QUEUE_WAIT {
+                    self.gave_up = Some(std::time::Instant::now());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             let queued = r.ctx.queued.fetch_add(changes.len(), Ordering::Relaxed);
             if queued > HELD_CHANGES {
                 r.ctx.queued.fetch_sub(changes.len(), Ordering::Relaxed);
                 let mut st = r.ctx.state();
-                st.synced.remove(&msg.family);
+                Context::forget(&mut st, &msg.family);
                 st.dirty = true;
                 st.send_errors += 1;
                 drop(st);

@@ -135,7 +135,7 @@ impl Writer<'_> {
                 st.shared = names;
             }
             Job::Refresh(family) => {
-                self.ctx.state().synced.remove(&family);
+                super::Context::forget(&mut self.ctx.state(), &family);
             }
             Job::Saved(mark) => {
                 let mut st = self.ctx.state();
@@ -240,7 +240,7 @@ impl Writer<'_> {
             Body::Digest(nodes) if self.ensure() => self.digest(family, mode, nodes),
             Body::Pull(items) if self.ensure() => self.pull(family, mode, items),
             Body::Pull(_) => {
-                self.ctx.state().synced.remove(&family);
+                super::Context::forget(&mut self.ctx.state(), &family);
             }
             // Redis keeps tombstones itself; the engine never summarises to the relay.
             _ => {}
@@ -258,7 +258,7 @@ impl Writer<'_> {
                 let first = {
                     let mut st = self.ctx.state();
                     st.send_errors += 1;
-                    st.synced.remove(&family);
+                    super::Context::forget(&mut st, &family);
                     st.said.insert(format!("merge {e}"))
                 };
                 if first {
@@ -284,7 +284,7 @@ impl Writer<'_> {
             self.held_changes = 0;
             let mut st = self.ctx.state();
             for m in &dropped {
-                st.synced.remove(&m.family);
+                super::Context::forget(&mut st, &m.family);
             }
             st.dirty = true;
             st.held = 0;
@@ -318,7 +318,7 @@ impl Writer<'_> {
                     break;
                 }
                 Err(_) => {
-                    self.ctx.state().synced.remove(&m.family);
+                    super::Context::forget(&mut self.ctx.state(), &m.family);
                 }
             }
         }
@@ -488,43 +488,31 @@ impl Writer<'_> {
             );
             return Ok(());
         }
-        let mut cursor: u64 = 0;
         let mut redis_root = 0u64;
         let mut seen = std::collections::HashSet::new();
         let mut summary = Vec::new();
         let mut changes = Vec::new();
-        loop {
-            let (next, pairs): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query(con)?;
-            let mut it = pairs.into_iter();
-            while let (Some(f), Some(rec)) = (it.next(), it.next()) {
-                if let Some(c) = open_stored(ctx, family, mode, &f, &rec) {
-                    let pos = position_of(c.item.owner, &c.item.key);
-                    if !seen.insert(pos) {
-                        continue;
-                    }
-                    redis_root ^= digest_hash(pos, c.entry.version, c.entry.is_tombstone());
-                    summary.push(SummaryItem {
-                        item: c.item.clone(),
-                        version: c.entry.version,
-                        tombstone: c.entry.is_tombstone(),
-                    });
-                    changes.push(c);
-                    if changes.len() >= COMPARE_CHANGES {
-                        let batch = std::mem::take(&mut changes);
-                        send(ctx, family.to_string(), mode, Body::Changes(batch), now);
-                    }
-                }
+        scan(con, &key, |f, rec| {
+            let Some(c) = open_stored(ctx, family, mode, &f, &rec) else {
+                return;
+            };
+            let pos = position_of(c.item.owner, &c.item.key);
+            // HSCAN may return an item twice (while Redis resizes the hash).
+            if !seen.insert(pos) {
+                return;
             }
-            cursor = next;
-            if cursor == 0 {
-                break;
+            redis_root ^= digest_hash(pos, c.entry.version, c.entry.is_tombstone());
+            summary.push(SummaryItem {
+                item: c.item.clone(),
+                version: c.entry.version,
+                tombstone: c.entry.is_tombstone(),
+            });
+            changes.push(c);
+            if changes.len() >= COMPARE_CHANGES {
+                let batch = std::mem::take(&mut changes);
+                send(ctx, family.to_string(), mode, Body::Changes(batch), now);
             }
-        }
+        })?;
         if !changes.is_empty() {
             send(ctx, family.to_string(), mode, Body::Changes(changes), now);
         }
@@ -571,7 +559,7 @@ impl Writer<'_> {
             Ok(())
         })();
         if let Err(e) = result {
-            self.ctx.state().synced.remove(&family);
+            super::Context::forget(&mut self.ctx.state(), &family);
             if lost_connection(&e) {
                 self.lost(e);
             }
@@ -736,9 +724,27 @@ pub fn collect_below(read_to: impl Iterator<Item = u64>, now_ms: u64) -> Option<
 
 /// The digest root of a family as the clear headers of its records in Redis say.
 fn header_root(con: &mut Connection, key: &str, mode: Mode) -> redis::RedisResult<u64> {
-    let mut cursor: u64 = 0;
     let mut root = 0u64;
     let mut seen = std::collections::HashSet::new();
+    scan(con, key, |f, rec| {
+        if let (Some(item), Some((version, tomb))) = (record::item_of(mode, &f), record::peek(&rec))
+        {
+            let pos = position_of(item.owner, &item.key);
+            if seen.insert(pos) {
+                root ^= digest_hash(pos, version, tomb);
+            }
+        }
+    })?;
+    Ok(root)
+}
+
+/// Every field and value of the hash `key`, through HSCAN (an item may come twice).
+fn scan(
+    con: &mut Connection,
+    key: &str,
+    mut each: impl FnMut(Vec<u8>, Vec<u8>),
+) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
     loop {
         let (next, pairs): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
             .arg(key)
@@ -748,19 +754,11 @@ fn header_root(con: &mut Connection, key: &str, mode: Mode) -> redis::RedisResul
             .query(con)?;
         let mut it = pairs.into_iter();
         while let (Some(f), Some(rec)) = (it.next(), it.next()) {
-            if let (Some(item), Some((version, tomb))) =
-                (record::item_of(mode, &f), record::peek(&rec))
-            {
-                let pos = position_of(item.owner, &item.key);
-                // HSCAN may return an item twice (while Redis resizes the hash).
-                if seen.insert(pos) {
-                    root ^= digest_hash(pos, version, tomb);
-                }
-            }
+            each(f, rec);
         }
         cursor = next;
         if cursor == 0 {
-            return Ok(root);
+            return Ok(());
         }
     }
 }
