@@ -474,7 +474,7 @@ impl Writer<'_> {
         let now = unix_ms(SystemTime::now());
         // First the versions alone: when they add up to the engine's digest, nothing
         // needs to move (and nothing is applied, so their seals need not be opened).
-        if root.is_some_and(|r| r != 0) && root == Some(header_root(con, &key, mode)?) {
+        if root.is_some_and(|r| r != 0) && root == Some(header_root(ctx, con, &key, mode)?) {
             send(
                 ctx,
                 family.to_string(),
@@ -492,7 +492,7 @@ impl Writer<'_> {
         let mut seen = std::collections::HashSet::new();
         let mut summary = Vec::new();
         let mut changes = Vec::new();
-        scan(con, &key, |f, rec| {
+        scan(ctx, con, &key, |f, rec| {
             let Some(c) = open_stored(ctx, family, mode, &f, &rec) else {
                 return;
             };
@@ -723,10 +723,15 @@ pub fn collect_below(read_to: impl Iterator<Item = u64>, now_ms: u64) -> Option<
 }
 
 /// The digest root of a family as the clear headers of its records in Redis say.
-fn header_root(con: &mut Connection, key: &str, mode: Mode) -> redis::RedisResult<u64> {
+fn header_root(
+    ctx: &Context,
+    con: &mut Connection,
+    key: &str,
+    mode: Mode,
+) -> redis::RedisResult<u64> {
     let mut root = 0u64;
     let mut seen = std::collections::HashSet::new();
-    scan(con, key, |f, rec| {
+    scan(ctx, con, key, |f, rec| {
         if let (Some(item), Some((version, tomb))) = (record::item_of(mode, &f), record::peek(&rec))
         {
             let pos = position_of(item.owner, &item.key);
@@ -738,14 +743,19 @@ fn header_root(con: &mut Connection, key: &str, mode: Mode) -> redis::RedisResul
     Ok(root)
 }
 
-/// Every field and value of the hash `key`, through HSCAN (an item may come twice).
+/// Every field and value of the hash `key`, through HSCAN (an item may come twice);
+/// given up when the link stops.
 fn scan(
+    ctx: &Context,
     con: &mut Connection,
     key: &str,
     mut each: impl FnMut(Vec<u8>, Vec<u8>),
 ) -> redis::RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
+        if ctx.stopping() {
+            return Err(std::io::Error::other("the link is stopping").into());
+        }
         let (next, pairs): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
             .arg(key)
             .arg(cursor)
