@@ -15,7 +15,7 @@
 //! binds the cluster, family, mode, item and the whole header: a record moved to
 //! another key, edited or made up without the secret does not open.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -50,6 +50,10 @@ impl Refusal {
 pub struct Sealer {
     aead: XChaCha20Poly1305,
     cluster: String,
+    /// Nonces are this random prefix, drawn once, and a counter: never repeated under
+    /// one key without a system call per record.
+    nonce_prefix: [u8; 16],
+    nonces: std::sync::atomic::AtomicU64,
 }
 
 /// An opened record.
@@ -99,19 +103,17 @@ pub fn item_of(mode: Mode, field: &[u8]) -> Option<ItemId> {
 
 /// The sort key of a version and kind, as the header starts.
 pub fn sort_key(version: Version, tombstone: bool) -> [u8; SORT_LEN] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; SORT_LEN];
-    let text = format!(
-        "{:016x}{}{}",
-        version.hlc.0,
-        hex(&version.origin.0),
-        u8::from(tombstone)
-    );
-    out.copy_from_slice(text.as_bytes());
+    let mut bytes = [0u8; 14];
+    bytes[..8].copy_from_slice(&version.hlc.0.to_be_bytes());
+    bytes[8..].copy_from_slice(&version.origin.0);
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    out[28] = b'0' + u8::from(tombstone);
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn parse_sort_key(head: &[u8]) -> Option<(Version, bool)> {
@@ -145,9 +147,14 @@ impl Sealer {
         let mut key = [0u8; 32];
         // 32 bytes is far below HKDF-SHA256's output limit: this cannot fail.
         let _ = hk.expand(LABEL, &mut key);
+        let mut nonce_prefix = [0u8; 16];
+        // Without randomness every seal fails (see `finish`) rather than risk a nonce.
+        let random = getrandom::fill(&mut nonce_prefix).is_ok();
         Sealer {
             aead: XChaCha20Poly1305::new((&key).into()),
             cluster: cluster.to_string(),
+            nonce_prefix,
+            nonces: std::sync::atomic::AtomicU64::new(if random { 0 } else { u64::MAX }),
         }
     }
 
@@ -189,8 +196,14 @@ impl Sealer {
                 .collect::<Vec<_>>()
                 .join(","),
         };
-        let mut header = sort_key(entry.version, entry.is_tombstone()).to_vec();
-        header.extend_from_slice(format!("|{node}|{to}|").as_bytes());
+        let value_len = entry.value.as_deref().map_or(0, str::len);
+        let mut header = Vec::with_capacity(SORT_LEN + 16 + to.len() + NONCE_LEN + value_len + 16);
+        header.extend_from_slice(&sort_key(entry.version, entry.is_tombstone()));
+        header.push(b'|');
+        header.extend_from_slice(node.to_string().as_bytes());
+        header.push(b'|');
+        header.extend_from_slice(to.as_bytes());
+        header.push(b'|');
         let aad = self.aad(
             b"item",
             family,
@@ -203,19 +216,36 @@ impl Sealer {
     }
 
     fn finish(&self, mut out: Vec<u8>, aad: &[u8], plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; NONCE_LEN];
-        if getrandom::fill(&mut nonce).is_err() {
-            // No randomness at all: a record that never opens is refused by every
-            // reader, which is better than reusing a nonce.
+        let n = self
+            .nonces
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_add(1),
+            )
+            .ok();
+        let Some(n) = n else {
+            // No randomness at start, or 2^64 seals: a record that never opens is
+            // refused by every reader, which is better than reusing a nonce.
             return Vec::new();
-        }
-        let sealed = self
-            .aead
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
-            .unwrap_or_default();
+        };
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..16].copy_from_slice(&self.nonce_prefix);
+        nonce[16..].copy_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        out
+        let start = out.len();
+        out.extend_from_slice(plain);
+        match self.aead.encrypt_in_place_detached(
+            XNonce::from_slice(&nonce),
+            aad,
+            &mut out[start..],
+        ) {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                out
+            }
+            Err(_) => Vec::new(),
+        }
     }
 
     fn open_parts<'a>(&self, record: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), Refusal> {
@@ -404,6 +434,25 @@ mod tests {
             s.open("fam", Mode::Global, b"k1", b"junk"),
             Err(Refusal::Malformed)
         );
+    }
+
+    #[test]
+    fn sealing_the_same_change_twice_never_reuses_a_nonce() {
+        let s = Sealer::new("c1", "0123456789abcdef");
+        let item = ItemId::global("k");
+        let e = entry(5, Some("v"));
+        let seal = || s.seal("f", Mode::Global, &item, &e, 1, &SharingPolicy::Broadcast);
+        let (a, b) = (seal(), seal());
+        assert_ne!(a, b);
+        let nonce = |r: &[u8]| r[r.len() - 16 - 1 - NONCE_LEN..r.len() - 16 - 1].to_vec();
+        assert_ne!(nonce(&a), nonce(&b));
+        assert_eq!(s.open("f", Mode::Global, b"k", &a).unwrap().entry, e);
+        assert_eq!(s.open("f", Mode::Global, b"k", &b).unwrap().entry, e);
+        // Another sealer (another start of the link) draws another prefix.
+        let t = Sealer::new("c1", "0123456789abcdef");
+        let c = t.seal("f", Mode::Global, &item, &e, 1, &SharingPolicy::Broadcast);
+        assert_ne!(nonce(&a)[..16], nonce(&c)[..16]);
+        assert_eq!(s.open("f", Mode::Global, b"k", &c).unwrap().entry, e);
     }
 
     #[test]
