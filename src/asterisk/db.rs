@@ -67,11 +67,16 @@ pub fn get(family: &str, key: &str) -> Option<String> {
     }
 }
 
-/// Deletes `/family/key`; false when it did not exist.
+/// Deletes `/family/key`; false when it did not exist. (Not `ast_db_del2`, which logs
+/// a WARNING for a missing key: a deletion arriving for a key this server never had,
+/// a new node's catch-up say, is no fault.)
 pub fn del(family: &str, key: &str) -> bool {
     let (f, k) = (c_string(family), c_string(key));
-    // SAFETY: the strings outlive the call.
-    unsafe { sys::ast_db_del2(f.as_ptr(), k.as_ptr()) == 0 }
+    // SAFETY: the strings outlive the calls.
+    unsafe {
+        sys::ast_db_exists(f.as_ptr(), k.as_ptr()) == 1
+            && sys::ast_db_del(f.as_ptr(), k.as_ptr()) == 0
+    }
 }
 
 /// `family`'s subtree as AstDB returned it, freed on drop. Its rows are read in place:
