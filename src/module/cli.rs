@@ -564,11 +564,15 @@ peers,
             ("Undecodable messages", link.undecodable.to_string()),
             (
                 "Refused",
-                if link.refusals.is_empty() {
+                if refused == 0 {
                     "0".to_string()
                 } else {
-                    let causes: Vec<String> =
-                        link.refusals.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+                    let causes: Vec<String> = link
+                        .refusals
+                        .iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(c, n)| format!("{c}: {n}"))
+                        .collect();
                     format!("{refused} ({})", causes.join(", "))
                 },
             ),
