@@ -429,16 +429,26 @@ impl Link for RedisLink {
         if self.running.as_ref().is_some_and(|r| r.ctx.id != id) {
             self.shutdown();
         }
-        if self.running.is_none() {
+        let fresh = self.running.is_none();
+        if fresh {
             self.start(id);
         }
         if let Some(r) = &self.running {
-            let mut policies = r.ctx.policies.lock().unwrap_or_else(|p| p.into_inner());
-            *policies = cfg
+            let new: BTreeMap<String, SharingPolicy> = cfg
                 .presets
                 .iter()
                 .map(|f| (f.name.clone(), f.policy.clone()))
                 .collect();
+            let mut policies = r.ctx.policies.lock().unwrap_or_else(|p| p.into_inner());
+            if *policies != new {
+                *policies = new;
+                drop(policies);
+                // Changes once filtered out may now apply (and the reverse): every
+                // family is compared again.
+                if !fresh {
+                    Context::forget_all(&mut r.ctx.state());
+                }
+            }
         }
     }
 
