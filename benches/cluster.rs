@@ -12,6 +12,7 @@
 //! | `BENCH_REPEAT` | 3 | 1: runs per path (the median is the figure) |
 //! | `BENCH_SAMPLES` | 200 | 2: latency samples |
 //! | `BENCH_NEW_NODE_KEYS` | 1000000 | 3: keys a new node receives |
+//! | `BENCH_NEW_NODE_VALUE` | (none: `v<i>`) | 3 and 7: one value for every key the new node receives (no spaces) |
 //! | `BENCH_HEAL_KEYS` | 100000 | 4: family size |
 //! | `BENCH_HEAL_DIFF` | 10 | 4: keys changed during the split |
 //! | `BENCH_COST_WRITES` | 50000 | 5: DB() writes per timed loop |
@@ -1010,7 +1011,12 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
         cluster.wait_up(&refs, Duration::from_secs(30));
     }
     let rss1_before = rss_kib(node1, "VmRSS:");
-    let out = node1.cli(&format!("database bulkput bench_big k {n}"));
+    // Values are v<i> unless BENCH_NEW_NODE_VALUE gives one for every key.
+    let value = std::env::var("BENCH_NEW_NODE_VALUE").unwrap_or_default();
+    if !value.is_empty() {
+        println!("  every value is '{value}' ({} bytes)", value.len());
+    }
+    let out = node1.cli(&format!("database bulkput bench_big k {n} {value}"));
     let took = must_num(&out, "end") - must_num(&out, "start");
     println!(
         "  node 1: {n} keys written by bulkput in {} ({})",
