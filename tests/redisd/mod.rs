@@ -21,11 +21,16 @@
 //! other binaries than the ones on `PATH`.
 #![allow(dead_code)]
 
+// Each harness stands alone; a test crate that uses both loads this file twice.
+#[allow(clippy::duplicate_mod)]
+#[path = "../run/mod.rs"]
+mod run;
+use run::run_with_timeout;
+
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
 use std::net::TcpListener;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -178,53 +183,13 @@ impl Access {
             cmd.arg("--tls").arg("--cacert").arg(ca);
         }
         cmd.args(args);
-        let (ok, out, err) = run_with_timeout(cmd, timeout)?;
-        if ok {
+        let (status, out, err) = run_with_timeout(cmd, timeout)?;
+        if status.success() {
             Ok(out.trim().to_string())
         } else {
             Err(format!("{}{}", err.trim(), out.trim()))
         }
     }
-}
-
-/// Runs `cmd` with its output captured; `(success, stdout, stderr)`, or an error if
-/// it cannot start or does not finish within `timeout` (then it is killed).
-fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<(bool, String, String), String> {
-    let name = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {name}: {e}"))?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let mut stderr = child.stderr.take().expect("piped stderr");
-    // Read both pipes while waiting, so that a chatty child never blocks on a full one.
-    let out_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stdout.read_to_end(&mut v);
-        v
-    });
-    let err_reader = thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("{name}: no answer within {timeout:?}"));
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let out = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-    let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    Ok((status.success(), out, err))
 }
 
 /// One redis-server process (plain or `--sentinel`) with its directory; the part
@@ -449,8 +414,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     let mut cmd = Command::new("openssl");
     cmd.current_dir(dir).args(args);
     match run_with_timeout(cmd, CLI_TIMEOUT) {
-        Ok((true, _, _)) => {}
-        Ok((false, out, err)) => panic!("openssl {} failed:\n{out}{err}", args.join(" ")),
+        Ok((status, _, _)) if status.success() => {}
+        Ok((_, out, err)) => panic!("openssl {} failed:\n{out}{err}", args.join(" ")),
         Err(e) => panic!("openssl {}: {e}", args.join(" ")),
     }
 }

@@ -16,8 +16,13 @@
 //! (`core stop now`, then SIGKILL if it does not exit in time).
 #![allow(dead_code)]
 
+// Each harness stands alone; a test crate that uses both loads this file twice.
+#[allow(clippy::duplicate_mod)]
+#[path = "../run/mod.rs"]
+mod run;
+use run::run_with_timeout;
+
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -466,42 +471,9 @@ impl StandIn {
     }
 
     fn try_cli_timeout(&self, cmd: &str, timeout: Duration) -> Result<String, String> {
-        let mut child = Command::new(&self.bin)
-            .arg("-C")
-            .arg(&self.conf)
-            .arg("-rx")
-            .arg(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.bin.display()))?;
-        let mut stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let out_reader = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stdout.read_to_end(&mut v);
-            v
-        });
-        let err_reader = thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = stderr.read_to_end(&mut v);
-            v
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no answer within {timeout:?}"));
-            }
-            thread::sleep(Duration::from_millis(5));
-        };
-        let out = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
-        let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+        let mut run = Command::new(&self.bin);
+        run.arg("-C").arg(&self.conf).arg("-rx").arg(cmd);
+        let (status, out, err) = run_with_timeout(run, timeout)?;
         if status.success() {
             Ok(out)
         } else {
