@@ -42,7 +42,7 @@ use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
 use super::{Level, Say};
 use crate::config::{ClusterConfig, RedisSettings};
 use crate::eid::Eid;
-use crate::engine::{Body, ItemId, Message, Mode, SharingPolicy, Version, RELAY_NODE};
+use crate::engine::{Body, Change, ItemId, Message, Mode, SharingPolicy, Version, RELAY_NODE};
 use record::{Opened, Refusal, Sealer};
 use server::StreamId;
 
@@ -206,6 +206,34 @@ impl Context {
         policies
             .get(family)
             .is_none_or(|p| matches!(p, SharingPolicy::Broadcast) || policy_has(p, opened.node))
+    }
+
+    /// Opens `rec`, the record Redis holds for item `field` of `family`: the change, if
+    /// it opens and is meant for this node. A refusal is counted, with `what` (where
+    /// the record was found) for the log.
+    fn open_change(
+        &self,
+        family: &str,
+        mode: Mode,
+        field: &[u8],
+        rec: &[u8],
+        what: impl Fn() -> String,
+    ) -> Option<Change> {
+        let Some(item) = record::item_of(mode, field) else {
+            self.refuse(Refusal::Malformed, &what());
+            return None;
+        };
+        match self.sealer.open(family, mode, field, rec) {
+            Ok(o) if self.admit(family, &o) => Some(Change {
+                item,
+                entry: o.entry,
+            }),
+            Ok(_) => None,
+            Err(cause) => {
+                self.refuse(cause, &what());
+                None
+            }
+        }
     }
 
     fn policy(&self, family: &str) -> SharingPolicy {

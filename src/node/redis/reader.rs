@@ -246,30 +246,13 @@ fn open(ctx: &Context, id: StreamId, fields: Vec<Value>) -> Option<Entry> {
         ctx.refuse(Refusal::Malformed, &format!("stream entry {id}"));
         return None;
     };
-    let Some(item) = record::item_of(mode, &i) else {
-        ctx.refuse(
-            Refusal::Malformed,
-            &format!("stream entry {id}, family {family}"),
-        );
-        return None;
-    };
-    let opened = match ctx.sealer.open(&family, mode, &i, &r) {
-        Ok(o) => o,
-        Err(cause) => {
-            ctx.refuse(cause, &format!("stream entry {id}, family {family}"));
-            return None;
-        }
-    };
-    if !ctx.admit(&family, &opened) {
-        return None;
-    }
+    let change = ctx.open_change(&family, mode, &i, &r, || {
+        format!("stream entry {id}, family {family}")
+    })?;
     Some(Entry {
         family,
         mode,
-        change: Change {
-            item,
-            entry: opened.entry,
-        },
+        change,
     })
 }
 

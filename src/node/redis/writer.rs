@@ -390,17 +390,13 @@ impl Writer<'_> {
                         if tomb {
                             acks_now.push((c.item.clone(), c.entry.version));
                         }
-                        match ctx
-                            .sealer
-                            .open(family, mode, field(&c.item).as_bytes(), &reply)
-                        {
-                            Ok(o) if ctx.admit(family, &o) => winners.push(Change {
-                                item: c.item.clone(),
-                                entry: o.entry,
-                            }),
-                            Ok(_) => {}
-                            Err(cause) => ctx.refuse(cause, &format!("family {family}")),
-                        }
+                        winners.extend(ctx.open_change(
+                            family,
+                            mode,
+                            field(&c.item).as_bytes(),
+                            &reply,
+                            || format!("family {family}"),
+                        ));
                     }
                 }
             }
@@ -493,7 +489,8 @@ impl Writer<'_> {
         let mut summary = Vec::new();
         let mut changes = Vec::new();
         scan(ctx, con, &key, |f, rec| {
-            let Some(c) = open_stored(ctx, family, mode, &f, &rec) else {
+            let Some(c) = ctx.open_change(family, mode, &f, &rec, || format!("family {family}"))
+            else {
                 return;
             };
             let pos = position_of(c.item.owner, &c.item.key);
@@ -549,7 +546,10 @@ impl Writer<'_> {
                     .iter()
                     .zip(recs)
                     .filter_map(|(f, rec)| {
-                        open_stored(self.ctx, &family, mode, f.as_bytes(), &rec?)
+                        self.ctx
+                            .open_change(&family, mode, f.as_bytes(), &rec?, || {
+                                format!("family {family}")
+                            })
                     })
                     .collect();
                 if !changes.is_empty() {
@@ -769,26 +769,6 @@ fn scan(
         cursor = next;
         if cursor == 0 {
             return Ok(());
-        }
-    }
-}
-
-/// Opens a stored record of `family`: the change, if it opens and is meant for this
-/// node; refusals are counted.
-fn open_stored(ctx: &Context, family: &str, mode: Mode, f: &[u8], rec: &[u8]) -> Option<Change> {
-    let Some(item) = record::item_of(mode, f) else {
-        ctx.refuse(record::Refusal::Malformed, &format!("family {family}"));
-        return None;
-    };
-    match ctx.sealer.open(family, mode, f, rec) {
-        Ok(o) if ctx.admit(family, &o) => Some(Change {
-            item,
-            entry: o.entry,
-        }),
-        Ok(_) => None,
-        Err(cause) => {
-            ctx.refuse(cause, &format!("family {family}"));
-            None
         }
     }
 }
