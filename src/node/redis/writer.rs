@@ -131,6 +131,13 @@ impl Writer<'_> {
             Job::Send(msg) => self.send(msg),
             Job::Shared(names) => {
                 let mut st = self.ctx.state();
+                // A family no longer shared drops its changes in the engine: forgotten
+                // (which also voids a comparison of it under way).
+                let gone: Vec<String> = st.shared.difference(&names).cloned().collect();
+                for family in gone {
+                    super::Context::forget(&mut st, &family);
+                }
+                // (What the state file said is known counts only for families shared.)
                 st.synced.retain(|f| names.contains(f));
                 st.shared = names;
             }
