@@ -248,26 +248,6 @@ impl Sealer {
         }
     }
 
-    fn open_parts<'a>(&self, record: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), Refusal> {
-        // The header is the sort key and three '|'-ended fields.
-        let mut bars = 0;
-        let mut end = None;
-        for (i, b) in record.iter().enumerate().skip(SORT_LEN) {
-            if *b == b'|' {
-                bars += 1;
-                if bars == 3 {
-                    end = Some(i + 1);
-                    break;
-                }
-            }
-        }
-        let end = end.ok_or(Refusal::Malformed)?;
-        if record.len() < end + NONCE_LEN + 16 {
-            return Err(Refusal::Malformed);
-        }
-        Ok(record.split_at(end))
-    }
-
     /// Opens the record stored for `field` of `family`.
     pub fn open(
         &self,
@@ -276,7 +256,8 @@ impl Sealer {
         field: &[u8],
         record: &[u8],
     ) -> Result<Opened, Refusal> {
-        let (header, sealed) = self.open_parts(record)?;
+        // The header is the sort key and three '|'-ended fields.
+        let (header, sealed) = split_sealed(record, SORT_LEN)?;
         let (version, tombstone) = parse_sort_key(header).ok_or(Refusal::Malformed)?;
         let text = std::str::from_utf8(&header[SORT_LEN..]).map_err(|_| Refusal::Malformed)?;
         let mut parts = text.split('|');
@@ -335,19 +316,7 @@ impl Sealer {
     }
 
     pub fn open_presence(&self, eid: &[u8], record: &[u8]) -> Result<Presence, Refusal> {
-        let mut bars = 0;
-        let end = record
-            .iter()
-            .position(|b| {
-                bars += usize::from(*b == b'|');
-                bars == 3
-            })
-            .ok_or(Refusal::Malformed)?
-            + 1;
-        if record.len() < end + NONCE_LEN + 16 {
-            return Err(Refusal::Malformed);
-        }
-        let (header, sealed) = record.split_at(end);
+        let (header, sealed) = split_sealed(record, 0)?;
         let aad = self.aad(b"node", "", b'-', eid, header);
         self.unseal(sealed, &aad)?;
         let text = std::str::from_utf8(header).map_err(|_| Refusal::Malformed)?;
@@ -364,6 +333,26 @@ impl Sealer {
             read_to: num()?,
         })
     }
+}
+
+/// Splits a sealed record into its clear header (up to the third '|' at or after
+/// `from`) and the sealed part, which must hold at least a nonce and a tag.
+fn split_sealed(record: &[u8], from: usize) -> Result<(&[u8], &[u8]), Refusal> {
+    let mut bars = 0;
+    let end = record
+        .iter()
+        .skip(from)
+        .position(|b| {
+            bars += usize::from(*b == b'|');
+            bars == 3
+        })
+        .ok_or(Refusal::Malformed)?
+        + from
+        + 1;
+    if record.len() < end + NONCE_LEN + 16 {
+        return Err(Refusal::Malformed);
+    }
+    Ok(record.split_at(end))
 }
 
 /// What a node says of itself in the node table.
