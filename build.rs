@@ -17,6 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/asterisk/glue.c");
     println!("cargo:rerun-if-changed=src/asterisk/glue.h");
     println!("cargo:rerun-if-changed=include");
+    println!("cargo:rerun-if-changed=src/pjsip");
 
     let (include_dir, installed) = asterisk_headers(&manifest);
     println!(
@@ -30,6 +31,7 @@ fn main() {
     );
 
     compile_glue(&manifest, &include_dir, installed, &out);
+    build_pjsip_module(&manifest, &include_dir, installed, &out);
     generate_bindings(&manifest, &include_dir, installed, &out);
 }
 
@@ -76,6 +78,45 @@ fn compile_glue(manifest: &Path, include_dir: &Path, installed: bool, out: &Path
     println!("cargo:rustc-link-arg-cdylib=-Wl,--whole-archive");
     println!("cargo:rustc-link-arg-cdylib={}", lib.display());
     println!("cargo:rustc-link-arg-cdylib=-Wl,--no-whole-archive");
+    // res_astdb_cluster_pjsip.so finds this library, already loaded, by this name.
+    println!("cargo:rustc-link-arg-cdylib=-Wl,-soname,res_astdb_cluster.so");
+}
+
+/// res_astdb_cluster_pjsip.so, the small C module that holds the res_pjsip side
+/// (src/pjsip), beside the library in the profile's folder (target/release).
+fn build_pjsip_module(manifest: &Path, include_dir: &Path, installed: bool, out: &Path) {
+    let compiler = cc::Build::new().pic(true).get_compiler();
+    let mut cmd = compiler.to_command();
+    cmd.arg("-shared")
+        .arg("-fPIC")
+        .arg("-O2")
+        .arg("-g")
+        .arg("-Wall")
+        .arg("-Wno-unused-parameter")
+        .arg("-D_GNU_SOURCE")
+        .arg("-D_REENTRANT")
+        .arg(format!("-I{}", manifest.join("src/pjsip").display()));
+    if installed {
+        cmd.arg(format!("-isystem{}", include_dir.display()))
+            .arg("-DASTDB_CLUSTER_INSTALLED_HEADERS");
+    } else {
+        cmd.arg(format!("-I{}", include_dir.display()));
+    }
+    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    let profile_dir = out
+        .ancestors()
+        .nth(3)
+        .expect("OUT_DIR is under the profile's folder");
+    let so = profile_dir.join("res_astdb_cluster_pjsip.so");
+    cmd.arg("-o")
+        .arg(&so)
+        .arg(manifest.join("src/pjsip/res_astdb_cluster_pjsip.c"))
+        .arg("-ldl")
+        .arg("-lpthread");
+    let status = cmd.status().expect("run the C compiler");
+    if !status.success() {
+        panic!("compiling res_astdb_cluster_pjsip.so failed");
+    }
 }
 
 fn generate_bindings(manifest: &Path, include_dir: &Path, installed: bool, out: &Path) {

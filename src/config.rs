@@ -63,6 +63,10 @@ pub enum Transport {
     /// Every node keeps the shared families in one Redis (or Valkey) and reads the
     /// others' changes from it; the nodes find each other there.
     Redis,
+    /// Every node sends its changes to each `type = node` section as SIP PUBLISH
+    /// (`Event: asterisk-db`) through res_pjsip's outbound-publish objects, and hears
+    /// theirs through its inbound-publication objects (res_astdb_cluster_pjsip.so).
+    Pjsip,
 }
 
 impl fmt::Display for Transport {
@@ -70,6 +74,7 @@ impl fmt::Display for Transport {
         f.write_str(match self {
             Transport::Mesh => "mesh",
             Transport::Redis => "redis",
+            Transport::Pjsip => "pjsip",
         })
     }
 }
@@ -122,6 +127,9 @@ pub struct PeerNode {
     pub node: u32,
     pub host: String,
     pub port: u16,
+    /// Over SIP PUBLISH: the pjsip.conf `type = outbound-publish` (with
+    /// `event = asterisk-db`) that reaches this node; the mesh's `host` is then empty.
+    pub outbound_publish: Option<String>,
 }
 
 impl PeerNode {
@@ -341,7 +349,7 @@ const GENERAL_OPTIONS: &[&str] = &[
     "redis_master",
     "redis_stream_max",
 ];
-const NODE_OPTIONS: &[&str] = &["type", "node", "host"];
+const NODE_OPTIONS: &[&str] = &["type", "node", "host", "outbound_publish"];
 const FAMILY_OPTIONS: &[&str] = &[
     "type",
     "mode",
@@ -395,7 +403,10 @@ fn parse_general(raw: &RawSection, errors: &mut Vec<ConfigError>) -> Option<Gene
         match t.to_ascii_lowercase().as_str() {
             "mesh" => Ok(Transport::Mesh),
             "redis" => Ok(Transport::Redis),
-            _ => Err(format!("'{t}' is not a transport (want mesh or redis)")),
+            "pjsip" => Ok(Transport::Pjsip),
+            _ => Err(format!(
+                "'{t}' is not a transport (want mesh, redis or pjsip)"
+            )),
         }
     });
     let redis = parse_redis(&mut s, transport == Some(Transport::Redis));
@@ -522,10 +533,44 @@ fn parse_redis(s: &mut Section, used: bool) -> Option<Option<RedisSettings>> {
 fn parse_node(
     raw: &RawSection,
     default_port: u16,
+    transport: Option<Transport>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<PeerNode> {
     let mut s = Section::new(raw, NODE_OPTIONS, errors);
     let node = s.parsed("node", None, node_number);
+    if transport == Some(Transport::Pjsip) {
+        if s.text("host").is_some() {
+            s.fail(
+                Some("host"),
+                "is for the mesh; with transport = pjsip name the pjsip.conf outbound-publish that reaches the node (outbound_publish = ...)".into(),
+            );
+        }
+        let publish = s.required("outbound_publish").map(str::to_string);
+        if let Some(name) = &publish {
+            if name.is_empty()
+                || name.len() > 64
+                || name.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                s.fail(
+                    Some("outbound_publish"),
+                    format!("'{name}' is not a pjsip.conf section name"),
+                );
+            }
+        }
+        return Some(PeerNode {
+            section: raw.name.clone(),
+            node: node?,
+            host: String::new(),
+            port: 0,
+            outbound_publish: Some(publish?),
+        });
+    }
+    if s.text("outbound_publish").is_some() {
+        s.fail(
+            Some("outbound_publish"),
+            "only applies with transport = pjsip".into(),
+        );
+    }
     let host = s.parsed("host", None, |t| host_and_port(t, default_port));
     let (host, port) = host?;
     Some(PeerNode {
@@ -533,6 +578,7 @@ fn parse_node(
         node: node?,
         host,
         port,
+        outbound_publish: None,
     })
 }
 
@@ -624,6 +670,7 @@ pub fn parse(sections: &[RawSection]) -> Result<ClusterConfig, Vec<ConfigError>>
         }
     };
     let default_port = general.as_ref().map_or(DEFAULT_PORT, |g| g.bindport);
+    let transport = general.as_ref().map(|g| g.transport);
 
     let mut nodes: Vec<PeerNode> = Vec::new();
     let mut presets: Vec<SharedFamily> = Vec::new();
@@ -631,7 +678,7 @@ pub fn parse(sections: &[RawSection]) -> Result<ClusterConfig, Vec<ConfigError>>
         let kind = raw.vars.iter().find(|v| v.name == "type");
         match kind.map(|v| v.value.trim().to_ascii_lowercase()) {
             Some(k) if k == "node" => {
-                if let Some(node) = parse_node(raw, default_port, &mut errors) {
+                if let Some(node) = parse_node(raw, default_port, transport, &mut errors) {
                     nodes.push(node);
                 }
             }
@@ -680,7 +727,7 @@ pub fn parse(sections: &[RawSection]) -> Result<ClusterConfig, Vec<ConfigError>>
         // Over Redis the nodes find each other there: any node number may be named.
         for family in presets
             .iter()
-            .filter(|_| general.transport == Transport::Mesh)
+            .filter(|_| general.transport != Transport::Redis)
         {
             if let SharingPolicy::Multicast(list) = &family.policy {
                 for n in list {
@@ -888,6 +935,48 @@ sharing_nodes = 7,12,40
     }
 
     #[test]
+    fn pjsip_nodes_name_their_outbound_publish_instead_of_a_host() {
+        let sip = GOOD
+            .replace("bindport = 5039", "bindport = 5039\ntransport = pjsip")
+            .replace("host = 10.0.0.2:5039", "outbound_publish = astdb-node2")
+            .replace("host = 10.0.0.3", "outbound_publish = astdb-node3");
+        let cfg = parse(&sections(&sip)).unwrap();
+        assert_eq!(cfg.general.transport, Transport::Pjsip);
+        assert_eq!(
+            cfg.nodes
+                .iter()
+                .map(|n| (n.node, n.outbound_publish.as_deref()))
+                .collect::<Vec<_>>(),
+            vec![(2, Some("astdb-node2")), (3, Some("astdb-node3"))]
+        );
+        let errs = errors_of(&sip.replace("outbound_publish = astdb-node3", "host = 10.0.0.3"));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("[node3] host: is for the mesh")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("[node3] outbound_publish: is required")),
+            "{errs:?}"
+        );
+        let errs =
+            errors_of(&GOOD.replace("host = 10.0.0.3", "host = 10.0.0.3\noutbound_publish = x"));
+        assert!(
+            errs.iter().any(
+                |e| e.contains("[node3] outbound_publish: only applies with transport = pjsip")
+            ),
+            "{errs:?}"
+        );
+        // Over SIP the multicast list must name configured nodes, as on the mesh.
+        let errs = errors_of(&sip.replace("sharing_nodes = 2,3", "sharing_nodes = 2,9"));
+        assert!(
+            errs.iter().any(|e| e.contains("node 9 is neither")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn redis_options_that_are_wrong_or_missing_are_named() {
         let bad = |from: &str, to: &str| errors_of(&REDIS.replace(from, to));
         let has = |errs: Vec<String>, want: &str| {
@@ -898,7 +987,7 @@ sharing_nodes = 7,12,40
         };
         has(
             bad("transport = redis", "transport = pigeon"),
-            "transport: 'pigeon' is not a transport (want mesh or redis)",
+            "transport: 'pigeon' is not a transport (want mesh, redis or pjsip)",
         );
         has(
             bad("redis_url = redis://astdb:pw@10.0.0.5:6380/2\n", ""),

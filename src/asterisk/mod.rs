@@ -20,6 +20,7 @@ pub mod db;
 mod entry;
 pub mod events;
 pub mod log;
+pub mod sip;
 pub mod thread;
 
 use std::ffi::{c_char, CStr, CString};

@@ -284,7 +284,7 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
     for line in table(&NODE_HEADER, &rows) {
         out.line(&line);
     }
-    let redis = with_runtime(|rt| rt.config.general.transport == Transport::Redis)?;
+    let redis = with_runtime(|rt| rt.config.general.transport != Transport::Mesh)?;
     if !rejects.is_empty() {
         let what = if redis {
             "Refused"
@@ -319,10 +319,11 @@ pub(crate) fn node_rows(filter: Option<&str>) -> Result<(Vec<Vec<String>>, Vec<S
                 node: p.node,
                 host: "via Redis".into(),
                 port: 0,
+                outbound_publish: None,
             })
             .collect();
         let listed = match rt.config.general.transport {
-            Transport::Mesh => &rt.config.nodes,
+            Transport::Mesh | Transport::Pjsip => &rt.config.nodes,
             Transport::Redis => &seen,
         };
         let rows = listed
@@ -338,7 +339,9 @@ pub(crate) fn node_rows(filter: Option<&str>) -> Result<(Vec<Vec<String>>, Vec<S
                 vec![
                     n.node.to_string(),
                     n.section.clone(),
-                    if n.port == 0 {
+                    if let Some(publish) = &n.outbound_publish {
+                        format!("PUBLISH via {publish}")
+                    } else if n.port == 0 {
                         n.host.clone()
                     } else {
                         n.address()
@@ -522,7 +525,7 @@ pub(crate) fn status_lines() -> Result<Vec<(&'static str, String)>, String> {
             .filter(|p| p.state == PeerState::Up)
             .count();
         let (network, peers) = match g.transport {
-            Transport::Mesh => (
+            Transport::Mesh | Transport::Pjsip => (
                 format!("{}; {up} of {} peers up", link.state, rt.config.nodes.len()),
                 ("Peers configured", rt.config.nodes.len().to_string()),
             ),

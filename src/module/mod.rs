@@ -28,6 +28,7 @@ use crate::node::events::{EventSink, NoEvents};
 use crate::node::inbox::{Command, Inbox};
 use crate::node::link::{Chosen, Link};
 use crate::node::mesh::Mesh;
+use crate::node::pjsip::PjsipLink;
 use crate::node::redis::RedisLink;
 
 /// Where the Redis link keeps where it stands, beside the replica log.
@@ -388,6 +389,7 @@ pub fn load() -> i32 {
                 Box::new(move |transport| -> Box<dyn Link> {
                     match transport {
                         Transport::Mesh => Box::new(Mesh::new(Arc::clone(&inbox), say())),
+                        Transport::Pjsip => Box::new(PjsipLink::new(Arc::clone(&inbox), say())),
                         Transport::Redis => Box::new(RedisLink::new(
                             Arc::clone(&inbox),
                             say(),

@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod link;
 pub(crate) mod mesh;
 pub mod persist;
+pub mod pjsip;
 mod reads;
 pub mod redis;
 mod repair;
