@@ -83,6 +83,10 @@ void stub_modules_shutdown(void);
 const char *stub_module_name(struct ast_module *mod);
 void stub_module_ref(struct ast_module *mod);
 void stub_module_unref(struct ast_module *mod);
+/* A stand-in part listed by "module show" as a running module that cannot be unloaded
+ * (and that other modules may name in their `requires`). */
+void stub_loader_add_builtin(const char *resource, const char *description);
+
 
 /* pbx.c */
 void stub_pbx_init(void);
