@@ -273,6 +273,9 @@ int main(int argc, char **argv)
 	}
 	stub_loader_init();
 	stub_loader_register_cli();
+	if (stub_pjsip_init()) {
+		return 1;
+	}
 	if (stub_cli_server_start()) {
 		return 1;
 	}
@@ -336,6 +339,7 @@ int main(int argc, char **argv)
 	 * while the modules are still there. */
 	stub_stasis_shutdown();
 	stub_modules_shutdown();
+	stub_pjsip_shutdown();
 	stub_astdb_shutdown();
 	STUB_LOG(LOG_NOTICE, "Stand-in stopped.\n");
 	stub_logger_close();
