@@ -21,6 +21,9 @@ struct ast_module {
 	char *path;
 	int usecount;
 	int running;
+	int builtin;             /* a stand-in part shown as a module (e.g. res_pjsip.so) */
+	struct ast_module **deps;  /* the modules named in info->requires, each referenced */
+	int ndeps;
 	struct ast_module *next;
 };
 
@@ -102,6 +105,37 @@ void ast_module_unregister(const struct ast_module_info *info)
 	pthread_mutex_unlock(&loader_lock);
 }
 
+static void drop_deps_of(struct ast_module *mod)
+{
+	int i;
+
+	for (i = 0; i < mod->ndeps; i++) {
+		stub_module_unref(mod->deps[i]);
+	}
+	free(mod->deps);
+	mod->deps = NULL;
+	mod->ndeps = 0;
+}
+
+void stub_loader_add_builtin(const char *resource, const char *description)
+{
+	struct ast_module *mod = calloc(1, sizeof(*mod));
+	struct ast_module_info *info = calloc(1, sizeof(*info));
+	size_t l = strlen(resource);
+
+	info->name = strndup(resource, l > 3 ? l - 3 : l);
+	info->description = strdup(description);
+	info->self = mod;
+	mod->info = info;
+	mod->resource = strdup(resource);
+	mod->builtin = 1;
+	mod->running = 1;
+	pthread_mutex_lock(&loader_lock);
+	mod->next = modules;
+	modules = mod;
+	pthread_mutex_unlock(&loader_lock);
+}
+
 static int key_ok(const char *key)
 {
 	unsigned char digest[EVP_MAX_MD_SIZE];
@@ -160,12 +194,58 @@ static void check_unmapped(const char *path, const char *name)
 	}
 }
 
+/* As Asterisk's loader: every module named in info->requires (comma-separated, without
+ * ".so") must be loaded and running; each gets a reference for as long as `mod` is loaded,
+ * so it cannot be unloaded before. Called with loader_lock held. */
+static int take_deps(struct ast_module *mod, int fd)
+{
+	const char *req = mod->info->requires;
+	char *copy, *tok, *save = NULL;
+	const char *name = mod->info->name ? mod->info->name : mod->resource;
+	int res = 0;
+
+	if (!req || !*req) {
+		return 0;
+	}
+	copy = strdup(req);
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *dep_name = resource_name(stub_trim(tok));
+		struct ast_module *dep;
+
+		if (!dep_name || !*stub_trim(tok)) {
+			free(dep_name);
+			continue;
+		}
+		dep = find_module(dep_name);
+		if (!dep) {
+			report(fd, LOG_ERROR, "%s has one or more unknown dependencies.%s", name, "");
+			res = -1;
+		} else if (!dep->running) {
+			report(fd, LOG_ERROR, "%s loaded before dependency %s!", name, stub_module_name(dep));
+			res = -1;
+		} else {
+			mod->deps = realloc(mod->deps, (size_t)(mod->ndeps + 1) * sizeof(*mod->deps));
+			mod->deps[mod->ndeps++] = dep;
+			stub_module_ref(dep);
+		}
+		free(dep_name);
+		if (res) {
+			break;
+		}
+	}
+	free(copy);
+	if (res) {
+		drop_deps_of(mod);
+	}
+	return res;
+}
+
 int stub_module_load(const char *name, int fd)
 {
 	char *resource = resource_name(name);
 	struct ast_module *mod;
 	const struct ast_module_info *info;
-	int res;
+	int res, missing_dep = 0;
 
 	if (!resource) {
 		return -1;
@@ -215,6 +295,11 @@ int stub_module_load(const char *name, int fd)
 	if (info->name && strncasecmp(info->name, resource, strlen(resource) - 3)) {
 		STUB_LOG(LOG_WARNING, "Module '%s' names itself '%s'\n", resource, info->name);
 	}
+	if (take_deps(mod, fd)) {
+		report(fd, LOG_WARNING, "Module '%s' declined to load.%s", resource, "");
+		missing_dep = 1;
+		goto fail_close;
+	}
 	/* Listed before load() so that the module can find itself. */
 	mod->next = modules;
 	modules = mod;
@@ -229,6 +314,7 @@ int stub_module_load(const char *name, int fd)
 		return 0;
 	}
 	modules = mod->next;
+	drop_deps_of(mod);
 	if (res == AST_MODULE_LOAD_DECLINE || res == AST_MODULE_LOAD_SKIP) {
 		report(fd, LOG_WARNING, "Module '%s' declined to load.%s", resource, "");
 	} else {
@@ -245,7 +331,7 @@ fail:
 	if (fd >= 0) {
 		ast_cli(fd, "Unable to load module %s\n", name);
 	}
-	return -1;
+	return missing_dep ? -2 : -1;
 }
 
 int stub_module_unload(const char *name, int fd)
@@ -262,6 +348,11 @@ int stub_module_unload(const char *name, int fd)
 		return -1;
 	}
 	free(resource);
+	if (mod->builtin) {
+		report(fd, LOG_WARNING, "Unload failed, '%s' is built into the stand-in and cannot be unloaded%s", mod->resource, "");
+		pthread_mutex_unlock(&loader_lock);
+		return -1;
+	}
 	pthread_mutex_lock(&ref_lock);
 	usecount = mod->usecount;
 	pthread_mutex_unlock(&ref_lock);
@@ -287,6 +378,7 @@ int stub_module_unload(const char *name, int fd)
 		*pp = mod->next;
 	}
 	mod->running = 0;
+	drop_deps_of(mod);
 	if (dlclose(mod->lib)) {
 		STUB_LOG(LOG_WARNING, "Failure in dlclose for module '%s': %s\n", mod->resource, dlerror());
 	}
@@ -346,11 +438,12 @@ void stub_modules_shutdown(void)
 	/* Most recently loaded first, as they may depend on earlier ones. */
 	while ((mod = modules)) {
 		modules = mod->next;
-		if (mod->running && mod->info && mod->info->unload) {
+		if (mod->running && !mod->builtin && mod->info && mod->info->unload) {
 			STUB_LOG(LOG_NOTICE, "Unloading %s at shutdown\n", mod->resource);
 			mod->info->unload();
 		}
 		mod->running = 0;
+		drop_deps_of(mod);
 		/* Like Asterisk at shutdown: no dlclose. */
 	}
 	pthread_mutex_unlock(&loader_lock);

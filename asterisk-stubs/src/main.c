@@ -273,6 +273,9 @@ int main(int argc, char **argv)
 	}
 	stub_loader_init();
 	stub_loader_register_cli();
+	if (stub_pjsip_init()) {
+		return 1;
+	}
 	if (stub_cli_server_start()) {
 		return 1;
 	}
@@ -286,12 +289,35 @@ int main(int argc, char **argv)
 		snprintf(path, sizeof(path), "%s/modules.conf", stub_etc_dir);
 		cfg = ast_config_load2(path, "asterisk", flags);
 		if (cfg && cfg != CONFIG_STATUS_FILEINVALID) {
+			/* Asterisk orders the loads by `requires`; here a module whose required
+			 * module is not loaded yet is tried again after the others. */
+			char **later = NULL;
+			size_t nlater = 0, k;
+			int progress = 1;
+
 			for (v = ast_variable_browse(cfg, "modules"); v; v = v->next) {
 				if (!strcasecmp(v->name, "load") || !strcasecmp(v->name, "preload")
 					|| !strcasecmp(v->name, "require") || !strcasecmp(v->name, "preload-require")) {
-					stub_module_load(v->value, -1);
+					if (stub_module_load(v->value, -1) == -2) {
+						later = realloc(later, (nlater + 1) * sizeof(*later));
+						later[nlater++] = strdup(v->value);
+					}
 				}
 			}
+			while (progress && nlater) {
+				progress = 0;
+				for (k = 0; k < nlater; k++) {
+					if (later[k] && stub_module_load(later[k], -1) != -2) {
+						free(later[k]);
+						later[k] = NULL;
+						progress = 1;
+					}
+				}
+			}
+			for (k = 0; k < nlater; k++) {
+				free(later[k]);
+			}
+			free(later);
 			ast_config_destroy(cfg);
 		}
 	}
@@ -313,6 +339,7 @@ int main(int argc, char **argv)
 	 * while the modules are still there. */
 	stub_stasis_shutdown();
 	stub_modules_shutdown();
+	stub_pjsip_shutdown();
 	stub_astdb_shutdown();
 	STUB_LOG(LOG_NOTICE, "Stand-in stopped.\n");
 	stub_logger_close();

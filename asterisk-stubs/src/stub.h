@@ -83,6 +83,15 @@ void stub_modules_shutdown(void);
 const char *stub_module_name(struct ast_module *mod);
 void stub_module_ref(struct ast_module *mod);
 void stub_module_unref(struct ast_module *mod);
+/* A stand-in part listed by "module show" as a running module that cannot be unloaded
+ * (and that other modules may name in their `requires`). */
+void stub_loader_add_builtin(const char *resource, const char *description);
+
+/* pjsip.c: the res_pjsip publish API subset (src/pjsip/sip_api.h) over UDP. init reads
+ * <astetcdir>/pjsip.conf and, when it has a transport, binds it and starts the receiver
+ * (before modules load); shutdown (after modules unload) stops every SIP thread. */
+int stub_pjsip_init(void);
+void stub_pjsip_shutdown(void);
 
 /* pbx.c */
 void stub_pbx_init(void);
