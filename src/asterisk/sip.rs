@@ -6,7 +6,7 @@
 //! unloaded beneath it; when it unloads it detaches, which waits for any call into
 //! its code to return.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,8 +35,9 @@ pub trait Inbound: Send + Sync {
 
 static OPS: RwLock<Option<Ops>> = RwLock::new(None);
 static INBOUND: RwLock<Option<Arc<dyn Inbound>>> = RwLock::new(None);
-/// The outbound-publish objects with `event = asterisk-db` that res_pjsip runs now.
-static CLIENTS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// The outbound-publish objects with `event = asterisk-db` that res_pjsip runs now,
+/// by client (its address, which is all `stop_publishing` is given).
+static CLIENTS: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
 
 /// Whether the C module is loaded and attached.
 pub fn attached() -> bool {
@@ -48,7 +49,8 @@ pub fn client_running(name: &str) -> bool {
     CLIENTS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(name)
+        .values()
+        .any(|n| n == name)
 }
 
 /// Sends `body` through the outbound-publish `client`. Err says why not.
@@ -109,16 +111,20 @@ pub extern "C" fn astdb_cluster_sip_detach() {
     });
 }
 
-/// res_pjsip started (`running` 1) or stopped an outbound-publish for our event.
+/// res_pjsip started (`running` 1, with its outbound-publish's name) or stopped a
+/// client for our event.
 #[no_mangle]
-pub extern "C" fn astdb_cluster_sip_client(name: *const c_char, running: c_int) {
+pub extern "C" fn astdb_cluster_sip_client(
+    client: *const std::ffi::c_void,
+    name: *const c_char,
+    running: c_int,
+) {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        let name = text(name).to_string();
         let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
         if running != 0 {
-            clients.insert(name);
+            clients.insert(client as usize, text(name).to_string());
         } else {
-            clients.remove(&name);
+            clients.remove(&(client as usize));
         }
     }));
 }

@@ -24,7 +24,6 @@
 #endif
 
 #include <dlfcn.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +32,15 @@
 #ifndef LOG_ERROR
 /* The project's own logger.h has the levels only. */
 #define LOG_ERROR __LOG_ERROR, __FILE__, __LINE__, __func__
+#endif
+
+#ifdef ASTDB_CLUSTER_INSTALLED_HEADERS
+/* Asterisk's headers want its own allocator. */
+#define BUF_ALLOC(n) ast_malloc(n)
+#define BUF_FREE(p) ast_free(p)
+#else
+#define BUF_ALLOC(n) malloc(n)
+#define BUF_FREE(p) free(p)
 #endif
 
 #ifndef AST_BUILDOPT_SUM
@@ -53,7 +61,7 @@ struct astdb_cluster_sip_ops {
 /* res_astdb_cluster's entry points. */
 static int (*cluster_attach)(const struct astdb_cluster_sip_ops *ops);
 static void (*cluster_detach)(void);
-static void (*cluster_client)(const char *name, int running);
+static void (*cluster_client)(const void *client, const char *name, int running);
 static int (*cluster_accept)(const char *resource, const char *config);
 static int (*cluster_body)(const char *resource, const char *config, int json,
 	const char *body, size_t len);
@@ -84,53 +92,17 @@ static const struct astdb_cluster_sip_ops ops = {
 
 /* ---- outbound: the outbound-publish objects with event = asterisk-db ---- */
 
-/* The running clients and their outbound-publish names: stop_publishing is given
- * only the client. */
-struct running {
-	const void *client;
-	char *name;
-	struct running *next;
-};
-static struct running *running;
-static pthread_mutex_t running_lock = PTHREAD_MUTEX_INITIALIZER;
-
 static int start_publishing(struct ast_sip_outbound_publish *configuration,
 	struct ast_sip_outbound_publish_client *client)
 {
-	const char *name = ast_sorcery_object_get_id(configuration);
-	struct running *r = calloc(1, sizeof(*r));
-
-	if (!r || !(r->name = strdup(name))) {
-		free(r);
-		return -1;
-	}
-	r->client = client;
-	pthread_mutex_lock(&running_lock);
-	r->next = running;
-	running = r;
-	pthread_mutex_unlock(&running_lock);
-	cluster_client(name, 1);
+	cluster_client(client, ast_sorcery_object_get_id(configuration), 1);
 	return 0;
 }
 
+/* Given only the client: res_astdb_cluster remembers which name it had. */
 static int stop_publishing(struct ast_sip_outbound_publish_client *client)
 {
-	struct running **at, *gone = NULL;
-
-	pthread_mutex_lock(&running_lock);
-	for (at = &running; *at; at = &(*at)->next) {
-		if ((*at)->client == client) {
-			gone = *at;
-			*at = gone->next;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&running_lock);
-	if (gone) {
-		cluster_client(gone->name, 0);
-		free(gone->name);
-		free(gone);
-	}
+	cluster_client(client, NULL, 0);
 	return 0;
 }
 
@@ -157,7 +129,7 @@ static int publication_state_change(struct ast_sip_publication *pub, pjsip_msg_b
 	if (!body || state == AST_SIP_PUBLISH_STATE_TERMINATED) {
 		return 0;
 	}
-	text = malloc(BODY_MAX + 1);
+	text = BUF_ALLOC(BODY_MAX + 1);
 	if (!text) {
 		return -1;
 	}
@@ -170,7 +142,7 @@ static int publication_state_change(struct ast_sip_publication *pub, pjsip_msg_b
 	json = ast_sip_is_content_type((pjsip_media_type *) body, "application", "json");
 	res = cluster_body(ast_sip_publication_get_resource(pub),
 		ast_sip_publication_get_event_configuration(pub), json, text, (size_t) len);
-	free(text);
+	BUF_FREE(text);
 	return res ? -1 : 0;
 }
 
