@@ -1136,6 +1136,21 @@ struct ast_sip_outbound_publish_client *ast_sip_publish_client_get(const char *n
 	return c;
 }
 
+/* Only the client's own publisher (user "") is supported: a stopped client is
+ * replaced by a new one here, so there is never a spent publisher to remove. */
+int ast_sip_publish_client_user_send(struct ast_sip_outbound_publish_client *client,
+	const char *user, const struct ast_sip_body *body)
+{
+	if (user && *user) {
+		return -1;
+	}
+	return ast_sip_publish_client_send(client, body);
+}
+
+void ast_sip_publish_client_remove(struct ast_sip_outbound_publish_client *client, const char *user)
+{
+}
+
 int ast_sip_publish_client_send(struct ast_sip_outbound_publish_client *client, const struct ast_sip_body *body)
 {
 	struct queued_body *q;

@@ -6,7 +6,7 @@
 //! unloaded beneath it; when it unloads it detaches, which waits for any call into
 //! its code to return.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, RwLock};
@@ -21,7 +21,10 @@ pub struct Ops {
     pub version: u32,
     /// Queues one PUBLISH with an application/json body on the named outbound-publish:
     /// 0 when queued, -1 when no such outbound-publish runs.
-    pub publish: Option<unsafe extern "C" fn(client: *const c_char, body: *const c_char) -> c_int>,
+    /// `fresh` non-zero: the client was stopped before (see [`SPENT`]).
+    pub publish: Option<
+        unsafe extern "C" fn(client: *const c_char, body: *const c_char, fresh: c_int) -> c_int,
+    >,
 }
 
 /// What the link does with calls from PJSIP's threads.
@@ -38,6 +41,10 @@ static INBOUND: RwLock<Option<Arc<dyn Inbound>>> = RwLock::new(None);
 /// The outbound-publish objects with `event = asterisk-db` that res_pjsip runs now,
 /// by client (its address, which is all `stop_publishing` is given).
 static CLIENTS: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
+/// Outbound-publish objects whose client was stopped once (the C module unloaded):
+/// res_pjsip keeps their spent publisher, which sends nothing; the first send after
+/// they start again asks for a new one.
+static SPENT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// Whether the C module is loaded and attached.
 pub fn attached() -> bool {
@@ -59,13 +66,28 @@ pub fn publish(client: &str, body: &str) -> Result<(), &'static str> {
     let Some(publish) = ops.as_ref().and_then(|o| o.publish) else {
         return Err("res_astdb_cluster_pjsip.so is not loaded");
     };
+    if !client_running(client) {
+        return Err("the outbound-publish is not running");
+    }
     let (Ok(name), Ok(text)) = (CString::new(client), CString::new(body)) else {
         return Err("a NUL byte in the name or body");
     };
+    let fresh = SPENT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(client);
     // SAFETY: the C module's function, valid until it detaches, which takes the write
     // lock this read lock holds off; both strings outlive the call.
-    match unsafe { publish(name.as_ptr(), text.as_ptr()) } {
-        0 => Ok(()),
+    match unsafe { publish(name.as_ptr(), text.as_ptr(), c_int::from(fresh)) } {
+        0 => {
+            if fresh {
+                SPENT
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(client);
+            }
+            Ok(())
+        }
         _ => Err("the outbound-publish is not running"),
     }
 }
@@ -107,7 +129,11 @@ pub unsafe extern "C" fn astdb_cluster_sip_attach(ops: *const Ops) -> c_int {
 pub extern "C" fn astdb_cluster_sip_detach() {
     let _ = catch_unwind(|| {
         *OPS.write().unwrap_or_else(|p| p.into_inner()) = None;
-        CLIENTS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let left = std::mem::take(&mut *CLIENTS.lock().unwrap_or_else(|p| p.into_inner()));
+        SPENT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(left.into_values());
     });
 }
 
@@ -123,8 +149,8 @@ pub extern "C" fn astdb_cluster_sip_client(
         let mut clients = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
         if running != 0 {
             clients.insert(client as usize, text(name).to_string());
-        } else {
-            clients.remove(&(client as usize));
+        } else if let Some(name) = clients.remove(&(client as usize)) {
+            SPENT.lock().unwrap_or_else(|p| p.into_inner()).insert(name);
         }
     }));
 }

@@ -284,16 +284,17 @@ fn show_nodes(filter: Option<&str>, out: &mut Output) -> Result<String, String> 
     for line in table(&NODE_HEADER, &rows) {
         out.line(&line);
     }
-    let redis = with_runtime(|rt| rt.config.general.transport != Transport::Mesh)?;
+    let transport = with_runtime(|rt| rt.config.general.transport)?;
+    let redis = transport == Transport::Redis;
     if !rejects.is_empty() {
-        let what = if redis {
+        let what = if transport != Transport::Mesh {
             "Refused"
         } else {
             "Refused connections"
         };
         out.line(&format!("{what}: {}", rejects.join(", ")));
     }
-    if redis {
+    if transport != Transport::Mesh {
         out.line(&format!("Link: {}", published().node.link.state));
     }
     Ok(format!(

@@ -55,7 +55,7 @@
 /* What this module offers res_astdb_cluster (its Rust side reads the same layout). */
 struct astdb_cluster_sip_ops {
 	unsigned int version;
-	int (*publish)(const char *client, const char *body);
+	int (*publish)(const char *client, const char *body, int fresh);
 };
 
 /* res_astdb_cluster's entry points. */
@@ -67,7 +67,10 @@ static int (*cluster_body)(const char *resource, const char *config, int json,
 	const char *body, size_t len);
 static void *cluster_lib;
 
-static int publish(const char *client_name, const char *text)
+/* `fresh`: the client was stopped once (this module was unloaded): res_pjsip keeps
+ * its spent publisher, which sends nothing any more; drop it, and the send makes a
+ * new one. */
+static int publish(const char *client_name, const char *text, int fresh)
 {
 	struct ast_sip_outbound_publish_client *client = ast_sip_publish_client_get(client_name);
 	struct ast_sip_body body = {
@@ -80,7 +83,10 @@ static int publish(const char *client_name, const char *text)
 	if (!client) {
 		return -1;
 	}
-	res = ast_sip_publish_client_send(client, &body);
+	if (fresh) {
+		ast_sip_publish_client_remove(client, "");
+	}
+	res = ast_sip_publish_client_user_send(client, "", &body);
 	ao2_ref(client, -1);
 	return res ? -1 : 0;
 }

@@ -67,6 +67,14 @@ struct ast_sip_outbound_publish_client *ast_sip_publish_client_get(const char *n
 int ast_sip_publish_client_send(struct ast_sip_outbound_publish_client *client,
 	const struct ast_sip_body *body);
 
+/* The same through the client's publisher for `user` ("" is the client's own),
+ * created if it has none. */
+int ast_sip_publish_client_user_send(struct ast_sip_outbound_publish_client *client,
+	const char *user, const struct ast_sip_body *body);
+/* Drops the client's publisher for `user`. */
+void ast_sip_publish_client_remove(struct ast_sip_outbound_publish_client *client,
+	const char *user);
+
 /* res_pjsip_pubsub */
 int ast_sip_register_publish_handler(struct ast_sip_publish_handler *handler);
 void ast_sip_unregister_publish_handler(struct ast_sip_publish_handler *handler);

@@ -351,7 +351,8 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
         .into_iter()
         .map(|p| (p.node, Outbound::new(p)))
         .collect();
-    let mut last_check = Instant::now();
+    let started = Instant::now();
+    let mut last_check = started;
     loop {
         let busy = out
             .values()
@@ -382,6 +383,13 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
         if now.duration_since(last_check) >= Duration::from_millis(250) {
             last_check = now;
             shared.check_silence(now);
+            if !bridge::attached() && now.duration_since(started) >= SILENCE {
+                shared.say_once(
+                    "not attached",
+                    Level::Warning,
+                    "transport = pjsip, but res_astdb_cluster_pjsip.so is not loaded: nothing is sent or received (load it; it needs res_pjsip, res_pjsip_pubsub and res_pjsip_outbound_publish)",
+                );
+            }
         }
         let mut state = shared.out.lock().unwrap_or_else(|p| p.into_inner());
         for (node, o) in &out {
@@ -631,12 +639,6 @@ impl Link for PjsipLink {
         {
             Ok(handle) => {
                 bridge::set_inbound(Some(Arc::clone(&shared) as Arc<dyn bridge::Inbound>));
-                if !bridge::attached() {
-                    (self.say)(
-                        Level::Notice,
-                        "transport = pjsip: waiting for res_astdb_cluster_pjsip.so (load it after res_pjsip to carry the cluster over SIP PUBLISH)",
-                    );
-                }
                 self.thread = Some(handle);
                 self.shared = Some(shared);
             }
