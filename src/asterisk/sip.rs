@@ -72,15 +72,22 @@ pub fn publish(client: &str, body: &str) -> Result<(), &'static str> {
     let (Ok(name), Ok(text)) = (CString::new(client), CString::new(body)) else {
         return Err("a NUL byte in the name or body");
     };
-    let fresh = SPENT
+    let spent = SPENT
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .contains(client);
     // SAFETY: the C module's function, valid until it detaches, which takes the write
     // lock this read lock holds off; both strings outlive the call.
-    match unsafe { publish(name.as_ptr(), text.as_ptr(), c_int::from(fresh)) } {
+    let call = |fresh: bool| unsafe { publish(name.as_ptr(), text.as_ptr(), c_int::from(fresh)) };
+    let mut res = call(spent);
+    if res == -2 && !spent && renew_due(client) {
+        // A publisher spent before this library was loaded (the modules were
+        // unloaded and loaded again): replaced, at most once a minute.
+        res = call(true);
+    }
+    match res {
         0 => {
-            if fresh {
+            if spent {
                 SPENT
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -88,7 +95,23 @@ pub fn publish(client: &str, body: &str) -> Result<(), &'static str> {
             }
             Ok(())
         }
+        -2 => Err("res_pjsip refused the PUBLISH (its publisher has stopped)"),
         _ => Err("the outbound-publish is not running"),
+    }
+}
+
+/// Whether a refused client's publisher may be replaced now (once a minute, so a
+/// client that keeps failing, on authentication say, is not rebuilt for every body).
+fn renew_due(client: &str) -> bool {
+    static RENEWED: Mutex<BTreeMap<String, std::time::Instant>> = Mutex::new(BTreeMap::new());
+    let mut renewed = RENEWED.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    match renewed.get(client) {
+        Some(at) if now.duration_since(*at) < std::time::Duration::from_secs(60) => false,
+        _ => {
+            renewed.insert(client.to_string(), now);
+            true
+        }
     }
 }
 

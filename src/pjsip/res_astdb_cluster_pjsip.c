@@ -67,9 +67,10 @@ static int (*cluster_body)(const char *resource, const char *config, int json,
 	const char *body, size_t len);
 static void *cluster_lib;
 
-/* `fresh`: the client was stopped once (this module was unloaded): res_pjsip keeps
- * its spent publisher, which sends nothing any more; drop it, and the send makes a
- * new one. */
+/* Queues one PUBLISH: 0, -1 when no such outbound-publish exists, -2 when its
+ * publisher refused the body. A client stopped once (this module was unloaded)
+ * keeps a spent publisher that never sends again; with `fresh` it is dropped
+ * first, and the send makes a new one. */
 static int publish(const char *client_name, const char *text, int fresh)
 {
 	struct ast_sip_outbound_publish_client *client = ast_sip_publish_client_get(client_name);
@@ -88,7 +89,7 @@ static int publish(const char *client_name, const char *text, int fresh)
 	}
 	res = ast_sip_publish_client_user_send(client, "", &body);
 	ao2_ref(client, -1);
-	return res ? -1 : 0;
+	return res ? -2 : 0;
 }
 
 static const struct astdb_cluster_sip_ops ops = {
