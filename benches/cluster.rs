@@ -6,7 +6,7 @@
 //!
 //! | variable | default | figure |
 //! |---|---|---|
-//! | `BENCH_FIGURES` | `1,2,3,4,5,6,7` | which figures to run |
+//! | `BENCH_FIGURES` | `1,2,3,4,5,6,7,8` | which figures to run |
 //! | `BENCH_UPDATES` | 100000 | 1: keys written per path |
 //! | `BENCH_UPDATE_PATHS` | `cli,dialplan,events` | 1: which writer paths (`events`: the dialplan path with change events off, on, and one per key) |
 //! | `BENCH_REPEAT` | 3 | 1: runs per path (the median is the figure) |
@@ -19,13 +19,17 @@
 //! | `BENCH_COST_ROUNDS` | 7 | 5: loops per family |
 //! | `BENCH_CAPTURE_SAMPLES` | 60 | 6: CLI / AMI writes timed to the peer |
 //! | `BENCH_REDIS_SETS` | 1000000 | 7: SETs redis-benchmark sends a primary (the reference) |
-//! | `BENCH_REDIS_CLUSTERS` | `mesh:3,redis:3,redis:8` | 7: the clusters compared, transport:nodes |
+//! | `BENCH_REDIS_CLUSTERS` | `mesh:3,redis:3,redis:8` | 7: the clusters compared, transport:nodes (`mesh`, `redis` or `pjsip`) |
 //! | `BENCH_REDIS_UPDATES` | 100000 | 7: keys written per updates run |
 //! | `BENCH_REDIS_REPEAT` | 1 | 7: updates runs per cluster (the median is the figure) |
 //! | `BENCH_REDIS_SAMPLES` | 100 | 7: latency samples per cluster |
 //! | `BENCH_REDIS_NEW_NODE_KEYS` | 1000000 | 7: keys a new node receives |
+//! | `BENCH_PJSIP_CLUSTERS` | `mesh:3,pjsip:3` | 8: the clusters compared, transport:nodes (as in 7) |
+//! | `BENCH_PJSIP_UPDATES` | 100000 | 8: keys written per updates run |
+//! | `BENCH_PJSIP_REPEAT` | 3 | 8: updates runs per cluster (the median is the figure) |
+//! | `BENCH_PJSIP_SAMPLES` | 100 | 8: latency samples per cluster |
 //! | `BENCH_TIMEOUT_S` | 300 | how long any one wait may take |
-//! | `BENCH_TRACE` | 0 | 1: figures 1, 3 and 7 print the nodes' counters as they go |
+//! | `BENCH_TRACE` | 0 | 1: figures 1, 3, 7 and 8 print the nodes' counters as they go |
 //!
 //! Writes go through test-only stand-in commands (see asterisk-stubs/README.md):
 //! `database bulkput` (ast_db_put in a loop: the module finds these at the
@@ -42,6 +46,12 @@
 //! new node's catch-up as in figures 2, 1 and 3, each on a fresh cluster (and a fresh
 //! redis-server); over Redis the nodes have no [node] sections, only `transport = redis`
 //! and `redis_url`.
+//!
+//! Figure 8 does the same (latency and replicated updates/s, no new node) for SIP
+//! PUBLISH beside the mesh: with `transport = pjsip` each node's stand-in res_pjsip
+//! listens on UDP (node N at the port a mesh node N would take) with a pjsip.conf as
+//! tests/pjsip_test.rs has it, an endpoint, inbound-publication and outbound-publish per
+//! peer, and preloads res_astdb_cluster_pjsip.so (built beside the library) after the module.
 
 #[path = "../tests/redisd/mod.rs"]
 mod redisd;
@@ -110,6 +120,14 @@ fn base_port(slot: u16) -> u16 {
     standin::port_base(slot + 5)
 }
 
+/// [general] of a node whose changes go over `transport` (no node sections).
+fn general_head(node: u32, transport: &str) -> String {
+    format!(
+        "[general]\ncluster_name = bench.cluster\ncluster_node = {node}\n\
+         cluster_secret = {SECRET}\ntransport = {transport}\n"
+    )
+}
+
 fn family(name: &str, interval_ms: u64) -> String {
     format!("\n[{name}]\ntype = family\nmode = global\nsync_interval = {interval_ms}\n")
 }
@@ -121,6 +139,9 @@ enum Net<'a> {
     Mesh,
     /// `transport = redis` with this server's URL; no node sections.
     Redis(&'a RedisServer),
+    /// `transport = pjsip`: SIP PUBLISH over the stand-in's res_pjsip (UDP, a port per
+    /// node), a [nodeN] section per peer naming its outbound-publish in pjsip.conf.
+    Pjsip,
 }
 
 /// A figure's cluster: its transport, how many nodes its configuration has, and the
@@ -157,21 +178,61 @@ impl<'a> Cluster<'a> {
                 )
             }
             Net::Redis(redis) => format!(
-                "[general]\ncluster_name = bench.cluster\ncluster_node = {node}\n\
-                 cluster_secret = {SECRET}\ntransport = redis\nredis_url = {}\n{general}{families}",
+                "{}redis_url = {}\n{general}{families}",
+                general_head(node, "redis"),
                 redis.url()
             ),
+            Net::Pjsip => {
+                let peers: String = (1..=self.nodes)
+                    .filter(|p| *p != node)
+                    .map(|p| {
+                        format!("\n[node{p}]\ntype = node\nnode = {p}\noutbound_publish = astdb-node{p}\n")
+                    })
+                    .collect();
+                format!("{}{general}{peers}{families}", general_head(node, "pjsip"))
+            }
         }
     }
 
     fn start(&self, node: u32, general: &str, families: &str) -> StandIn {
         let slot = self.slot;
-        StandIn::builder(&format!("bench{slot}n{node}"))
+        let builder = StandIn::builder(&format!("bench{slot}n{node}"))
             .eid(&format!("02:00:00:00:{slot:02x}:{node:02x}"))
             .conf_file("astdb_cluster.conf", &self.conf(node, general, families))
-            .module_path(module_so())
-            .preload(&["res_astdb_cluster.so"])
-            .start()
+            .module_path(module_so());
+        match self.net {
+            Net::Pjsip => builder
+                .conf_file("pjsip.conf", &self.pjsip_conf(node))
+                .module_as(sip_module_so(), "res_astdb_cluster_pjsip.so")
+                .preload(&["res_astdb_cluster.so", "res_astdb_cluster_pjsip.so"]),
+            _ => builder.preload(&["res_astdb_cluster.so"]),
+        }
+        .start()
+    }
+
+    /// pjsip.conf of `node` over SIP (as tests/pjsip_test.rs has it): node N's UDP
+    /// transport at base_port(slot) + N (as a mesh node's TCP port), and for each other
+    /// node an endpoint, the inbound-publication of its PUBLISHes and an outbound-publish to it.
+    fn pjsip_conf(&self, node: u32) -> String {
+        let port = |n: u32| base_port(self.slot) + n as u16;
+        let uri = |n: u32| format!("sip:node{node}@127.0.0.1:{}", port(n));
+        let peers: String = (1..=self.nodes)
+            .filter(|p| *p != node)
+            .map(|p| {
+                format!(
+                    "\n[node{p}]\ntype = endpoint\ncontext = default\n\n[node{p}]\n\
+                     type = inbound-publication\nendpoint = node{p}\nevent_asterisk-db = node{p}\n\
+                     \n[astdb-node{p}]\ntype = outbound-publish\nserver_uri = {}\n\
+                     from_uri = {}\nevent = asterisk-db\n",
+                    uri(p),
+                    uri(node)
+                )
+            })
+            .collect();
+        format!(
+            "[transport-udp]\ntype = transport\nprotocol = udp\nbind = 127.0.0.1:{}\n{peers}",
+            port(node)
+        )
     }
 
     /// Nodes 1..=`count`.
@@ -185,7 +246,7 @@ impl<'a> Cluster<'a> {
     fn wait_up(&self, nodes: &[&StandIn], timeout: Duration) {
         let up = nodes.len().saturating_sub(1);
         match self.net {
-            Net::Mesh => {
+            Net::Mesh | Net::Pjsip => {
                 let want = format!("{up} of {} peers up", self.nodes.saturating_sub(1));
                 for n in nodes {
                     n.wait_for_cli("astdb cluster show status", timeout, |s| s.contains(&want));
@@ -207,10 +268,22 @@ impl<'a> Cluster<'a> {
     /// Over Redis, redis-server's pid: a process whose CPU counts with the nodes'.
     fn server_pid(&self) -> Option<u32> {
         match self.net {
-            Net::Mesh => None,
+            Net::Mesh | Net::Pjsip => None,
             Net::Redis(redis) => redis.pid(),
         }
     }
+}
+
+/// res_astdb_cluster_pjsip.so, which build.rs leaves beside the library.
+fn sip_module_so() -> std::path::PathBuf {
+    let lib = module_so();
+    let dir = lib.parent().expect("module dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
+    dir.join("res_astdb_cluster_pjsip.so")
 }
 
 fn start_node(slot: u16, node: u32, nodes: u32, families: &str) -> StandIn {
@@ -1110,7 +1183,9 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     });
     let server_used = pid_cpu_secs(cluster.server_pid()) - server_before;
     let threads = match cluster.net {
-        Net::Mesh => format!("module thread (astdb-cl-node) {:.2} s", loop_cpu_secs(&new)),
+        Net::Mesh | Net::Pjsip => {
+            format!("module thread (astdb-cl-node) {:.2} s", loop_cpu_secs(&new))
+        }
         Net::Redis(_) => {
             let (r, w) = redis_threads_cpu(&new);
             format!(
@@ -1154,7 +1229,7 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
         rss_kib(&new, "VmHWM:")
     );
     match cluster.net {
-        Net::Mesh => {
+        Net::Mesh | Net::Pjsip => {
             let counters: Vec<String> = (1..last)
                 .map(|peer| {
                     let (bin, bout) = peer_bytes(&new, peer);
@@ -1534,10 +1609,18 @@ fn redis_reference(sets: usize, timeout: Duration) -> Option<f64> {
     result
 }
 
-/// What figure 7 measured for one cluster.
-struct RedisFigureRow {
+/// What carries a cluster of figures 7 and 8 (`transport:nodes` in their lists).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mesh,
+    Redis,
+    Pjsip,
+}
+
+/// What figure 7 or 8 measured for one cluster.
+struct TransportRow {
     label: String,
-    redis: bool,
+    kind: Kind,
     nodes: u32,
     rate: Option<f64>,
     writer_us: Option<f64>,
@@ -1545,12 +1628,14 @@ struct RedisFigureRow {
     new_node_us: Option<i64>,
 }
 
-/// Sizes of figure 7.
-struct RedisFigureSizes {
+/// Sizes of figure 7 or 8.
+struct TransportSizes {
+    /// Figure 7: SETs redis-benchmark sends for Redis's own rate.
     sets: usize,
     updates: usize,
     repeat: usize,
     samples: usize,
+    /// 0: no new node.
     new_node_keys: usize,
     clusters: String,
 }
@@ -1558,7 +1643,7 @@ struct RedisFigureSizes {
 /// Figure 7: the Redis transport beside the mesh (replicated updates/s to every other
 /// node, the writer's CPU per update, write-to-visible latency, a new node's catch-up),
 /// and beside Redis's own primary→replica replication on this machine.
-fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
+fn figure_redis(sizes: &TransportSizes, timeout: Duration, trace: bool) {
     header(&format!(
         "7. the Redis transport: {} updates per run ({} run(s)), {} latency samples, a new node receiving {} keys; clusters {}",
         sizes.updates, sizes.repeat, sizes.samples, sizes.new_node_keys, sizes.clusters
@@ -1572,27 +1657,7 @@ fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
         return;
     }
     let reference = redis_reference(sizes.sets, timeout);
-    let mut rows = Vec::new();
-    for spec in sizes
-        .clusters
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-    {
-        let Some((kind, count)) = spec.split_once(':') else {
-            println!("  '{spec}' is not transport:nodes (mesh:3, redis:8); skipped");
-            continue;
-        };
-        let (redis, nodes) = match (kind.trim(), count.trim().parse::<u32>()) {
-            ("mesh", Ok(n)) if (2..=9).contains(&n) => (false, n),
-            ("redis", Ok(n)) if n >= 2 => (true, n),
-            _ => {
-                println!("  '{spec}': want mesh:2..9 or redis:2.. ; skipped");
-                continue;
-            }
-        };
-        rows.push(redis_figure_cluster(sizes, redis, nodes, timeout, trace));
-    }
+    let rows = transport_rows(7, sizes, timeout, trace);
     println!("\n  => figure 7, summary (load now {}):", load());
     match reference {
         Some(r) => println!(
@@ -1600,27 +1665,9 @@ fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
         ),
         None => println!("     Redis's own primary -> replica: no figure"),
     }
-    println!(
-        "     {:<16} {:>11} {:>19} {:>28} {:>23}",
-        "cluster",
-        "updates/s",
-        "writer CPU/update",
-        "latency p50/p99, all peers",
-        format!("new node, {} keys", sizes.new_node_keys)
-    );
-    let or_na = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
-    for r in &rows {
-        println!(
-            "     {:<16} {:>11} {:>19} {:>28} {:>23}",
-            r.label,
-            or_na(r.rate.map(|x| format!("{x:.0}/s"))),
-            or_na(r.writer_us.map(|x| format!("{x:.2} us"))),
-            or_na(r.latency.map(|(a, b)| format!("{a:.2} / {b:.2} ms"))),
-            or_na(r.new_node_us.map(secs)),
-        );
-    }
+    summary_table(&rows, sizes.new_node_keys);
     // The issue's targets, beside the figures.
-    let redis_rows: Vec<&RedisFigureRow> = rows.iter().filter(|r| r.redis).collect();
+    let redis_rows: Vec<&TransportRow> = rows.iter().filter(|r| r.kind == Kind::Redis).collect();
     if let (Some(small), Some(big)) = (
         redis_rows.iter().min_by_key(|r| r.nodes),
         redis_rows.iter().max_by_key(|r| r.nodes),
@@ -1635,7 +1682,7 @@ fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
             );
         }
     }
-    let mesh3 = rows.iter().find(|r| !r.redis && r.nodes == 3);
+    let mesh3 = rows.iter().find(|r| r.kind == Kind::Mesh && r.nodes == 3);
     let redis_big = redis_rows.iter().max_by_key(|r| r.nodes);
     if let (Some(m), Some(r)) = (mesh3, redis_big) {
         if let (Some(mr), Some(rr)) = (m.rate, r.rate) {
@@ -1657,28 +1704,94 @@ fn figure_redis(sizes: &RedisFigureSizes, timeout: Duration, trace: bool) {
     }
 }
 
-/// Figure 7 for one cluster: latency, updates runs and a new node, each on a cluster
-/// (and, over Redis, a redis-server) of its own.
-fn redis_figure_cluster(
-    sizes: &RedisFigureSizes,
-    redis: bool,
+/// Runs figure `figure` (7 or 8) for each cluster of `sizes.clusters`.
+fn transport_rows(
+    figure: u32,
+    sizes: &TransportSizes,
+    timeout: Duration,
+    trace: bool,
+) -> Vec<TransportRow> {
+    let mut rows = Vec::new();
+    for spec in sizes
+        .clusters
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        let Some((kind, count)) = spec.split_once(':') else {
+            println!("  '{spec}' is not transport:nodes (mesh:3, redis:8, pjsip:3); skipped");
+            continue;
+        };
+        let (kind, nodes) = match (kind.trim(), count.trim().parse::<u32>()) {
+            ("mesh", Ok(n)) if (2..=9).contains(&n) => (Kind::Mesh, n),
+            ("pjsip", Ok(n)) if (2..=9).contains(&n) => (Kind::Pjsip, n),
+            ("redis", Ok(n)) if n >= 2 => (Kind::Redis, n),
+            _ => {
+                println!("  '{spec}': want mesh:2..9, pjsip:2..9 or redis:2.. ; skipped");
+                continue;
+            }
+        };
+        rows.push(transport_figure_cluster(
+            figure, sizes, kind, nodes, timeout, trace,
+        ));
+    }
+    rows
+}
+
+/// The table of figures 7 and 8: a line per cluster (the new node's column only if
+/// `new_node_keys` > 0).
+fn summary_table(rows: &[TransportRow], new_node_keys: usize) {
+    let new_node = |v: String| {
+        if new_node_keys > 0 {
+            format!(" {v:>23}")
+        } else {
+            String::new()
+        }
+    };
+    println!(
+        "     {:<16} {:>11} {:>19} {:>28}{}",
+        "cluster",
+        "updates/s",
+        "writer CPU/update",
+        "latency p50/p99, all peers",
+        new_node(format!("new node, {new_node_keys} keys"))
+    );
+    let or_na = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
+    for r in rows {
+        println!(
+            "     {:<16} {:>11} {:>19} {:>28}{}",
+            r.label,
+            or_na(r.rate.map(|x| format!("{x:.0}/s"))),
+            or_na(r.writer_us.map(|x| format!("{x:.2} us"))),
+            or_na(r.latency.map(|(a, b)| format!("{a:.2} / {b:.2} ms"))),
+            new_node(or_na(r.new_node_us.map(secs))),
+        );
+    }
+}
+
+/// Figure 7 or 8 for one cluster: latency, updates runs and (if `sizes.new_node_keys`)
+/// a new node, each on a cluster (and, over Redis, a redis-server) of its own.
+fn transport_figure_cluster(
+    figure: u32,
+    sizes: &TransportSizes,
+    kind: Kind,
     nodes: u32,
     timeout: Duration,
     trace: bool,
-) -> RedisFigureRow {
+) -> TransportRow {
     // A fresh redis-server for each cluster: nothing left from the one before.
-    let server = || redis.then(|| RedisServer::builder().start());
-    let label = if redis {
-        format!("Redis, {nodes} nodes")
-    } else {
-        format!("mesh, {nodes} nodes")
+    let server = || (kind == Kind::Redis).then(|| RedisServer::builder().start());
+    let label = match kind {
+        Kind::Mesh => format!("mesh, {nodes} nodes"),
+        Kind::Redis => format!("Redis, {nodes} nodes"),
+        Kind::Pjsip => format!("pjsip, {nodes} nodes"),
     };
-    println!("\n  7b. {label}");
+    println!("\n  {figure}b. {label}");
 
     // Latency: single DB() writes on node 1, each until every other node has it.
     let latency = {
         let srv = server();
-        let cluster = cluster_on(srv.as_ref(), nodes);
+        let cluster = cluster_on(srv.as_ref(), kind, nodes);
         let families = family("bench_rlat", 5000);
         let running = cluster.start_first(nodes, "", &families);
         let refs: Vec<&StandIn> = running.iter().collect();
@@ -1726,7 +1839,7 @@ fn redis_figure_cluster(
     let mut cpus = Vec::new();
     for run in 1..=sizes.repeat {
         let srv = server();
-        let cluster = cluster_on(srv.as_ref(), nodes);
+        let cluster = cluster_on(srv.as_ref(), kind, nodes);
         let r = updates_run(
             &cluster,
             sizes.updates,
@@ -1757,39 +1870,78 @@ fn redis_figure_cluster(
     }
 
     // A new node: nodes 1..N-1 hold the family, node N starts empty.
-    println!(
-        "    a new node (node {nodes}) receives {} keys that nodes 1..{} hold:",
-        sizes.new_node_keys,
-        nodes - 1
-    );
-    let new_node_us = {
+    let new_node_us = (sizes.new_node_keys > 0).then(|| {
+        println!(
+            "    a new node (node {nodes}) receives {} keys that nodes 1..{} hold:",
+            sizes.new_node_keys,
+            nodes - 1
+        );
         let srv = server();
-        let cluster = cluster_on(srv.as_ref(), nodes);
+        let cluster = cluster_on(srv.as_ref(), kind, nodes);
         new_node_run(&cluster, sizes.new_node_keys, timeout, trace)
-    };
-    RedisFigureRow {
+    });
+    TransportRow {
         label,
-        redis,
+        kind,
         nodes,
         rate,
         writer_us,
         latency,
-        new_node_us,
+        new_node_us: new_node_us.flatten(),
     }
 }
 
-/// Figure 7's cluster of `nodes`: over `redis` when given, else the mesh (slot 1).
-fn cluster_on(redis: Option<&RedisServer>, nodes: u32) -> Cluster<'_> {
+/// Figure 7's or 8's cluster of `nodes` (slot 1): over `redis` when given, else the
+/// mesh or SIP as `kind` says.
+fn cluster_on(redis: Option<&RedisServer>, kind: Kind, nodes: u32) -> Cluster<'_> {
+    let direct = if kind == Kind::Pjsip {
+        Net::Pjsip
+    } else {
+        Net::Mesh
+    };
     Cluster {
-        net: redis.map_or(Net::Mesh, Net::Redis),
+        net: redis.map_or(direct, Net::Redis),
         nodes,
         slot: 1,
     }
 }
 
+/// Figure 8: SIP PUBLISH (`transport = pjsip`) beside the mesh, as figure 7 has Redis:
+/// replicated updates/s to every other node and write-to-visible latency.
+fn figure_pjsip(sizes: &TransportSizes, timeout: Duration, trace: bool) {
+    header(&format!(
+        "8. SIP PUBLISH (transport = pjsip) beside the mesh: {} updates per run ({} run(s), the median is the figure), {} latency samples; clusters {}",
+        sizes.updates, sizes.repeat, sizes.samples, sizes.clusters
+    ));
+    let rows = transport_rows(8, sizes, timeout, trace);
+    println!("\n  => figure 8, summary (load now {}):", load());
+    summary_table(&rows, sizes.new_node_keys);
+    for sip in rows.iter().filter(|r| r.kind == Kind::Pjsip) {
+        let Some(mesh) = rows
+            .iter()
+            .find(|r| r.kind == Kind::Mesh && r.nodes == sip.nodes)
+        else {
+            continue;
+        };
+        if let (Some(sr), Some(mr)) = (sip.rate, mesh.rate) {
+            println!(
+                "     {} nodes over SIP PUBLISH {sr:.0}/s vs the mesh's {mr:.0}/s ({:.2}x)",
+                sip.nodes,
+                sr / mr
+            );
+        }
+        if let (Some((_, s99)), Some((_, m99))) = (sip.latency, mesh.latency) {
+            println!(
+                "     p99 latency to all peers over SIP PUBLISH {s99:.2} ms vs the mesh's {m99:.2} ms ({:.2}x)",
+                s99 / m99
+            );
+        }
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; there is no filtering here.
-    let figures = std::env::var("BENCH_FIGURES").unwrap_or_else(|_| "1,2,3,4,5,6,7".into());
+    let figures = std::env::var("BENCH_FIGURES").unwrap_or_else(|_| "1,2,3,4,5,6,7,8".into());
     let wanted = |f: &str| figures.split(',').any(|x| x.trim() == f);
     let timeout = Duration::from_secs(env_usize("BENCH_TIMEOUT_S", 300) as u64);
     println!(
@@ -1834,7 +1986,7 @@ fn main() {
     }
     if wanted("7") {
         figure_redis(
-            &RedisFigureSizes {
+            &TransportSizes {
                 sets: env_usize("BENCH_REDIS_SETS", 1_000_000),
                 updates: env_usize("BENCH_REDIS_UPDATES", 100_000),
                 repeat: env_usize("BENCH_REDIS_REPEAT", 1).max(1),
@@ -1842,6 +1994,21 @@ fn main() {
                 new_node_keys: env_usize("BENCH_REDIS_NEW_NODE_KEYS", 1_000_000),
                 clusters: std::env::var("BENCH_REDIS_CLUSTERS")
                     .unwrap_or_else(|_| "mesh:3,redis:3,redis:8".into()),
+            },
+            timeout,
+            env_usize("BENCH_TRACE", 0) != 0,
+        );
+    }
+    if wanted("8") {
+        figure_pjsip(
+            &TransportSizes {
+                sets: 0,
+                updates: env_usize("BENCH_PJSIP_UPDATES", 100_000),
+                repeat: env_usize("BENCH_PJSIP_REPEAT", 3).max(1),
+                samples: env_usize("BENCH_PJSIP_SAMPLES", 100),
+                new_node_keys: 0,
+                clusters: std::env::var("BENCH_PJSIP_CLUSTERS")
+                    .unwrap_or_else(|_| "mesh:3,pjsip:3".into()),
             },
             timeout,
             env_usize("BENCH_TRACE", 0) != 0,

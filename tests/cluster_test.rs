@@ -167,42 +167,7 @@ fn unique_families_land_under_the_origins_eid_and_leave_local_keys_alone() {
 fn concurrent_writes_to_one_key_converge_to_the_same_value_everywhere() {
     let nodes = cluster(4, 3);
     wait_all_up(&nodes);
-    for round in 0..5 {
-        let threads: Vec<_> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let conf = n.conf_path();
-                let stub = standin::stub_binary();
-                std::thread::spawn(move || {
-                    let set = format!("dialplan set DB(blacklist/contended)=round{round}-node{i}");
-                    std::process::Command::new(stub)
-                        .arg("-C")
-                        .arg(conf)
-                        .arg("-rx")
-                        .arg(set)
-                        .output()
-                        .unwrap();
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    }
-    let value = |n: &StandIn| n.cli("database get blacklist contended");
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let values: Vec<String> = nodes.iter().map(value).collect();
-        if values.iter().all(|v| v == &values[0]) && values[0].contains("round4-") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no convergence: {values:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    standin::race_one_key_and_wait_for_one_value(&nodes, Duration::from_secs(15));
 }
 
 #[test]

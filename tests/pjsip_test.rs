@@ -8,7 +8,7 @@ use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use standin::{module_so, port_base, StandIn};
 
@@ -244,41 +244,7 @@ fn over_sip_unique_families_land_under_the_origins_eid_and_multicast_reaches_onl
 fn over_sip_concurrent_writes_to_one_key_converge_to_the_same_value_everywhere() {
     let nodes = cluster(3, 3);
     wait_all_up(&nodes);
-    for round in 0..5 {
-        let threads: Vec<_> = nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let conf = n.conf_path();
-                let stub = standin::stub_binary();
-                std::thread::spawn(move || {
-                    let set = format!("dialplan set DB(blacklist/contended)=round{round}-node{i}");
-                    std::process::Command::new(stub)
-                        .arg("-C")
-                        .arg(conf)
-                        .arg("-rx")
-                        .arg(set)
-                        .output()
-                        .unwrap();
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let values: Vec<String> = nodes
-            .iter()
-            .map(|n| n.cli("database get blacklist contended"))
-            .collect();
-        if values.iter().all(|v| v == &values[0]) && values[0].contains("round4-") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no convergence: {values:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    standin::race_one_key_and_wait_for_one_value(&nodes, Duration::from_secs(20));
 }
 
 #[test]

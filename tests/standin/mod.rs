@@ -648,3 +648,45 @@ impl Drop for StandIn {
         }
     }
 }
+
+/// Every node writes one key at once, five rounds; then waits until all hold the
+/// same value, one of the last round's (the concurrent-writes tests of each
+/// transport).
+#[allow(dead_code)]
+pub fn race_one_key_and_wait_for_one_value(nodes: &[StandIn], timeout: Duration) {
+    for round in 0..5 {
+        let threads: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let conf = n.conf_path();
+                let stub = stub_binary();
+                thread::spawn(move || {
+                    let set = format!("dialplan set DB(blacklist/contended)=round{round}-node{i}");
+                    Command::new(stub)
+                        .arg("-C")
+                        .arg(conf)
+                        .arg("-rx")
+                        .arg(set)
+                        .output()
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let values: Vec<String> = nodes
+            .iter()
+            .map(|n| n.cli("database get blacklist contended"))
+            .collect();
+        if values.iter().all(|v| v == &values[0]) && values[0].contains("round4-") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no convergence: {values:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
