@@ -17,11 +17,9 @@ mod body;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
-
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::inbox::Inbox;
 use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
@@ -92,8 +90,36 @@ struct Shared {
     send_errors: AtomicU64,
     undecodable: AtomicU64,
     out: Mutex<BTreeMap<u32, (u64, u64)>>,
-    /// Tells the link thread of what arrived (acknowledgements to send and take).
-    tx: Sender<Cmd>,
+    /// Tells the link thread what to send and what arrived. A Mutex and Condvar, not
+    /// a channel: PJSIP's threads are Asterisk's, where a channel's thread-locals
+    /// would pin or crash the library (see asterisk/thread.rs).
+    tx: Queue,
+}
+
+#[derive(Default)]
+struct Queue {
+    cmds: Mutex<VecDeque<Cmd>>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn send(&self, cmd: Cmd) {
+        self.cmds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(cmd);
+        self.ready.notify_one();
+    }
+
+    /// What was queued, waiting up to `wait` for something.
+    fn take(&self, wait: Duration) -> VecDeque<Cmd> {
+        let cmds = self.cmds.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut cmds, _) = self
+            .ready
+            .wait_timeout_while(cmds, wait, |c| c.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *cmds)
+    }
 }
 
 enum Cmd {
@@ -297,7 +323,7 @@ impl bridge::Inbound for Shared {
                     .push_event(LinkEvent::Received { from: eid, msg });
             }
         }
-        let _ = self.tx.send(Cmd::Heard {
+        self.tx.send(Cmd::Heard {
             node,
             seq: frame.seq,
             ack_session: frame.ack_session,
@@ -345,7 +371,7 @@ impl Outbound {
 
 /// The link thread: packs messages into bodies, paces them by the window, sends
 /// acknowledgements and heartbeats, and watches for silent peers.
-fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
+fn run(shared: Arc<Shared>) {
     let mut out: BTreeMap<u32, Outbound> = shared
         .peers()
         .into_iter()
@@ -362,19 +388,10 @@ fn run(shared: Arc<Shared>, rx: Receiver<Cmd>) {
         } else {
             Duration::from_millis(100)
         };
-        match rx.recv_timeout(wait) {
-            Ok(cmd) => {
-                if !take(&shared, &mut out, cmd) {
-                    return;
-                }
-                while let Ok(cmd) = rx.try_recv() {
-                    if !take(&shared, &mut out, cmd) {
-                        return;
-                    }
-                }
+        for cmd in shared.tx.take(wait) {
+            if !take(&shared, &mut out, cmd) {
+                return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
         for o in out.values_mut() {
@@ -610,13 +627,12 @@ impl Link for PjsipLink {
             if shared.identity == identity {
                 if shared.peers() != peers {
                     *shared.peers.write().unwrap_or_else(|p| p.into_inner()) = peers.clone();
-                    let _ = shared.tx.send(Cmd::Peers(peers));
+                    shared.tx.send(Cmd::Peers(peers));
                 }
                 return;
             }
         }
         self.shutdown();
-        let (tx, rx) = unbounded();
         let shared = Arc::new(Shared {
             seal: Seal::new(&identity.cluster_name, secret),
             identity,
@@ -630,12 +646,12 @@ impl Link for PjsipLink {
             send_errors: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             out: Mutex::default(),
-            tx,
+            tx: Queue::default(),
         });
         let for_thread = Arc::clone(&shared);
         match std::thread::Builder::new()
             .name("astdb-cl-sip".into())
-            .spawn(move || run(for_thread, rx))
+            .spawn(move || run(for_thread))
         {
             Ok(handle) => {
                 bridge::set_inbound(Some(Arc::clone(&shared) as Arc<dyn bridge::Inbound>));
@@ -663,7 +679,7 @@ impl Link for PjsipLink {
             .map(|(n, _)| *n);
         match node {
             Some(node) => {
-                let _ = shared.tx.send(Cmd::Send(node, msg.clone()));
+                shared.tx.send(Cmd::Send(node, msg.clone()));
             }
             None => {
                 shared.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -727,7 +743,7 @@ impl Link for PjsipLink {
         if let Some(shared) = self.shared.take() {
             // Waits for a body under way on a PJSIP thread.
             bridge::set_inbound(None);
-            let _ = shared.tx.send(Cmd::Stop);
+            shared.tx.send(Cmd::Stop);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
