@@ -221,7 +221,8 @@ fn over_sip_every_writer_path_replicates_puts_and_deletes() {
 }
 
 #[test]
-fn over_sip_unique_families_land_under_the_origins_eid_and_multicast_reaches_only_its_nodes() {
+fn over_sip_unique_families_land_under_the_origins_eid_multicast_reaches_only_its_nodes_and_ro_never_publishes(
+) {
     let nodes = cluster(2, 3);
     wait_all_up(&nodes);
     nodes[0].cli("dialplan set DB(registrar/alice)=sip:alice@node1");
@@ -234,7 +235,26 @@ fn over_sip_unique_families_land_under_the_origins_eid_and_multicast_reaches_onl
 
     nodes[0].cli("dialplan set DB(queue_state/agent1)=paused");
     wait_value(&nodes[1], "queue_state", "agent1", Some("paused"));
-    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 3 takes `settings` read-only: it receives, and never publishes its own.
+    for (i, n) in nodes.iter().enumerate() {
+        let mode = if i == 2 { "ro" } else { "rw" };
+        n.write_conf(
+            "astdb_cluster.conf",
+            &(cluster_conf(i as u32 + 1, 3, SECRET)
+                + &format!("\n[settings]\ntype = family\nmode = global\nsync_mode = {mode}\nsync_interval = 500\n")),
+        );
+        n.cli("module reload res_astdb_cluster.so");
+    }
+    nodes[0].cli("dialplan set DB(settings/moh)=jazz");
+    wait_value(&nodes[2], "settings", "moh", Some("jazz"));
+    // Its own write is not published, is warned about, and the cluster's value returns.
+    nodes[2].cli("database put settings moh rock");
+    assert!(nodes[2].wait_for_log("sync_mode=ro", Duration::from_secs(10)));
+    wait_value(&nodes[2], "settings", "moh", Some("jazz"));
+    assert!(nodes[0]
+        .cli("database get settings moh")
+        .contains("Value: jazz"));
     assert!(nodes[2]
         .cli("database get queue_state agent1")
         .contains("not found"));

@@ -132,6 +132,9 @@ enum Cmd {
         ack_session: u64,
         ack: u64,
     },
+    /// The peer went silent or restarted: what is in flight to it will not be
+    /// acknowledged (the engine's sync after it is back repairs what it carried).
+    Reset(u32),
     Stop,
 }
 
@@ -204,6 +207,7 @@ impl Shared {
             }
         }
         for (node, eid) in gone {
+            self.tx.send(Cmd::Reset(node));
             (self.say)(
                 Level::Notice,
                 &format!(
@@ -282,6 +286,7 @@ impl bridge::Inbound for Shared {
                     return Err(());
                 }
                 let was_up = h.up.then_some(h.eid).flatten();
+                self.tx.send(Cmd::Reset(node));
                 h.session = frame.session;
                 h.seq = 0;
                 h.up = false;
@@ -453,6 +458,12 @@ fn take(shared: &Shared, out: &mut BTreeMap<u32, Outbound>, cmd: Cmd) -> bool {
                 o.queue.push_back((part, bytes));
             }
         }
+        Cmd::Reset(node) => {
+            if let Some(o) = out.get_mut(&node) {
+                o.acked = o.next_seq - 1;
+                o.progress = Instant::now();
+            }
+        }
         Cmd::Heard {
             node,
             seq,
@@ -545,9 +556,10 @@ fn send(shared: &Shared, o: &mut Outbound, family: &str, seq: u64, messages: Vec
         return false;
     };
     let key = format!("publish {}", o.conf.publish);
+    // Owed or not, an acknowledgement is not tried again before the next body.
+    o.owe_ack = None;
     match bridge::publish(&o.conf.publish, &text) {
         Ok(()) => {
-            o.owe_ack = None;
             o.bytes_out += text.len() as u64;
             o.frames_out += 1;
             shared.clear_said(&key);
