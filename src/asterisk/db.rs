@@ -334,9 +334,25 @@ pub struct AsteriskDb {
 }
 
 impl AsteriskDb {
-    /// Hands the pending ops to the writer thread (started at the first).
+    /// Hands the pending ops to the writer thread (started at the first). Fewer than
+    /// [`HAND_OVER`] while the writer is idle are written here and now, as before there
+    /// was a writer: a single replicated update reaches AstDB without a thread's wake-up,
+    /// and a dialplan write racing it on the same key has no wider window than that.
     fn hand_over(&mut self) {
         if self.pending.is_empty() {
+            return;
+        }
+        let idle = || {
+            let st = self.pipe.lock();
+            st.queue.is_empty() && !st.busy
+        };
+        if self.pending.len() < HAND_OVER && idle() {
+            let mut errors = Vec::new();
+            self.pending.run(&mut errors);
+            self.pending.clear();
+            if !errors.is_empty() {
+                self.pipe.lock().errors.append(&mut errors);
+            }
             return;
         }
         if self.writer.is_none() && !self.no_writer {
