@@ -1184,7 +1184,15 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     let server_used = pid_cpu_secs(cluster.server_pid()) - server_before;
     let threads = match cluster.net {
         Net::Mesh | Net::Pjsip => {
-            format!("module thread (astdb-cl-node) {:.2} s", loop_cpu_secs(&new))
+            let (node, writer) = (
+                loop_cpu_secs(&new),
+                threads_cpu_secs(&new, &["astdb-cl-dbw"]),
+            );
+            let transport = threads_cpu_secs(&new, &["astdb-tx"]);
+            format!(
+                "module thread (astdb-cl-node) {node:.2} s, AstDB writer (astdb-cl-dbw) {writer:.2} s, transport (astdb-tx-*) {transport:.2} s, the rest of the process {:.2} s",
+                cpu_secs(&new) - node - writer - transport
+            )
         }
         Net::Redis(_) => {
             let (r, w) = redis_threads_cpu(&new);

@@ -441,3 +441,40 @@ fn while_the_replica_log_cannot_be_written_changes_wait_and_none_is_lost() {
     nodes[0].cli("dialplan set DB(blacklist/after)=3");
     wait_value(&nodes[1], "blacklist", "after", Some("3"));
 }
+
+#[test]
+fn a_node_that_applied_replicated_writes_unloads_with_no_thread_left() {
+    let nodes = cluster(8, 2);
+    wait_all_up(&nodes);
+    let [a, b] = [&nodes[0], &nodes[1]];
+    let threads = |n: &StandIn| {
+        n.cli("core show threads")
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    };
+    b.cli("module unload res_astdb_cluster.so");
+    let before = threads(b);
+    for round in 0..3 {
+        b.cli("module load res_astdb_cluster.so");
+        wait_all_up(&nodes);
+        // Received writes and deletions are applied by node b's AstDB writer thread.
+        a.cli(&format!("database bulkput blacklist r{round}k 3000 val"));
+        a.cli(&format!("dialplan set DB(blacklist/gone{round})=x"));
+        wait_value(b, "blacklist", &format!("gone{round}"), Some("x"));
+        a.cli(&format!(
+            "dialplan eval ${{DB_DELETE(blacklist/gone{round})}}"
+        ));
+        wait_value(b, "blacklist", &format!("gone{round}"), None);
+        let want = format!("Keys: {}", 3000 * (round + 1));
+        b.wait_for_cli("database count blacklist", Duration::from_secs(20), |out| {
+            out.contains(&want)
+        });
+        b.cli("module unload res_astdb_cluster.so");
+    }
+    assert_eq!(threads(b), before, "threads left behind");
+    let log = b.log();
+    assert!(!log.contains("still mapped after dlclose"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}

@@ -290,6 +290,39 @@ fn a_restarted_peer_is_reconnected_and_down_and_up_are_reported() {
 }
 
 #[test]
+fn a_node_that_starts_late_is_called_and_its_knock_is_no_refusal() {
+    let _s = serial();
+    // Node 2's address, free until it starts.
+    let addr2 = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut n1 = start(config(1, local()));
+    n1.t().set_peers(vec![PeerAddr {
+        node: 2,
+        name: "n2".into(),
+        address: addr2.to_string(),
+    }]);
+    // Long enough for node 1's dialer to back off to its longest wait.
+    thread::sleep(Duration::from_millis(2500));
+    let mut n2 = start(config(2, addr2));
+    n2.t().set_peers(vec![peer(&n1)]);
+    wait_up(&n1, &[2]);
+    wait_up(&n2, &[1]);
+    n1.t().send(2, b"late".to_vec()).unwrap();
+    assert_eq!(received(&n2.events, 1, 1)[0], b"late");
+    // Node 2 knocked at node 1 (its hello says a higher number): neither side counts
+    // or logs a refusal.
+    for n in [&n1, &n2] {
+        let total: u64 = n.t().rejects().iter().map(|(_, c)| c).sum();
+        assert_eq!(total, 0, "node {}: {:?}", n.n, n.logs.lock());
+        assert!(n.logs_containing("wait for our call").is_empty());
+    }
+    n1.stop();
+    n2.stop();
+}
+
+#[test]
 fn a_silent_peer_is_marked_down_after_peer_timeout() {
     let _s = serial();
     // A raw peer that does the whole handshake, then says nothing at all.

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::ffi::{c_char, CStr};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{c_string, sys};
 use crate::node::db::{AstDb, Rows};
@@ -31,24 +32,59 @@ pub fn committed_stamp() -> Option<(u32, u64)> {
     Some((u32::from_be_bytes(counter), len))
 }
 
+/// Appends `strings` to `buf` as C strings; where each starts.
+fn push_c_strings<const N: usize>(buf: &mut Vec<u8>, strings: [&str; N]) -> [usize; N] {
+    let mut starts = [0usize; N];
+    for (i, s) in strings.into_iter().enumerate() {
+        starts[i] = buf.len();
+        // Like c_string: an interior NUL (never valid in AstDB text) ends the string.
+        let end = s.find('\0').unwrap_or(s.len());
+        buf.extend_from_slice(&s.as_bytes()[..end]);
+        buf.push(0);
+    }
+    starts
+}
+
+/// The C string at `start` of `buf`, as Rust text (for a message).
+fn text_at(buf: &[u8], start: usize) -> Cow<'_, str> {
+    let end = buf[start..]
+        .iter()
+        .position(|&b| b == 0)
+        .map_or(buf.len(), |n| start + n);
+    String::from_utf8_lossy(&buf[start..end])
+}
+
+/// ast_db_put of the C strings at `starts` (family, key, value) of `buf`.
+fn put_at(buf: &[u8], starts: [usize; 3]) -> Result<(), String> {
+    let at = |i: usize| buf[starts[i]..].as_ptr().cast::<c_char>();
+    // SAFETY: each pointer is to a NUL-terminated string inside `buf`, which is not
+    // touched until the call returns.
+    match unsafe { sys::ast_db_put(at(0), at(1), at(2)) } {
+        0 => Ok(()),
+        _ => Err(format!(
+            "AstDB refused to store /{}/{}",
+            text_at(buf, starts[0]),
+            text_at(buf, starts[1])
+        )),
+    }
+}
+
 /// Writes `/family/key` = `value`. The three C strings are built in `scratch`, one
 /// buffer reused for every write instead of three allocations each.
 fn put_with(scratch: &mut Vec<u8>, family: &str, key: &str, value: &str) -> Result<(), String> {
     scratch.clear();
-    let mut starts = [0usize; 3];
-    for (i, s) in [family, key, value].into_iter().enumerate() {
-        starts[i] = scratch.len();
-        // Like c_string: an interior NUL (never valid in AstDB text) ends the string.
-        let end = s.find('\0').unwrap_or(s.len());
-        scratch.extend_from_slice(&s.as_bytes()[..end]);
-        scratch.push(0);
-    }
-    let at = |i: usize| scratch[starts[i]..].as_ptr().cast::<c_char>();
-    // SAFETY: each pointer is to a NUL-terminated string inside `scratch`, which is not
-    // touched again until the call returns.
-    match unsafe { sys::ast_db_put(at(0), at(1), at(2)) } {
-        0 => Ok(()),
-        _ => Err(format!("AstDB refused to store /{family}/{key}")),
+    let starts = push_c_strings(scratch, [family, key, value]);
+    put_at(scratch, starts)
+}
+
+/// Deletes the C strings at `starts` (family, key) of `buf`, if it exists.
+fn del_at(buf: &[u8], starts: [usize; 2]) {
+    let at = |i: usize| buf[starts[i]..].as_ptr().cast::<c_char>();
+    // SAFETY: NUL-terminated strings inside `buf`, untouched until the calls return.
+    unsafe {
+        if sys::ast_db_exists(at(0), at(1)) == 1 {
+            sys::ast_db_del(at(0), at(1));
+        }
     }
 }
 
@@ -159,27 +195,274 @@ impl Rows for Tree {
     }
 }
 
-/// AstDB through Asterisk's API, as the module's loop uses it.
+/// Writes and deletions handed to the writer thread: their C strings in one buffer.
+#[derive(Default)]
+struct Ops {
+    text: Vec<u8>,
+    /// Per op, where its strings start; a deletion has no value (usize::MAX).
+    ops: Vec<[usize; 3]>,
+}
+
+impl Ops {
+    fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ops.clear();
+    }
+
+    fn put(&mut self, family: &str, key: &str, value: &str) {
+        let starts = push_c_strings(&mut self.text, [family, key, value]);
+        self.ops.push(starts);
+    }
+
+    fn del(&mut self, family: &str, key: &str) {
+        let [f, k] = push_c_strings(&mut self.text, [family, key]);
+        self.ops.push([f, k, usize::MAX]);
+    }
+
+    /// Moves `other`'s ops after these.
+    fn append(&mut self, other: &mut Ops) {
+        let base = self.text.len();
+        self.text.append(&mut other.text);
+        self.ops.extend(other.ops.drain(..).map(|[f, k, v]| {
+            [
+                f + base,
+                k + base,
+                if v == usize::MAX { v } else { v + base },
+            ]
+        }));
+    }
+
+    /// Executes them in order; the errors.
+    fn run(&self, errors: &mut Vec<String>) {
+        for &[f, k, v] in &self.ops {
+            if v == usize::MAX {
+                del_at(&self.text, [f, k]);
+            } else if let Err(why) = put_at(&self.text, [f, k, v]) {
+                errors.push(why);
+            }
+        }
+    }
+}
+
+/// What the loop and the writer thread share.
+#[derive(Default)]
+struct PipeState {
+    /// Handed over, not yet taken by the writer.
+    queue: Ops,
+    /// The writer is executing ops it took.
+    busy: bool,
+    stop: bool,
+    /// Errors of executed ops, not yet told.
+    errors: Vec<String>,
+    /// An emptied buffer the writer gives back, for the loop's next ops.
+    spare: Option<Ops>,
+}
+
+#[derive(Default)]
+struct Pipe {
+    state: Mutex<PipeState>,
+    changed: Condvar,
+}
+
+impl Pipe {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, PipeState>) -> MutexGuard<'a, PipeState> {
+        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer thread: executes what is handed over, in order, until stopped with
+    /// nothing left.
+    fn write_loop(&self) {
+        let mut taken = Ops::default();
+        let mut errors = Vec::new();
+        loop {
+            {
+                let mut st = self.lock();
+                st.busy = false;
+                st.errors.append(&mut errors);
+                if !taken.is_empty() || taken.text.capacity() > 0 {
+                    taken.clear();
+                    if st.spare.is_none() {
+                        st.spare = Some(std::mem::take(&mut taken));
+                    }
+                }
+                self.changed.notify_all();
+                while st.queue.is_empty() && !st.stop {
+                    st = self.wait(st);
+                }
+                if st.queue.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut taken, &mut st.queue);
+                st.busy = true;
+            }
+            taken.run(&mut errors);
+        }
+    }
+}
+
+/// Writes handed over at once (a batch of outputs is mostly a few thousand).
+const HAND_OVER: usize = 1024;
+/// The most ops waiting for the writer before the loop waits for it.
+const MAX_QUEUED: usize = 65_536;
+
+/// AstDB through Asterisk's API, as the module's loop uses it. Writes and deletions
+/// of replicated changes run on a writer thread of their own, in order, while the loop
+/// merges what comes next; anything that reads AstDB, and [`AstDb::settle`] (before
+/// the replica log confirms an apply), first waits until they are all done.
 #[derive(Default)]
 pub struct AsteriskDb {
-    /// One buffer for the C strings of every write.
+    /// One buffer for the C strings of every write made here.
     scratch: Vec<u8>,
+    /// Ops not yet handed over.
+    pending: Ops,
+    pipe: Arc<Pipe>,
+    writer: Option<super::thread::OwnedThread>,
+    /// The writer thread could not be started: writes are made here.
+    no_writer: bool,
+}
+
+impl AsteriskDb {
+    /// Hands the pending ops to the writer thread (started at the first). Fewer than
+    /// [`HAND_OVER`] while the writer is idle are written here and now, as before there
+    /// was a writer: a single replicated update reaches AstDB without a thread's wake-up,
+    /// and a dialplan write racing it on the same key has no wider window than that.
+    fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let idle = || {
+            let st = self.pipe.lock();
+            st.queue.is_empty() && !st.busy
+        };
+        if self.pending.len() < HAND_OVER && idle() {
+            let mut errors = Vec::new();
+            self.pending.run(&mut errors);
+            self.pending.clear();
+            if !errors.is_empty() {
+                self.pipe.lock().errors.append(&mut errors);
+            }
+            return;
+        }
+        if self.writer.is_none() && !self.no_writer {
+            let pipe = Arc::clone(&self.pipe);
+            match super::thread::spawn("astdb-cl-dbw", move || pipe.write_loop()) {
+                Ok(t) => self.writer = Some(t),
+                Err(why) => {
+                    crate::error!("{why}; AstDB is written by the module's thread");
+                    self.no_writer = true;
+                }
+            }
+        }
+        if self.writer.is_none() {
+            let mut errors = Vec::new();
+            self.pending.run(&mut errors);
+            self.pending.clear();
+            self.pipe.lock().errors.append(&mut errors);
+            return;
+        }
+        let mut st = self.pipe.lock();
+        while st.queue.len() >= MAX_QUEUED {
+            st = self.pipe.wait(st);
+        }
+        if st.queue.is_empty() {
+            std::mem::swap(&mut st.queue, &mut self.pending);
+            if let Some(spare) = st.spare.take() {
+                self.pending = spare;
+            }
+        } else {
+            st.queue.append(&mut self.pending);
+        }
+        drop(st);
+        self.pipe.changed.notify_all();
+    }
+
+    fn queued(&mut self) {
+        if self.pending.len() >= HAND_OVER {
+            self.hand_over();
+        }
+    }
+
+    /// Waits until every op handed over or pending is done; their errors.
+    fn drain(&mut self) -> Vec<String> {
+        self.hand_over();
+        let mut st = self.pipe.lock();
+        while !st.queue.is_empty() || st.busy {
+            st = self.pipe.wait(st);
+        }
+        std::mem::take(&mut st.errors)
+    }
+}
+
+impl Drop for AsteriskDb {
+    fn drop(&mut self) {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
+        self.pipe.lock().stop = true;
+        self.pipe.changed.notify_all();
+        if let Some(t) = self.writer.take() {
+            t.join();
+        }
+    }
 }
 
 impl AstDb for AsteriskDb {
     fn read(&mut self, family: &str) -> Box<dyn Rows + '_> {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
         Box::new(read_tree(family))
     }
 
     fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
         put_with(&mut self.scratch, family, key, value)
     }
 
     fn del(&mut self, family: &str, key: &str) -> bool {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
         del(family, key)
     }
 
+    fn apply_put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        self.pending.put(family, key, value);
+        self.queued();
+        Ok(())
+    }
+
+    fn apply_del(&mut self, family: &str, key: &str) {
+        self.pending.del(family, key);
+        self.queued();
+    }
+
+    fn applies_made(&mut self) {
+        self.hand_over();
+    }
+
+    fn settle(&mut self) -> Vec<String> {
+        self.drain()
+    }
+
     fn committed_stamp(&mut self) -> Option<(u32, u64)> {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
         committed_stamp()
     }
 }

@@ -81,6 +81,24 @@ pub trait AstDb: Send {
     /// A stamp of AstDB's committed state: equal stamps at two moments mean nothing was
     /// committed in between. None: not known (assume changed).
     fn committed_stamp(&mut self) -> Option<(u32, u64)>;
+    /// A replicated change's write: it may still be under way when this returns (the
+    /// module's AstDB writes on a thread of its own, and tells its failures from
+    /// [`AstDb::settle`]), but every other call here sees it done.
+    fn apply_put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        self.put(family, key, value)
+    }
+    /// A replicated deletion, as [`AstDb::apply_put`].
+    fn apply_del(&mut self, family: &str, key: &str) {
+        self.del(family, key);
+    }
+    /// The `apply_*` calls of a batch are all made: they may start (a module's AstDB
+    /// gathers them into groups).
+    fn applies_made(&mut self) {}
+    /// Waits until every `apply_*` made so far is in AstDB; the errors of those that
+    /// failed since the last call.
+    fn settle(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -259,12 +259,21 @@ impl Node {
         &self.engine
     }
 
-    /// Stops the link; the log and AstDB need nothing more (every batch was saved).
+    /// Stops the link once AstDB has every write handed to it; the log needs nothing
+    /// more (every batch was saved).
     pub fn shutdown(mut self) {
+        self.settle();
         if self.engine.pushing() {
             self.link.unsent();
         }
         self.link.shutdown();
+    }
+
+    /// Waits until AstDB has every write handed to it, and logs those that failed.
+    fn settle(&mut self) {
+        for why in self.db.settle() {
+            (self.say)(Level::Error, &why);
+        }
     }
 
     /// One turn: the commands, the link's events, dialplan writes and the clock, then
@@ -369,6 +378,8 @@ impl Node {
                 }
             }
             Command::Inspect { family, key, reply } => {
+                // The asker reads AstDB next: it must hold what the engine says.
+                self.settle();
                 let _ = reply.send(self.inspect(&family, &key));
             }
         }
@@ -594,6 +605,8 @@ impl Node {
     /// with it for the next flush.
     fn save(&mut self, batch: Batch) -> Option<Vec<Output>> {
         if !batch.save.is_empty() {
+            // The save confirms the previous batch's applies: AstDB must have them.
+            self.settle();
             if let Err(why) = self.log.save(&batch.save) {
                 (self.say)(
                     Level::Error,
@@ -623,12 +636,12 @@ impl Node {
         for output in outputs.drain(..) {
             match output {
                 Output::Apply(DbOp::Put { family, key, value }) => {
-                    if let Err(why) = self.db.put(&family, &key, &value) {
+                    if let Err(why) = self.db.apply_put(&family, &key, &value) {
                         (self.say)(Level::Error, &why);
                     }
                 }
                 Output::Apply(DbOp::Delete { family, key }) => {
-                    self.db.del(&family, &key);
+                    self.db.apply_del(&family, &key);
                 }
                 Output::Send { to, msg } => self.link.send(to, &msg),
                 Output::Warn(warning) => {
@@ -645,6 +658,7 @@ impl Node {
                 }
             }
         }
+        self.db.applies_made();
         self.publish_changes();
         // The emptied buffer serves the next batch: a fresh one of a catch-up's size
         // would be mapped and faulted in page by page each time.

@@ -271,6 +271,17 @@ pub(crate) fn dial(
     })
 }
 
+/// A knock on a lower-numbered peer (see [`super::knock`]): our hello, then the
+/// peer's, read so that the peer has had ours before the connection closes. Gives up
+/// after a second.
+pub(crate) fn knock(s: &mut TcpStream, local: &Local, stop: &AtomicBool) {
+    let timeout = Duration::from_secs(1);
+    if setup(s, timeout).is_err() || s.write_all(&local.hello.encode()).is_err() {
+        return;
+    }
+    let _ = read_hello(s, Instant::now() + timeout, stop);
+}
+
 /// The accepting side. `allowed(node)` says whether that node may dial us.
 pub(crate) fn accept(
     s: &mut TcpStream,

@@ -3,13 +3,16 @@
 //! knows nothing of Asterisk or of the replication engine.
 //!
 //! One connection per peer: the node with the lower number dials, the higher
-//! accepts. Every byte after a 32-byte cleartext hello is a Noise
+//! accepts. A node that starts knocks at each lower-numbered peer (a connection that
+//! only says its hello), so that the peer's dialer calls at once rather than at its
+//! next try, up to a second later. Every byte after a 32-byte cleartext hello is a Noise
 //! (`NNpsk0`, PSK from `cluster_secret`) message; see `wire` for the format.
 //! The hello and the handshake carry the range of protocol versions each side
 //! offers, and the connection speaks the highest both do.
 //!
 //! Threads (all started here, all joined by `stop`): one listener, one dialer
-//! per peer with a higher number, and per live connection a reader (the thread
+//! per peer with a higher number, one short-lived knock per peer with a lower
+//! number, and per live connection a reader (the thread
 //! that did the handshake) and a writer. None blocks longer than ~100 ms
 //! without checking for stop.
 
@@ -380,11 +383,13 @@ impl Transport {
             }
             let peer = Arc::new(Peer::new(addr));
             map.insert(node, Arc::clone(&peer));
+            let shared2 = Arc::clone(shared);
             if node > local {
-                let shared2 = Arc::clone(shared);
                 shared.spawn(format!("astdb-tx-d{node}"), move || {
                     dial_loop(&shared2, &peer)
                 });
+            } else {
+                shared.spawn(format!("astdb-tx-k{node}"), move || knock(&shared2, &peer));
             }
         }
     }
@@ -513,15 +518,22 @@ fn accept_one(shared: &Arc<Shared>, mut stream: TcpStream, from: SocketAddr) {
         return;
     }
     let local = shared.cfg.local_node;
+    // A higher-numbered peer never dials: its hello is a knock (it has started), and
+    // its dialer here calls it now. Not a refusal: nothing is logged or counted.
+    let knocked = std::cell::Cell::new(false);
     let allowed = |node: u32| -> Result<(), String> {
         if node == local {
             return Err("that is this node's own number".into());
         }
         match shared.peer(node) {
             None => Err("not configured as a peer".into()),
-            Some(_) if node > local => Err(format!(
-                "node {node} should wait for our call (the lower number dials)"
-            )),
+            Some(peer) if node > local => {
+                peer.knocked.store(true, Ordering::Release);
+                knocked.set(true);
+                Err(format!(
+                    "node {node} should wait for our call (the lower number dials)"
+                ))
+            }
             Some(_) => Ok(()),
         }
     };
@@ -540,7 +552,7 @@ fn accept_one(shared: &Arc<Shared>, mut stream: TcpStream, from: SocketAddr) {
             peer::run(shared, &peer, stream, est, true);
         }
         Err(Refusal { reject, node }) => {
-            if shared.stopping() {
+            if shared.stopping() || knocked.get() {
                 return;
             }
             let who = node.map_or_else(|| from.ip().to_string(), |n| format!("node {n}"));
@@ -556,7 +568,8 @@ fn accept_one(shared: &Arc<Shared>, mut stream: TcpStream, from: SocketAddr) {
 /// Backoff between dial attempts: doubling from 100 ms to 1 s, with jitter. A peer
 /// that comes back is only ever called by the lower-numbered side, so a long cap would
 /// leave a restarted server out of the cluster for that long; a refused connection
-/// costs next to nothing, so once a second is cheap.
+/// costs next to nothing, so once a second is cheap. A knock from the peer ends the
+/// wait (a node that starts is called within about 10 ms, not up to a second later).
 struct Backoff {
     next: Duration,
     seed: u64,
@@ -600,6 +613,8 @@ fn dial_loop(shared: &Arc<Shared>, peer: &Arc<Peer>) {
     while !gone() {
         peer.state().dialing = true;
         let started = Instant::now();
+        // A knock from before this attempt is answered by it.
+        peer.knocked.store(false, Ordering::Release);
         dial_once(shared, peer, &gone);
         peer.state().dialing = false;
         // A connection that lived a while was good: retry quickly after it.
@@ -607,8 +622,39 @@ fn dial_loop(shared: &Arc<Shared>, peer: &Arc<Peer>) {
             backoff.reset();
         }
         let until = Instant::now() + backoff.wait();
-        while !gone() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50));
+        // A knock (the peer has started) ends the wait, though not before the shortest
+        // backoff: knocks are not authenticated, so they must not make us dial faster.
+        let soonest = started + Backoff::MIN;
+        loop {
+            let now = Instant::now();
+            if gone() || now >= until {
+                break;
+            }
+            if now >= soonest && peer.knocked.swap(false, Ordering::AcqRel) {
+                backoff.reset();
+                break;
+            }
+            std::thread::sleep(KNOCK_LOOK.min(until - now));
+        }
+    }
+}
+
+/// How often a dialer waiting for its next try looks for a knock.
+const KNOCK_LOOK: Duration = Duration::from_millis(10);
+
+/// Tells `peer`, a lower-numbered node (which dials us), that this node has started:
+/// a connection that says our hello, waits for the peer's answer and closes. The peer's
+/// dialer then calls at once. A peer that is down is not knocked again: when it starts
+/// its own dialer calls us.
+fn knock(shared: &Arc<Shared>, peer: &Arc<Peer>) {
+    let gone = || shared.stopping() || peer.removed.load(Ordering::Acquire);
+    let Ok(addrs) = peer.addr.address.to_socket_addrs() else {
+        return;
+    };
+    for addr in addrs {
+        if let Ok(mut stream) = connect::connect(addr, Duration::from_secs(1), &gone) {
+            handshake::knock(&mut stream, &shared.local, &shared.stop);
+            return;
         }
     }
 }

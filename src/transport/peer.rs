@@ -27,6 +27,9 @@ pub(crate) struct Peer {
     pub last_seen: AtomicU64,
     /// "cannot connect" was logged; cleared when the peer comes up.
     pub connect_logged: AtomicBool,
+    /// The (higher-numbered) peer called to say it has started: its dialer tries at
+    /// once instead of waiting out its backoff.
+    pub knocked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -90,6 +93,7 @@ impl Peer {
             dropped_sends: AtomicU64::new(0),
             last_seen: AtomicU64::new(0),
             connect_logged: AtomicBool::new(false),
+            knocked: AtomicBool::new(false),
         }
     }
 
