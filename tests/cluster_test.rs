@@ -43,20 +43,11 @@ fn cluster(slot: u16, size: u32) -> Vec<StandIn> {
 }
 
 fn wait_value(n: &StandIn, family: &str, key: &str, want: Option<&str>) {
-    let cmd = format!("database get {family} {key}");
-    n.wait_for_cli(&cmd, Duration::from_secs(10), |out| match want {
-        Some(v) => out.contains(&format!("Value: {v}")),
-        None => out.contains("not found"),
-    });
+    standin::wait_value_within(n, family, key, want, Duration::from_secs(10));
 }
 
 fn wait_all_up(nodes: &[StandIn]) {
-    let peers = nodes.len() - 1;
-    for n in nodes {
-        n.wait_for_cli("astdb cluster show status", Duration::from_secs(15), |s| {
-            s.contains(&format!("{peers} of {peers} peers up"))
-        });
-    }
+    standin::wait_all_peers_up(nodes, Duration::from_secs(15));
 }
 
 #[test]

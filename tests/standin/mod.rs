@@ -690,3 +690,30 @@ pub fn race_one_key_and_wait_for_one_value(nodes: &[StandIn], timeout: Duration)
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Waits until `database get family key` on `n` shows `want` (None: not found).
+#[allow(dead_code)]
+pub fn wait_value_within(
+    n: &StandIn,
+    family: &str,
+    key: &str,
+    want: Option<&str>,
+    timeout: Duration,
+) {
+    let cmd = format!("database get {family} {key}");
+    n.wait_for_cli(&cmd, timeout, |out| match want {
+        Some(v) => out.contains(&format!("Value: {v}")),
+        None => out.contains("not found"),
+    });
+}
+
+/// Waits until every node of `nodes` has every other one up.
+#[allow(dead_code)]
+pub fn wait_all_peers_up(nodes: &[StandIn], timeout: Duration) {
+    let peers = nodes.len() - 1;
+    for n in nodes {
+        n.wait_for_cli("astdb cluster show status", timeout, |s| {
+            s.contains(&format!("{peers} of {peers} peers up"))
+        });
+    }
+}
