@@ -2,12 +2,16 @@
 //! through a [`Link`] and hears from it through [`LinkEvent`]s in its inbox; what carries
 //! them (the TCP mesh today, Redis or SIP PUBLISH tomorrow) is the link's business.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{ClusterConfig, Transport};
 use crate::eid::Eid;
 use crate::engine::Message;
+
+use super::inbox::Inbox;
+use super::{Level, Say};
 
 /// What a link tells the loop, in order, through the inbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +34,87 @@ pub enum LinkEvent {
     /// loop has saved what it made of them, it tells the link with [`Link::saved`]
     /// (a link that resumes from a position it keeps moves that position then).
     Reached(u64),
+}
+
+/// What a link says once (until cleared) and the refusals it counts by cause: for a
+/// link's threads and, over SIP, PJSIP's (Mutexes only, no channel).
+pub struct Notices {
+    say: Say,
+    inbox: Arc<Inbox>,
+    said: Mutex<BTreeSet<String>>,
+    refusals: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Notices {
+    pub fn new(say: Say, inbox: Arc<Inbox>) -> Self {
+        Notices {
+            say,
+            inbox,
+            said: Mutex::default(),
+            refusals: Mutex::default(),
+        }
+    }
+
+    /// True the first time `key` is marked since it was last cleared.
+    pub fn first(&self, key: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+    }
+
+    /// Says `text` the first time `key` is marked.
+    pub fn say_once(&self, key: &str, level: Level, text: &str) {
+        if self.first(key) {
+            (self.say)(level, text);
+        }
+    }
+
+    /// Lets `key` be said again; whether it had been.
+    pub fn clear(&self, key: &str) -> bool {
+        self.said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+    }
+
+    /// Counts a refusal under `cause`; the first time `once` is marked, says `warning`
+    /// and tells the loop (a `Refused` event).
+    pub fn refuse(
+        &self,
+        once: &str,
+        warning: &str,
+        peer: String,
+        node: Option<u32>,
+        cause: &str,
+        detail: String,
+    ) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cause.to_string())
+            .or_default() += 1;
+        if self.first(once) {
+            (self.say)(Level::Warning, warning);
+            self.inbox.push_event(LinkEvent::Refused {
+                peer,
+                node,
+                cause: cause.to_string(),
+                detail,
+            });
+        }
+    }
+
+    /// The refusals by cause, for [`LinkStatus::refusals`].
+    pub fn refusals(&self) -> Vec<(String, u64)> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// How the loop reaches the other nodes.

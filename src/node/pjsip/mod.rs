@@ -15,14 +15,14 @@
 
 mod body;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::inbox::Inbox;
-use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
+use super::link::{Link, LinkEvent, LinkStatus, Notices, PeerState, PeerView};
 use super::{Level, Say};
 use crate::asterisk::sip as bridge;
 use crate::config::ClusterConfig;
@@ -85,10 +85,10 @@ struct Shared {
     say: Say,
     peers: RwLock<Vec<PeerConf>>,
     heard: Mutex<BTreeMap<u32, Heard>>,
-    refusals: Mutex<BTreeMap<String, u64>>,
-    said: Mutex<BTreeSet<String>>,
+    notices: Notices,
     send_errors: AtomicU64,
     undecodable: AtomicU64,
+    /// Bytes and bodies sent to each peer.
     out: Mutex<BTreeMap<u32, (u64, u64)>>,
     /// Tells the link thread what to send and what arrived. A Mutex and Condvar, not
     /// a channel: PJSIP's threads are Asterisk's, where a channel's thread-locals
@@ -147,52 +147,28 @@ impl Shared {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn say_once(&self, key: &str, level: Level, text: &str) {
-        if self
-            .said
-            .lock()
+    /// The peer whose node section an inbound-publication's `event_asterisk-db` names.
+    fn publication_peer(&self, config: &str) -> Option<PeerConf> {
+        self.peers
+            .read()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string())
-        {
-            (self.say)(level, text);
-        }
-    }
-
-    fn clear_said(&self, key: &str) {
-        self.said
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+            .iter()
+            .find(|p| p.section == config)
+            .cloned()
     }
 
     /// Counts a refused body and says so once per cause and publication.
     fn refuse(&self, cause: Refusal, resource: &str, config: &str, node: Option<u32>) {
         let text = cause.as_str();
-        *self
-            .refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(text.to_string())
-            .or_default() += 1;
         let peer = format!("publication {resource} (event_{EVENT} = {config})");
-        let key = format!("refused {text} {peer}");
-        if self
-            .said
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key)
-        {
-            (self.say)(
-                Level::Warning,
-                &format!("a PUBLISH on {peer} was refused: {text}; nothing of it was applied (said once per cause, counted in 'astdb cluster show status')"),
-            );
-            self.inbox.push_event(LinkEvent::Refused {
-                peer,
-                node,
-                cause: text.to_string(),
-                detail: format!("resource {resource}"),
-            });
-        }
+        self.notices.refuse(
+            &format!("refused {text} {peer}"),
+            &format!("a PUBLISH on {peer} was refused: {text}; nothing of it was applied (said once per cause, counted in 'astdb cluster show status')"),
+            peer.clone(),
+            node,
+            text,
+            format!("resource {resource}"),
+        );
     }
 
     /// Marks peers silent for [`SILENCE`] down.
@@ -222,7 +198,7 @@ impl Shared {
 
 impl bridge::Inbound for Shared {
     fn accept(&self, resource: &str, config: &str) -> u16 {
-        if self.peers().iter().any(|p| p.section == config) {
+        if self.publication_peer(config).is_some() {
             200
         } else {
             self.refuse(Refusal::NotConfigured, resource, config, None);
@@ -231,7 +207,7 @@ impl bridge::Inbound for Shared {
     }
 
     fn body(&self, resource: &str, config: &str, json: bool, text: &[u8]) -> Result<(), ()> {
-        let Some(peer) = self.peers().into_iter().find(|p| p.section == config) else {
+        let Some(peer) = self.publication_peer(config) else {
             self.refuse(Refusal::NotConfigured, resource, config, None);
             return Err(());
         };
@@ -265,7 +241,7 @@ impl bridge::Inbound for Shared {
                 }
                 Err(why) => {
                     self.undecodable.fetch_add(1, Ordering::Relaxed);
-                    self.say_once(
+                    self.notices.say_once(
                         &format!("undecodable {node}"),
                         Level::Warning,
                         &format!("node {node} sent a message that does not decode ({why:?}); it was dropped"),
@@ -349,8 +325,6 @@ struct Outbound {
     /// An acknowledgement is owed since then.
     owe_ack: Option<Instant>,
     last_sent: Option<Instant>,
-    bytes_out: u64,
-    frames_out: u64,
 }
 
 impl Outbound {
@@ -364,8 +338,6 @@ impl Outbound {
             progress: Instant::now(),
             owe_ack: None,
             last_sent: None,
-            bytes_out: 0,
-            frames_out: 0,
         }
     }
 
@@ -406,16 +378,12 @@ fn run(shared: Arc<Shared>) {
             last_check = now;
             shared.check_silence(now);
             if !bridge::attached() && now.duration_since(started) >= SILENCE {
-                shared.say_once(
+                shared.notices.say_once(
                     "not attached",
                     Level::Warning,
                     "transport = pjsip, but res_astdb_cluster_pjsip.so is not loaded: nothing is sent or received (load it; it needs res_pjsip, res_pjsip_pubsub and res_pjsip_outbound_publish)",
                 );
             }
-        }
-        let mut state = shared.out.lock().unwrap_or_else(|p| p.into_inner());
-        for (node, o) in &out {
-            state.insert(*node, (o.bytes_out, o.frames_out));
         }
     }
 }
@@ -443,7 +411,7 @@ fn take(shared: &Shared, out: &mut BTreeMap<u32, Outbound>, cmd: Cmd) -> bool {
             for (part, bytes) in body::split(msg, MESSAGE_BUDGET) {
                 if bytes.len() > MESSAGE_BUDGET {
                     shared.send_errors.fetch_add(1, Ordering::Relaxed);
-                    shared.say_once(
+                    shared.notices.say_once(
                         "too big",
                         Level::Warning,
                         &format!("a change of family '{}' is too large for a SIP body ({} bytes, at most {MESSAGE_BUDGET}); it is not sent over SIP", part.family, bytes.len()),
@@ -548,7 +516,7 @@ fn send(shared: &Shared, o: &mut Outbound, family: &str, seq: u64, messages: Vec
     };
     o.last_sent = Some(Instant::now());
     let Some(text) = shared.seal.seal(shared.identity.eid, family, &frame) else {
-        shared.say_once(
+        shared.notices.say_once(
             "random",
             Level::Error,
             "the system gives no randomness for a nonce: nothing is sent over SIP",
@@ -560,13 +528,16 @@ fn send(shared: &Shared, o: &mut Outbound, family: &str, seq: u64, messages: Vec
     o.owe_ack = None;
     match bridge::publish(&o.conf.publish, &text) {
         Ok(()) => {
-            o.bytes_out += text.len() as u64;
-            o.frames_out += 1;
-            shared.clear_said(&key);
+            let mut out = shared.out.lock().unwrap_or_else(|p| p.into_inner());
+            let (bytes, frames) = out.entry(o.conf.node).or_default();
+            *bytes += text.len() as u64;
+            *frames += 1;
+            drop(out);
+            shared.notices.clear(&key);
             true
         }
         Err(why) => {
-            shared.say_once(
+            shared.notices.say_once(
                 &key,
                 Level::Warning,
                 &format!("cannot PUBLISH to node {} through outbound-publish '{}': {why} (it needs a type = outbound-publish section of that name with event = {EVENT} in pjsip.conf, and res_astdb_cluster_pjsip.so loaded)", o.conf.node, o.conf.publish),
@@ -653,8 +624,7 @@ impl Link for PjsipLink {
             say: Arc::clone(&self.say),
             peers: RwLock::new(peers),
             heard: Mutex::default(),
-            refusals: Mutex::default(),
-            said: Mutex::default(),
+            notices: Notices::new(Arc::clone(&self.say), Arc::clone(&self.inbox)),
             send_errors: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
             out: Mutex::default(),
@@ -739,13 +709,7 @@ impl Link for PjsipLink {
                 "waiting for res_astdb_cluster_pjsip.so".into()
             },
             peers,
-            refusals: shared
-                .refusals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|(k, v)| (k.clone(), *v))
-                .collect(),
+            refusals: shared.notices.refusals(),
             send_errors: shared.send_errors.load(Ordering::Relaxed),
             undecodable: shared.undecodable.load(Ordering::Relaxed),
         }

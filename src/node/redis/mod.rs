@@ -38,7 +38,7 @@ use std::time::SystemTime;
 use crossbeam_channel::{unbounded, Sender};
 
 use super::inbox::Inbox;
-use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
+use super::link::{Link, LinkEvent, LinkStatus, Notices, PeerState, PeerView};
 use super::{Level, Say};
 use crate::config::{ClusterConfig, RedisSettings};
 use crate::eid::Eid;
@@ -79,6 +79,8 @@ struct Context {
     /// so that a Redis that hangs rather than refuses cannot make the queue grow.
     queued: AtomicUsize,
     state: Mutex<State>,
+    /// What is said once, and the refused records by cause.
+    notices: Notices,
     /// Multicast presets: a change from a node outside the list is not applied.
     policies: Mutex<BTreeMap<String, SharingPolicy>>,
     file: PathBuf,
@@ -123,8 +125,6 @@ struct State {
     /// read past them (so no older change of the key can still come from the stream).
     acks: Vec<(StreamId, String, Mode, ItemId, Version)>,
     nodes: Vec<Seen>,
-    refusals: BTreeMap<String, u64>,
-    said: BTreeSet<String>,
     send_errors: u64,
     held: usize,
     lag_ms: Option<u64>,
@@ -166,34 +166,23 @@ impl Context {
     /// Counts a refused record and says so once per cause.
     fn refuse(&self, cause: Refusal, what: &str) {
         let text = cause.as_str();
-        let first = {
-            let mut st = self.state();
-            *st.refusals.entry(text.to_string()).or_default() += 1;
-            st.said.insert(text.to_string())
-        };
-        if first {
-            (self.say)(
-                Level::Warning,
-                &format!("Redis holds a {text} ({what}); it was not applied (said once per cause, counted in 'astdb cluster show status')"),
-            );
-            self.inbox.push_event(LinkEvent::Refused {
-                peer: "redis".into(),
-                node: None,
-                cause: text.to_string(),
-                detail: what.to_string(),
-            });
-        }
+        self.notices.refuse(
+            text,
+            &format!("Redis holds a {text} ({what}); it was not applied (said once per cause, counted in 'astdb cluster show status')"),
+            "redis".into(),
+            None,
+            text,
+            what.to_string(),
+        );
     }
 
     /// Says `text` once until `clear_said` (a connection problem, say).
     fn say_once(&self, level: Level, key: &str, text: &str) {
-        if self.state().said.insert(key.to_string()) {
-            (self.say)(level, text);
-        }
+        self.notices.say_once(key, level, text);
     }
 
     fn clear_said(&self, key: &str) -> bool {
-        self.state().said.remove(key)
+        self.notices.clear(key)
     }
 
     /// Whether this node applies `opened`, a change to `family`: it was meant for this
@@ -386,6 +375,7 @@ impl RedisLink {
             stop: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             state: Mutex::new(state),
+            notices: Notices::new(Arc::clone(&self.say), Arc::clone(&self.inbox)),
             policies: Mutex::new(BTreeMap::new()),
             file: self.file.clone(),
         });
@@ -570,7 +560,7 @@ impl Link for RedisLink {
                 st.server, st.resumed, st.compares
             ),
             peers,
-            refusals: st.refusals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            refusals: r.ctx.notices.refusals(),
             send_errors: st.send_errors,
             undecodable: 0,
         }

@@ -262,13 +262,12 @@ impl Writer<'_> {
                 self.hold(family, mode, changes);
             }
             Err(e) => {
-                let first = {
+                {
                     let mut st = self.ctx.state();
                     st.send_errors += 1;
                     super::Context::forget(&mut st, &family);
-                    st.said.insert(format!("merge {e}"))
-                };
-                if first {
+                }
+                if self.ctx.notices.first(&format!("merge {e}")) {
                     (self.ctx.say)(
                         Level::Error,
                         &format!("Redis refused changes to family {family}: {e}; the family is compared again at its next sync"),
@@ -661,7 +660,7 @@ impl Writer<'_> {
             let live = now.saturating_sub(s.seen_ms) <= super::NODE_SILENT_MS;
             if s.eid != ctx.id.eid && s.node == ctx.id.node && live {
                 let key = format!("clash {}", s.eid);
-                if ctx.state().said.insert(key) {
+                if ctx.notices.first(&key) {
                     (ctx.say)(
                         Level::Error,
                         &format!(
