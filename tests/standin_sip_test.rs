@@ -105,6 +105,15 @@ fn status_line(resp: &str) -> &str {
     resp.lines().next().unwrap_or("")
 }
 
+/// The first SIP-ETag in `text` (a response, or a log of messages).
+fn etag_of(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix("SIP-ETag: "))
+        .expect("a SIP-ETag in a response")
+        .trim()
+        .to_string()
+}
+
 /// A stand-in with stub_sip on `port`, for raw requests from the test.
 fn receiver(slot: u16) -> (StandIn, u16) {
     let base = port_base(slot);
@@ -171,12 +180,7 @@ fn the_second_publish_names_the_entity_tag_of_the_first() {
         n2.log()
     );
     let log = n1.log();
-    let etag = log
-        .lines()
-        .find_map(|l| l.strip_prefix("SIP-ETag: "))
-        .expect("a SIP-ETag in a response")
-        .trim()
-        .to_string();
+    let etag = etag_of(&log);
     assert!(log.contains(&format!("SIP-If-Match: {etag}")), "{log}");
     assert!(log.contains("CSeq: 2 PUBLISH"), "{log}");
     // One Call-ID for both requests.
@@ -281,12 +285,7 @@ fn an_unknown_entity_tag_gets_412() {
         ),
     );
     assert_eq!(status_line(&r), "SIP/2.0 200 OK", "{r}");
-    let etag = r
-        .lines()
-        .find_map(|l| l.strip_prefix("SIP-ETag: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let etag = etag_of(&r);
     assert!(r.contains("Expires: 3600"), "{r}");
     let r2 = raw_request(
         port,
@@ -300,12 +299,7 @@ fn an_unknown_entity_tag_gets_412() {
         ),
     );
     assert_eq!(status_line(&r2), "SIP/2.0 200 OK", "{r2}");
-    let etag2 = r2
-        .lines()
-        .find_map(|l| l.strip_prefix("SIP-ETag: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let etag2 = etag_of(&r2);
     assert_ne!(etag, etag2);
     let r3 = raw_request(
         port,
@@ -341,12 +335,7 @@ fn a_refused_initial_body_gets_500() {
         port,
         &publish_text(port, "tester", "node1", Some("asterisk-db"), None, "{}"),
     );
-    let etag = r
-        .lines()
-        .find_map(|l| l.strip_prefix("SIP-ETag: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let etag = etag_of(&r);
     let r = raw_request(
         port,
         &publish_text(
@@ -360,12 +349,7 @@ fn a_refused_initial_body_gets_500() {
     );
     assert_eq!(status_line(&r), "SIP/2.0 200 OK", "{r}");
     assert!(r.contains("Expires: 0"), "{r}");
-    let etag = r
-        .lines()
-        .find_map(|l| l.strip_prefix("SIP-ETag: "))
-        .unwrap()
-        .trim()
-        .to_string();
+    let etag = etag_of(&r);
     let r = raw_request(
         port,
         &publish_text(
