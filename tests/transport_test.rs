@@ -292,11 +292,17 @@ fn a_restarted_peer_is_reconnected_and_down_and_up_are_reported() {
 #[test]
 fn a_node_that_starts_late_is_called_and_its_knock_is_no_refusal() {
     let _s = serial();
-    // Node 2's address, free until it starts.
-    let addr2 = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Node 2's address, free until it starts: below Linux's ephemeral range (32768
+    // and up), where node 1's own calls to it (or any connection of a test beside
+    // it) could be given that very port as their local end in the meantime.
+    let addr2 = (0..1000u16)
+        .map(|i| 19000 + (std::process::id() as u16 % 1000 + i) % 1000)
+        .find_map(|port| {
+            TcpListener::bind(("127.0.0.1", port))
+                .ok()
+                .and_then(|l| l.local_addr().ok())
+        })
+        .expect("a free port below 20000");
     let mut n1 = start(config(1, local()));
     n1.t().set_peers(vec![PeerAddr {
         node: 2,
