@@ -224,30 +224,57 @@ fn say() -> Say {
 /// Changes handled (local, applied, sent or received) after which the heap's free pages
 /// go back to the system.
 const TRIM_EVERY: u64 = 100_000;
-/// A turn that took this long (a large family read, even one that found nothing) is
-/// also followed by a trim, at most once per [`TRIM_GAP`].
+/// A turn that took this long (a large family read, even one that found nothing) also
+/// makes a trim due.
 const TRIM_LONG_TURN: Duration = Duration::from_millis(50);
-const TRIM_GAP: Duration = Duration::from_secs(1);
+/// A due trim waits for the loop to fall idle (a wait that ended with nothing to do)
+/// for at most this long; the loop looks again this soon after its last busy turn.
+const TRIM_MAX_DEFER: Duration = Duration::from_secs(1);
+const TRIM_IDLE_CHECK: Duration = Duration::from_millis(100);
 
 /// When to trim the heap: a catch-up, a bulk import or a large read leaves the
 /// allocator holding the pages of its transient buffers (decoded messages, rows read,
 /// outputs), which it would keep for good: a million-key catch-up left the process
-/// 100 MB larger than the items it holds. A trim costs a few milliseconds, so it is done
-/// once per [`TRIM_EVERY`] changes, or after a long turn.
+/// 100 MB larger than the items it holds. A trim is due once per [`TRIM_EVERY`]
+/// changes, or after a long turn, and is done once the loop falls idle: trimming in the
+/// middle of a catch-up would hand back the pages of the batch just freed, and the next
+/// batch would fault every one of them in again (about a third of a sender's CPU).
 #[derive(Default)]
 struct HeapTrim {
     trimmed_at: u64,
-    last: Option<Instant>,
+    /// The changes handled up to the last turn.
+    seen: u64,
+    due_since: Option<Instant>,
 }
 
 impl HeapTrim {
-    fn after_turn(&mut self, c: &crate::engine::Counters, took: Duration) {
+    /// After a turn that took `took`; `woken`: it was given something to do (the loop
+    /// is idle when it was not and handled no change either, as between the slices of
+    /// a push it sends).
+    fn after_turn(&mut self, c: &crate::engine::Counters, took: Duration, woken: bool) {
         let work = c.applied + c.local_changes + c.sent_changes + c.received_changes;
-        let long = took >= TRIM_LONG_TURN && self.last.is_none_or(|t| t.elapsed() >= TRIM_GAP);
-        if long || work.saturating_sub(self.trimmed_at) >= TRIM_EVERY {
+        let idle = !woken && work == self.seen;
+        self.seen = work;
+        if self.due_since.is_none()
+            && (took >= TRIM_LONG_TURN || work.saturating_sub(self.trimmed_at) >= TRIM_EVERY)
+        {
+            self.due_since = Some(Instant::now());
+        }
+        let Some(since) = self.due_since else { return };
+        if idle || since.elapsed() >= TRIM_MAX_DEFER {
             self.trimmed_at = work;
-            self.last = Some(Instant::now());
+            self.due_since = None;
             asterisk::trim_heap();
+        }
+    }
+
+    /// How long the loop may wait for work before its next turn: not long while a trim
+    /// waits for it to fall idle.
+    fn wait(&self, sleep: Duration) -> Duration {
+        if self.due_since.is_some() {
+            sleep.min(TRIM_IDLE_CHECK)
+        } else {
+            sleep
         }
     }
 }
@@ -265,7 +292,8 @@ fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let hook_in =
                 hooked_at.map_or(Duration::ZERO, |t| HOOK_CHECK.saturating_sub(t.elapsed()));
-            let pending = inbox.take(sleep.min(hook_in), linger);
+            let pending = inbox.take(trim.wait(sleep.min(hook_in)), linger);
+            let woken = !pending.is_empty();
             if stop.is_raised() {
                 return;
             }
@@ -282,7 +310,7 @@ fn worker_loop(stop: &Signal, inbox: &Inbox, mut node: Node) {
             }
             let began = Instant::now();
             sleep = node.turn(pending);
-            trim.after_turn(node.engine().counters(), began.elapsed());
+            trim.after_turn(node.engine().counters(), began.elapsed(), woken);
             let status = Published {
                 node: node.status(),
                 capture,
