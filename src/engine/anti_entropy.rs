@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::engine::Engine;
 use super::item::{Entry, ItemId, ItemView};
-use super::merge::Accepted;
+use super::merge::{Accepted, Placed};
 use super::message::{Body, Change, DigestNode, SummaryItem, SummaryRange};
 use super::output::Output;
 use super::pushes::item_order;
@@ -216,7 +216,11 @@ impl Engine {
             }
             let ack = (change.item.clone(), change.entry.version);
             let stale_below = self.stale_below(from, family);
-            match self.accept(from, family, stale_below, change, now_ms, out) {
+            let pos = Placed {
+                at: change.item.position(),
+                ahead: None,
+            };
+            match self.accept(from, family, stale_below, change, pos, now_ms, out) {
                 Accepted::Stored => {
                     deleted += 1;
                     acks.push(ack);

@@ -12,6 +12,17 @@ use super::store::Merged;
 use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
+/// How many changes ahead of the one merged [`Engine::on_changes`] prefetches the
+/// store's slot (see [`super::store::ItemStore::prefetch`]).
+const PREFETCH_AHEAD: usize = 16;
+
+/// The position of a change's item, and of the item merged [`PREFETCH_AHEAD`]
+/// changes later (to prefetch).
+pub(super) struct Placed {
+    pub at: u64,
+    pub ahead: Option<u64>,
+}
+
 /// What became of one incoming change.
 pub(super) enum Accepted {
     Stored,
@@ -102,7 +113,9 @@ impl Engine {
         let stale_below = self.stale_below(from, family);
         out.reserve(changes.len());
         self.applies_started.reserve(changes.len());
-        for change in changes {
+        let positions: Vec<u64> = changes.iter().map(|c| c.item.position()).collect();
+        for (i, change) in changes.into_iter().enumerate() {
+            let ahead = positions.get(i + PREFETCH_AHEAD).copied();
             if !valid_in(mode, &change.item) || check_key(&change.item.key).is_err() {
                 self.counters.dropped_invalid += 1;
                 continue;
@@ -119,7 +132,11 @@ impl Engine {
                 .entry
                 .is_tombstone()
                 .then(|| (change.item.clone(), version));
-            match self.accept(from, family, stale_below, change, now_ms, out) {
+            let pos = Placed {
+                at: positions[i],
+                ahead,
+            };
+            match self.accept(from, family, stale_below, change, pos, now_ms, out) {
                 Accepted::Retired(item) => retired.push(Change {
                     item,
                     entry: Entry {
@@ -143,13 +160,16 @@ impl Engine {
         self.send_batched(out, from, now_ms, family, retired);
     }
 
-    /// Merges one remote change (`stale_below` is [`Engine::stale_below`]).
+    /// Merges one remote change (`stale_below` is [`Engine::stale_below`]; `pos`, where
+    /// its item and the one merged some changes later are).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn accept(
         &mut self,
         from: Eid,
         family: &str,
         stale_below: Option<Hlc>,
         change: Change,
+        pos: Placed,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Accepted {
@@ -157,6 +177,10 @@ impl Engine {
         let Some(fs) = self.families.get_mut(family) else {
             return Accepted::Kept;
         };
+        if let Some(ahead) = pos.ahead {
+            fs.store.prefetch(ahead);
+        }
+        let pos = pos.at;
         let ro = fs
             .shared
             .as_ref()
@@ -196,7 +220,6 @@ impl Engine {
 
         let is_value = entry.value.is_some();
         let version = entry.version;
-        let pos = item.position();
         let (horizon, tombstones) = (fs.horizon, &fs.tombstones);
         let refuse_new = || {
             if is_value {

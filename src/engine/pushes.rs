@@ -8,9 +8,13 @@ use std::mem;
 use super::engine::Engine;
 use super::message::Change;
 use super::output::Output;
-use super::store::node_range;
+use super::store::{node_range, prefetch_read};
 use super::version::Hlc;
 use crate::eid::Eid;
+
+/// How far ahead a queued push's slice prefetches slots and records.
+const SLOT_AHEAD: usize = 16;
+const RECORD_AHEAD: usize = 8;
 
 /// A push of at least this many changes is remembered (see [`RecentPush`]).
 const BIG_PUSH: usize = 1024;
@@ -173,9 +177,19 @@ impl Engine {
             .next
             .saturating_add(self.cfg.push_slice.max(1))
             .min(q.positions.len());
-        let changes: Vec<Change> = q.positions[q.next..end]
-            .iter()
-            .flat_map(|&pos| fs.store.at(pos))
+        // The positions are in key order, their slots and records all over the store:
+        // each slot is fetched SLOT_AHEAD turns early, its record RECORD_AHEAD turns early.
+        let positions = &q.positions[..end];
+        let changes: Vec<Change> = (q.next..end)
+            .flat_map(|j| {
+                if let Some(&pos) = positions.get(j + SLOT_AHEAD) {
+                    fs.store.prefetch(pos);
+                }
+                if let Some(&pos) = positions.get(j + RECORD_AHEAD) {
+                    fs.store.prefetch_item(pos);
+                }
+                fs.store.at(positions[j])
+            })
             .map(|(_, v)| Change {
                 item: v.id(),
                 entry: v.entry(),
@@ -199,10 +213,15 @@ impl Engine {
 /// misses. Here each key is read once, into a 16-byte prefix sorted with its index, and
 /// only items whose prefixes tie are compared in full.
 pub(super) fn item_order<'k>(n: usize, id: impl Fn(usize) -> (Option<Eid>, &'k str)) -> Vec<u32> {
-    let mut order: Vec<(Option<Eid>, u128, u32)> = (0..n)
+    let mut order: Vec<(u64, u128, u32)> = (0..n)
         .map(|i| {
+            if i + KEY_AHEAD < n {
+                if let Some(byte) = id(i + KEY_AHEAD).1.as_bytes().first() {
+                    prefetch_read(byte);
+                }
+            }
             let (owner, key) = id(i);
-            (owner, key_prefix(key), i as u32)
+            (owner_rank(owner), key_prefix(key), i as u32)
         })
         .collect();
     order.sort_unstable_by(|a, b| {
@@ -211,6 +230,20 @@ pub(super) fn item_order<'k>(n: usize, id: impl Fn(usize) -> (Option<Eid>, &'k s
             .then_with(|| id(a.2 as usize).1.cmp(id(b.2 as usize).1))
     });
     order.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// How far ahead [`item_order`] prefetches the keys it reads.
+const KEY_AHEAD: usize = 8;
+
+/// A number that sorts as `Option<Eid>` does (no owner first, then by EID bytes), and
+/// compares in one instruction.
+fn owner_rank(owner: Option<Eid>) -> u64 {
+    owner.map_or(0, |eid| {
+        let mut b = [0u8; 8];
+        b[0] = 1;
+        b[2..].copy_from_slice(&eid.0);
+        u64::from_be_bytes(b)
+    })
 }
 
 /// Sorts changes by item (see [`item_order`]).
