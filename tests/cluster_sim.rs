@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::{RngExt, SeedableRng};
@@ -45,7 +45,7 @@ use res_astdb_cluster::node::events::{Event, EventSink};
 use res_astdb_cluster::node::inbox::{Command, Pending};
 use res_astdb_cluster::node::link::{Link, LinkEvent, LinkStatus};
 use res_astdb_cluster::node::persist::StateLog;
-use res_astdb_cluster::node::{Clock, Level, Node, Parts, Say, Tuning};
+use res_astdb_cluster::node::{Clock, Level, Node, Parts, Say, Tuning, PUSH_BACKLOG};
 
 const BASE_MS: u64 = 1_700_000_000_000;
 const GLOBAL: &str = "blacklist";
@@ -171,6 +171,8 @@ impl AstDb for SimDb {
 struct SimLink {
     sent: Arc<Mutex<Vec<(Eid, Message)>>>,
     doom: Arc<Doom>,
+    /// The link says it still holds this much for every peer (large pushes wait).
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Link for SimLink {
@@ -187,6 +189,10 @@ impl Link for SimLink {
     }
 
     fn shutdown(&mut self) {}
+
+    fn backlog(&self, _to: Eid) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
 }
 
 enum Disk {
@@ -347,6 +353,8 @@ struct SimNode {
     doom: Arc<Doom>,
     sent: Arc<Mutex<Vec<(Eid, Message)>>>,
     offset: Arc<AtomicI64>,
+    /// What its link says it holds back (see `SimLink::backlog`).
+    backlog: Arc<AtomicUsize>,
     pending: Pending,
     wake_at: u64,
     next_commit: u64,
@@ -440,6 +448,7 @@ impl Sim {
                     doom: Arc::default(),
                     sent: Arc::default(),
                     offset: Arc::new(AtomicI64::new(rng.random_range(-800..=800))),
+                    backlog: Arc::default(),
                     pending: Pending::default(),
                     wake_at: 0,
                     next_commit: rng.random_range(0..COMMIT_MS),
@@ -511,6 +520,7 @@ impl Sim {
             link: Box::new(SimLink {
                 sent: Arc::clone(&sim_node.sent),
                 doom: Arc::clone(&doom),
+                backlog: Arc::clone(&sim_node.backlog),
             }),
             log: Box::new(SimLog {
                 disk: Arc::clone(&sim_node.disk),
@@ -714,6 +724,16 @@ impl Sim {
                     self.crash(i);
                 }
             }
+            if self.rng.random_bool(0.02) {
+                // A node's link backs up (its large pushes wait), or drains.
+                let i = self.rng.random_range(0..n);
+                let held = if self.rng.random_bool(0.3) {
+                    PUSH_BACKLOG + 1
+                } else {
+                    0
+                };
+                self.nodes[i].backlog.store(held, Ordering::Relaxed);
+            }
             if self.rng.random_bool(0.001) {
                 // The wall clock of a node steps back (NTP correction).
                 let i = self.rng.random_range(0..n);
@@ -727,6 +747,11 @@ impl Sim {
         }
         if !self.cut.is_empty() && (t >= self.heal_at || !chaos) {
             self.cut.clear();
+        }
+        if !chaos {
+            for node in &self.nodes {
+                node.backlog.store(0, Ordering::Relaxed);
+            }
         }
         for i in 0..n {
             if !self.alive(i) && (t >= self.nodes[i].restart_at || !chaos) {

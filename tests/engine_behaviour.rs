@@ -496,6 +496,48 @@ fn a_catch_up_too_large_for_one_turn_goes_out_in_slices_in_key_order() {
     assert!(!due(&a, later), "{:?}", a.next_deadline());
 }
 
+#[test]
+fn a_catch_up_to_a_peer_whose_link_is_backed_up_waits_and_then_goes_on_where_it_stopped() {
+    let family = "big";
+    let mut cfg = EngineConfig::new(A, 1);
+    cfg.push_slice = 500;
+    let mut a = holding_3000_keys(cfg, family);
+    let count = |out: &[Output]| -> usize {
+        out.iter()
+            .map(|o| match o {
+                Output::Send { msg, .. } => match &msg.body {
+                    Body::Changes(c) => c.len(),
+                    _ => 0,
+                },
+                _ => 0,
+            })
+            .sum()
+    };
+    let first = count(&outputs_of(&mut a, |a| {
+        a.receive(B, empty_root_summary(family, NOW + 10), NOW + 10)
+    }));
+    assert_eq!(first, 500);
+    assert_eq!(a.pushing_to().into_iter().collect::<Vec<_>>(), vec![B]);
+    // The driver says B's link still holds too much: no slice goes, and no slice is
+    // due (the driver need not spin), though the push is still under way.
+    a.hold_pushes([B].into_iter().collect());
+    let t = NOW + 20;
+    assert_eq!(count(&outputs_of(&mut a, |a| a.tick(t))), 0);
+    assert!(!due(&a, t), "{:?}", a.next_deadline());
+    assert!(a.pushing());
+    // Released, the rest goes, each key once.
+    a.hold_pushes(Default::default());
+    assert!(due(&a, t));
+    let mut rest = 0;
+    let mut t = t;
+    while due(&a, t) {
+        rest += count(&outputs_of(&mut a, |a| a.tick(t)));
+        t += 100;
+    }
+    assert_eq!(first + rest, 3000);
+    assert!(!a.pushing());
+}
+
 fn read(rows: &[(&str, &str)]) -> Contents {
     read_as(None, rows)
 }

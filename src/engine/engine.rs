@@ -423,7 +423,7 @@ impl Engine {
     }
 
     /// Wall-clock ms at which `tick` has work next: a batch waiting in the outbox, a queued
-    /// push slice (both: now), a family's next digest sync (which also resends the
+    /// push slice to a peer not held (both: now; see [`Engine::hold_pushes`]), a family's next digest sync (which also resends the
     /// tombstones some peer has not acknowledged), a tombstone whose grace period is to
     /// start or stop (now), to be collected after its grace or by age, or a collected one
     /// to forget. None when nothing is scheduled (no family is shared).
@@ -434,7 +434,7 @@ impl Engine {
     /// [`Engine::tick`] before it does nothing. Its cost grows with the tombstones held,
     /// as a tick's does: call it once per turn.
     pub fn next_deadline(&self) -> Option<u64> {
-        if !self.outbox.is_empty() || self.pushes.has_queued() {
+        if !self.outbox.is_empty() || self.pushes.has_ready() {
             return Some(AT_ONCE);
         }
         let grace = self.cfg.collect_grace_ms();

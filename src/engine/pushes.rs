@@ -2,7 +2,7 @@
 //! remembered while it may be in flight, and one too large for one turn is queued and
 //! sent a slice at each tick.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::mem;
 
 use super::engine::Engine;
@@ -48,12 +48,19 @@ struct QueuedPush {
 pub(super) struct Pushes {
     recent: BTreeMap<(Eid, String), Vec<RecentPush>>,
     queued: VecDeque<QueuedPush>,
+    /// Peers whose link still holds much of what was sent them: their queued pushes wait.
+    held: BTreeSet<Eid>,
 }
 
 impl Pushes {
     /// Whether a large push still has slices to send.
     pub(super) fn has_queued(&self) -> bool {
         !self.queued.is_empty()
+    }
+
+    /// Whether a large push has a slice to send now (its peer is not held).
+    pub(super) fn has_ready(&self) -> bool {
+        self.queued.iter().any(|q| !self.held.contains(&q.peer))
     }
 
     /// Forgets the pushes to `peer`: its connection is new or gone.
@@ -165,9 +172,31 @@ impl Engine {
         self.continue_pushes(now_ms, out);
     }
 
-    /// Sends the next slice of the oldest queued push (then it waits behind the others).
+    /// The peers a queued push still has slices for.
+    pub fn pushing_to(&self) -> BTreeSet<Eid> {
+        self.pushes.queued.iter().map(|q| q.peer).collect()
+    }
+
+    /// The peers whose links still hold much of what was sent them (the driver's
+    /// judgement, renewed before each tick): slices of queued pushes to them wait, and
+    /// [`Engine::next_deadline`] does not count those pushes as work due now.
+    pub fn hold_pushes(&mut self, peers: BTreeSet<Eid>) {
+        self.pushes.held = peers;
+    }
+
+    /// Sends the next slice of the oldest queued push to a peer not held (then it waits
+    /// behind the others).
     pub(super) fn continue_pushes(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        let Some(mut q) = self.pushes.queued.pop_front() else {
+        let held = &self.pushes.held;
+        let Some(i) = self
+            .pushes
+            .queued
+            .iter()
+            .position(|q| !held.contains(&q.peer))
+        else {
+            return;
+        };
+        let Some(mut q) = self.pushes.queued.remove(i) else {
             return;
         };
         let Some(fs) = self.families.get(&q.family).filter(|f| f.shared.is_some()) else {

@@ -144,6 +144,12 @@ pub trait Link: Send {
     /// `database shared refresh`: the family is compared in full at its next sync,
     /// whatever the link believes it knows.
     fn refresh(&mut self, _family: &str) {}
+    /// Bytes sent to `to` that the link still holds, not yet on their way (a link that
+    /// cannot tell says 0). The loop sends the rest of a large push only once this is
+    /// small: a new node's catch-up then waits in the store, not as messages in memory.
+    fn backlog(&self, _to: Eid) -> usize {
+        0
+    }
 }
 
 /// A peer as the link sees it.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::unbounded;
+use crossbeam_channel::bounded;
 
 use super::inbox::Inbox;
 use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
@@ -18,6 +18,10 @@ use crate::config::ClusterConfig;
 use crate::eid::Eid;
 use crate::engine::{codec, Message};
 use crate::transport::{self, Event, LogLevel, PeerAddr, Transport, TransportConfig};
+
+/// Transport events (most of them received messages, each up to some tens of KB)
+/// waiting for the thread that decodes them.
+const EVENT_QUEUE: usize = 128;
 
 /// The settings that need a new transport when they change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,7 +165,10 @@ impl Link for Mesh {
         let mut tc = TransportConfig::new(&identity.cluster_name, secret, identity.node, eid);
         tc.bind = identity.bind;
         tc.peers = peers.clone();
-        let (tx, rx) = unbounded::<Event>();
+        // Bounded: when the loop falls behind (a new node's catch-up arrives faster than
+        // AstDB takes it), the connections stop reading and TCP holds the sender back,
+        // instead of this process holding the rest of the catch-up as messages.
+        let (tx, rx) = bounded::<Event>(EVENT_QUEUE);
         let say = Arc::clone(&self.say);
         let log = Arc::new(move |level: LogLevel, text: String| {
             let level = match level {
@@ -242,6 +249,19 @@ impl Link for Mesh {
                 undecodable,
                 ..LinkStatus::default()
             },
+        }
+    }
+
+    fn backlog(&self, to: Eid) -> usize {
+        let node = self
+            .node_of
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&to)
+            .copied();
+        match (&self.transport, node) {
+            (Some(t), Some(node)) => t.queued_bytes(node),
+            _ => 0,
         }
     }
 

@@ -42,6 +42,10 @@ use reads::Reads;
 pub const LINGER: Duration = Duration::from_micros(200);
 /// The longest the thread sleeps between turns, whatever the deadlines say.
 pub const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// A large push waits while the link holds more than this many bytes for its peer...
+pub const PUSH_BACKLOG: usize = 4 << 20;
+/// ...and the loop looks again this soon.
+pub const PUSH_POLL: Duration = Duration::from_millis(5);
 /// The largest output buffer kept from one turn to the next.
 const KEEP_OUTPUTS: usize = 65_536;
 /// Distinct warnings remembered before the set starts afresh.
@@ -190,6 +194,8 @@ pub struct Node {
     /// Changes executed in the current batch, published after it.
     changes: Vec<Changed>,
     tuning: Tuning,
+    /// A large push waits for its peer's link (see [`Node::pace_pushes`]).
+    pushes_held: bool,
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
     told: BTreeMap<String, SharedFamily>,
@@ -239,6 +245,7 @@ impl Node {
             policy: EventPolicy::default(),
             changes: Vec::new(),
             tuning: parts.tuning,
+            pushes_held: false,
             registry: Registry::new(),
             told: BTreeMap::new(),
             refreshing: BTreeSet::new(),
@@ -338,6 +345,7 @@ impl Node {
                 self.flush();
             }
         }
+        self.pace_pushes();
         self.engine.tick(now);
         self.flush();
         if self.unsaved.is_none() {
@@ -502,8 +510,26 @@ impl Node {
         }
     }
 
+    /// Holds back the slices of a large push to a peer whose link has not yet sent
+    /// [`PUSH_BACKLOG`] bytes of what it was given: a catch-up then goes at the pace the
+    /// peer takes it, and waits in the store rather than as messages in this node's
+    /// memory (or the peer's).
+    fn pace_pushes(&mut self) {
+        let held: BTreeSet<Eid> = if self.engine.pushing() {
+            self.engine
+                .pushing_to()
+                .into_iter()
+                .filter(|&peer| self.link.backlog(peer) > PUSH_BACKLOG)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        self.pushes_held = !held.is_empty();
+        self.engine.hold_pushes(held);
+    }
+
     /// How long the thread may sleep: until the engine's next deadline or the next
-    /// read, at most [`MAX_SLEEP`].
+    /// read, at most [`MAX_SLEEP`] ([`PUSH_POLL`] while a push is held back).
     fn sleep(&self) -> Duration {
         let now = self.clock.wall_ms();
         let at = self.clock.mono_us();
@@ -518,7 +544,8 @@ impl Node {
         let watch = self
             .watching
             .then(|| Duration::from_micros(self.next_watch_us.saturating_sub(at)));
-        [engine, read, watch]
+        let held = self.pushes_held.then_some(PUSH_POLL);
+        [engine, read, watch, held]
             .into_iter()
             .flatten()
             .fold(MAX_SLEEP, Duration::min)

@@ -356,6 +356,15 @@ impl Transport {
         Ok(())
     }
 
+    /// Bytes queued for `node` and not yet written to its connection (0 when it is
+    /// not connected).
+    pub fn queued_bytes(&self, node: u32) -> usize {
+        self.shared
+            .peer(node)
+            .and_then(|p| p.state().conn.clone())
+            .map_or(0, |c| c.queued.load(Ordering::Relaxed))
+    }
+
     /// Applies a new peer list: new peers are dialed or awaited, removed ones
     /// disconnected, unchanged ones left alone. A changed address is a new peer.
     pub fn set_peers(&self, peers: Vec<PeerAddr>) {

@@ -338,7 +338,11 @@ fn read_loop(
                         if conn.closing() {
                             return "closing".into();
                         }
+                        // While the event waits for room, this connection reads
+                        // nothing, heartbeats included; the peer is not silent, only
+                        // unheard: its last frame counts as just seen.
                         emit(shared, Event::Received { node, eid, payload }, &|| {
+                            peer.last_seen.store(now_ms(shared), Ordering::Relaxed);
                             conn.closing()
                         });
                     }
