@@ -476,6 +476,8 @@ struct Runs<'b> {
     count_at: usize,
     count: usize,
     family: Option<String>,
+    /// Address and length of the family string last given.
+    given: (usize, usize),
 }
 
 /// Counts are written as fixed 5-byte LEB128 so they can be patched in place.
@@ -497,12 +499,17 @@ impl<'b> Runs<'b> {
             count_at: 0,
             count: 0,
             family: None,
+            given: (0, 0),
         }
     }
 
     /// The buffer to write the next item of `family` into.
     fn item(&mut self, family: &str) -> &mut Vec<u8> {
-        if self.family.as_deref() != Some(family) {
+        // The items of a run usually share one string: its address settles most.
+        let given = (family.as_ptr() as usize, family.len());
+        let same = self.given == given || self.family.as_deref() == Some(family);
+        self.given = given;
+        if !same {
             self.close_run();
             self.runs += 1;
             put_str(self.b, family);
