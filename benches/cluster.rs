@@ -1050,17 +1050,18 @@ fn catch_up_progress(
     done: &std::sync::atomic::AtomicBool,
 ) {
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_millis(250));
         let s1 = node1.cli("astdb cluster show status");
         let s2 = node2.cli("astdb cluster show status");
         println!(
-            "      t={:5.2}s node 1: changes sent {} | node 2: received {}, applied {}; CPU-s node 1 {:.2}, node 2 {:.2}",
+            "      t={:5.2}s node 1: changes sent {} | node 2: received {}, applied {}; CPU-s node 1 {:.2}, node 2 {:.2}; node 2 RSS {} KiB",
             (realtime_us() - spawned) as f64 / 1e6,
             num_after(&s1, "Changes sent / received:").unwrap_or(-1),
             pair_after(&s2, "Changes sent / received:").1,
             num_after(&s2, "Remote changes applied:").unwrap_or(-1),
             cpu_secs(node1),
             cpu_secs(node2),
+            rss_kib(node2, "VmRSS:"),
         );
     }
 }
@@ -1142,8 +1143,10 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
             t0.elapsed().as_secs_f64()
         );
     }
+    // Steady: the loop idle a moment after taking them in, and its heap trimmed.
+    std::thread::sleep(Duration::from_secs(1));
     println!(
-        "  node 1 memory: RSS {} -> {} KiB once the module holds them ({:.0} B/key; peak RSS {} KiB)",
+        "  node 1 memory: RSS {} -> {} KiB 1 s after the module took them in ({:.0} B/key; peak RSS {} KiB, during its read of the family)   [target <= 110 B/key]",
         rss1_before,
         rss_kib(node1, "VmRSS:"),
         per_key(rss_kib(node1, "VmRSS:") - rss1_before, n),
@@ -1157,12 +1160,22 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     std::thread::sleep(idle);
     let reads1 = family_reads(node1);
     println!(
-        "  node 1{}, nothing changing: {:.2} CPU-s in {:.0} s; family reads {} done, {} skipped (AstDB unchanged)",
+        "  node 1{}, nothing changing: {:.2} CPU-s in {:.0} s; family reads {} done, {} skipped (AstDB unchanged); RSS then {} KiB ({:.0} B/key)",
         if holders.len() > 1 { "" } else { " alone" },
         cpu_secs(node1) - c0,
         idle.as_secs_f64(),
         reads1.0 - reads0.0,
-        reads1.1 - reads0.1
+        reads1.1 - reads0.1,
+        rss_kib(node1, "VmRSS:"),
+        per_key(rss_kib(node1, "VmRSS:") - rss1_before, n),
+    );
+    // The yardstick, measured just before node N starts: its own ast_db_put of n keys.
+    let put = reference_put(n, &value);
+    println!(
+        "  ast_db_put alone (a stand-in without the module, empty AstDB): {n} keys in {} ({}), {:.2} us CPU per put",
+        secs(put.took_us),
+        rate(n, put.took_us),
+        put.cpu_us
     );
     println!("  load before node {last} starts: {}", load());
     let cpu1 = cpu_secs(node1);
@@ -1223,18 +1236,34 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
                 secs(done - spawned),
                 rate(n, done - spawned)
             );
+            let new_cpu_us = cpu_secs(&new) * 1e6 / n.max(1) as f64;
+            println!(
+                "  => catch-up {} vs ast_db_put alone {}: {:.2}x   [target <= 1.2x]",
+                secs(done - spawned),
+                secs(put.took_us),
+                (done - spawned) as f64 / put.took_us.max(1) as f64
+            );
+            println!(
+                "  => node {last}'s CPU per received key {new_cpu_us:.2} us vs ast_db_put alone {:.2} us: {:.2}x   [target <= 1.3x]",
+                put.cpu_us,
+                new_cpu_us / put.cpu_us.max(1e-9)
+            );
         }
         None => println!(
             "  node {last} did NOT get all keys within {timeout:?}: has {}",
             count(&new, "bench_big")
         ),
     }
+    // Steady: once the catch-up is over, the loop idle a moment and its heap trimmed.
+    std::thread::sleep(Duration::from_secs(1));
+    let (steady, peak) = (rss_kib(&new, "VmRSS:"), rss_kib(&new, "VmHWM:"));
     println!(
-        "  node {last} memory: RSS {} -> {} KiB after the catch-up ({:.0} B/key; peak RSS {} KiB)",
+        "  node {last} memory: RSS {} -> {} KiB 1 s after the catch-up ({:.0} B/key; peak RSS {} KiB, {:.2}x the steady growth)   [target <= 110 B/key, peak <= 1.5x]",
         rss2_before,
-        rss_kib(&new, "VmRSS:"),
-        per_key(rss_kib(&new, "VmRSS:") - rss2_before, n),
-        rss_kib(&new, "VmHWM:")
+        steady,
+        per_key(steady - rss2_before, n),
+        peak,
+        (peak - rss2_before) as f64 / (steady - rss2_before).max(1) as f64
     );
     match cluster.net {
         Net::Mesh | Net::Pjsip => {
@@ -1296,6 +1325,26 @@ fn rss_kib(node: &StandIn, field: &str) -> i64 {
 
 fn per_key(kib: i64, n: usize) -> f64 {
     kib as f64 * 1024.0 / n.max(1) as f64
+}
+
+/// What `ast_db_put` alone costs on this machine now: a stand-in without the module
+/// puts `n` keys (`database bulkput`, values `value` or v<i>) into an empty AstDB. The
+/// wall time of the loop and the process's CPU per put (the loop and AstDB's commits).
+struct PutCost {
+    took_us: i64,
+    cpu_us: f64,
+}
+
+fn reference_put(n: usize, value: &str) -> PutCost {
+    let mut plain = StandIn::builder("bench-ref-put").start();
+    let cpu0 = cpu_secs(&plain);
+    let out = plain.cli(&format!("database bulkput bench_ref k {n} {value}"));
+    let took_us = must_num(&out, "end") - must_num(&out, "start");
+    // The commit of the last puts, as the nodes' figures include theirs.
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_us = (cpu_secs(&plain) - cpu0) * 1e6 / n.max(1) as f64;
+    plain.stop();
+    PutCost { took_us, cpu_us }
 }
 
 /// Figure 4: bytes exchanged to heal a split that left `diff` keys different in a
