@@ -475,6 +475,14 @@ fn figure_updates(n: usize, repeat: usize, timeout: Duration, trace: bool) {
     // read at its interval all through the other's measurement.
     let wanted =
         std::env::var("BENCH_UPDATE_PATHS").unwrap_or_else(|_| "cli,dialplan,events".into());
+    // The yardstick of the receivers' CPU: ast_db_put of the same n keys alone.
+    let put = reference_put(n, "");
+    println!(
+        "  ast_db_put alone (a stand-in without the module, empty AstDB): {n} keys in {} ({}), {:.2} us CPU per put",
+        secs(put.took_us),
+        rate(n, put.took_us),
+        put.cpu_us
+    );
     for (what, short, fam, interval, general, cmd) in paths {
         if !wanted.split(',').any(|w| w.trim() == short) {
             continue;
@@ -487,6 +495,20 @@ fn figure_updates(n: usize, repeat: usize, timeout: Duration, trace: bool) {
                 &cluster, n, fam, interval, general, &cmd, timeout, trace, run,
             );
             rates.extend(r.rate);
+            println!(
+                "      => receivers' CPU per update vs ast_db_put alone ({:.2} us): {}   [target <= 1.3x]",
+                put.cpu_us,
+                r.receivers_us
+                    .iter()
+                    .enumerate()
+                    .map(|(i, us)| format!(
+                        "node {}: {us:.2} us ({:.2}x)",
+                        i + 2,
+                        us / put.cpu_us.max(1e-9)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         rates.sort_by(f64::total_cmp);
         if let Some(median) = rates.get(rates.len() / 2) {
@@ -504,6 +526,8 @@ struct UpdatesRun {
     rate: Option<f64>,
     /// The writer's (node 1's) process CPU per update, first write to last arrival, µs.
     writer_us: f64,
+    /// The same for each receiver (nodes 2..N).
+    receivers_us: Vec<f64>,
 }
 
 /// "both peers" or "all N peers".
@@ -560,6 +584,11 @@ fn updates_run(
         (write, arrivals)
     });
     let writer_us = (cpu_secs(&nodes[0]) - cpu_before[0]) * 1e6 / n as f64;
+    let receivers_us: Vec<f64> = nodes[1..]
+        .iter()
+        .zip(&cpu_before[1..])
+        .map(|(node, before)| (cpu_secs(node) - before) * 1e6 / n as f64)
+        .collect();
     let server_used = pid_cpu_secs(cluster.server_pid()) - server_before;
     let redis_after: Vec<(f64, f64)> = nodes.iter().map(redis_threads_cpu).collect();
     let loop_cpu: Vec<f64> = nodes.iter().map(loop_cpu_secs).collect();
@@ -682,6 +711,7 @@ fn updates_run(
     UpdatesRun {
         rate: result,
         writer_us,
+        receivers_us,
     }
 }
 
