@@ -132,6 +132,17 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// The node number of the peer `eid`, as its connection told.
+    fn node_number(&self, eid: Eid) -> Option<u32> {
+        self.node_of
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&eid)
+            .copied()
+    }
+}
+
 impl Link for Mesh {
     fn configure(&mut self, cfg: &ClusterConfig, eid: Eid) {
         let g = &cfg.general;
@@ -199,12 +210,7 @@ impl Link for Mesh {
     }
 
     fn send(&mut self, to: Eid, msg: &Message) {
-        let node = self
-            .node_of
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&to)
-            .copied();
+        let node = self.node_number(to);
         let (Some(t), Some(node)) = (&self.transport, node) else {
             self.send_errors += 1;
             return;
@@ -253,13 +259,7 @@ impl Link for Mesh {
     }
 
     fn backlog(&self, to: Eid) -> usize {
-        let node = self
-            .node_of
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&to)
-            .copied();
-        match (&self.transport, node) {
+        match (&self.transport, self.node_number(to)) {
             (Some(t), Some(node)) => t.queued_bytes(node),
             _ => 0,
         }
