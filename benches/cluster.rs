@@ -477,12 +477,6 @@ fn figure_updates(n: usize, repeat: usize, timeout: Duration, trace: bool) {
         std::env::var("BENCH_UPDATE_PATHS").unwrap_or_else(|_| "cli,dialplan,events".into());
     // The yardstick of the receivers' CPU: ast_db_put of the same n keys alone.
     let put = reference_put(n, "");
-    println!(
-        "  ast_db_put alone (a stand-in without the module, empty AstDB): {n} keys in {} ({}), {:.2} us CPU per put",
-        secs(put.took_us),
-        rate(n, put.took_us),
-        put.cpu_us
-    );
     for (what, short, fam, interval, general, cmd) in paths {
         if !wanted.split(',').any(|w| w.trim() == short) {
             continue;
@@ -1201,12 +1195,6 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     );
     // The yardstick, measured just before node N starts: its own ast_db_put of n keys.
     let put = reference_put(n, &value);
-    println!(
-        "  ast_db_put alone (a stand-in without the module, empty AstDB): {n} keys in {} ({}), {:.2} us CPU per put",
-        secs(put.took_us),
-        rate(n, put.took_us),
-        put.cpu_us
-    );
     println!("  load before node {last} starts: {}", load());
     let cpu1 = cpu_secs(node1);
     let server_before = pid_cpu_secs(cluster.server_pid());
@@ -1359,7 +1347,8 @@ fn per_key(kib: i64, n: usize) -> f64 {
 
 /// What `ast_db_put` alone costs on this machine now: a stand-in without the module
 /// puts `n` keys (`database bulkput`, values `value` or v<i>) into an empty AstDB. The
-/// wall time of the loop and the process's CPU per put (the loop and AstDB's commits).
+/// wall time of the loop and the process's CPU per put (the loop and AstDB's commits),
+/// also printed.
 struct PutCost {
     took_us: i64,
     cpu_us: f64,
@@ -1374,6 +1363,11 @@ fn reference_put(n: usize, value: &str) -> PutCost {
     std::thread::sleep(Duration::from_millis(1500));
     let cpu_us = (cpu_secs(&plain) - cpu0) * 1e6 / n.max(1) as f64;
     plain.stop();
+    println!(
+        "  ast_db_put alone (a stand-in without the module, empty AstDB): {n} keys in {} ({}), {cpu_us:.2} us CPU per put",
+        secs(took_us),
+        rate(n, took_us),
+    );
     PutCost { took_us, cpu_us }
 }
 

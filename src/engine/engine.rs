@@ -423,10 +423,11 @@ impl Engine {
     }
 
     /// Wall-clock ms at which `tick` has work next: a batch waiting in the outbox, a queued
-    /// push slice to a peer not held (both: now; see [`Engine::hold_pushes`]), a family's next digest sync (which also resends the
-    /// tombstones some peer has not acknowledged), a tombstone whose grace period is to
-    /// start or stop (now), to be collected after its grace or by age, or a collected one
-    /// to forget. None when nothing is scheduled (no family is shared).
+    /// push slice to a peer not held (both: now; see [`Engine::hold_pushes`]), a family's
+    /// next digest sync (which also resends the tombstones some peer has not
+    /// acknowledged), a tombstone whose grace period is to start or stop (now), to be
+    /// collected after its grace or by age, or a collected one to forget. None when
+    /// nothing is scheduled (no family is shared).
     ///
     /// "Now" is 0, a time every clock has passed (even one that stepped back since the
     /// call that made the work); any deadline at or before the driver's clock means at
