@@ -4,8 +4,8 @@
 //! (the replication loop that drives it, with the seams to AstDB and to the other
 //! nodes), `transport` (the encrypted TCP mesh), `metadata` (the module's own files),
 //! `module` (load/unload/reload, CLI, dialplan, capture: what Asterisk calls) and
-//! `asterisk` (the FFI border, the one module allowed `unsafe_code`, but for the store's
-//! cache prefetch hint). `config` and `eid` are words every layer uses.
+//! `asterisk` (the FFI border, the one module allowed `unsafe_code`). `config` and `eid` are
+//! words every layer uses.
 
 #![deny(unsafe_code)]
 

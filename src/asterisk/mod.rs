@@ -16,6 +16,7 @@ mod sys {
 
 pub(crate) mod ami;
 pub mod config;
+pub(crate) mod cpu;
 pub mod db;
 mod entry;
 pub mod events;

@@ -8,8 +8,9 @@ use std::mem;
 use super::engine::Engine;
 use super::message::Change;
 use super::output::Output;
-use super::store::{node_range, prefetch_read};
+use super::store::node_range;
 use super::version::Hlc;
+use crate::asterisk::cpu;
 use crate::eid::Eid;
 
 /// How far ahead a queued push's slice prefetches slots and records.
@@ -246,7 +247,7 @@ pub(super) fn item_order<'k>(n: usize, id: impl Fn(usize) -> (Option<Eid>, &'k s
         .map(|i| {
             if i + KEY_AHEAD < n {
                 if let Some(byte) = id(i + KEY_AHEAD).1.as_bytes().first() {
-                    prefetch_read(byte);
+                    cpu::prefetch(byte);
                 }
             }
             let (owner, key) = id(i);

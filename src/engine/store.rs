@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::item::{digest_hash, position_of, Contents, Entry, ItemView};
 use super::persist::ItemState;
 use super::version::{Hlc, Version};
+use crate::asterisk::cpu;
 use crate::eid::Eid;
 
 /// The deepest level of the digest tree: one nibble of the position hash per level.
@@ -255,19 +256,6 @@ pub(crate) fn node_range(depth: u8, prefix: u64) -> RangeInclusive<u64> {
 /// How many slots ahead [`ItemStore::range`] prefetches records.
 const RECORD_AHEAD: usize = 8;
 
-/// A hint to the CPU to fetch `r`'s cache line.
-#[allow(unsafe_code)]
-pub(crate) fn prefetch_read<T>(r: &T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing and never faults; the address is a live reference's.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((r as *const T).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
-}
-
 /// Where the item looked for is, or where it would go.
 enum Found {
     At(usize),
@@ -379,7 +367,7 @@ impl ItemStore {
     /// waiting on memory for it.
     pub(crate) fn prefetch(&self, pos: u64) {
         if let Some(slot) = self.slots.get(self.home(pos)) {
-            prefetch_read(slot);
+            cpu::prefetch(slot);
         }
     }
 
@@ -878,7 +866,7 @@ impl ItemStore {
     fn prefetch_record(&self, slot: &Slot) {
         if slot.used() {
             if let Some(byte) = self.arena.as_bytes().get(slot.at()) {
-                prefetch_read(byte);
+                cpu::prefetch(byte);
             }
         }
     }
@@ -886,15 +874,7 @@ impl ItemStore {
     /// Prefetches the record of the first item at `pos` (its slot, best prefetched
     /// earlier with [`ItemStore::prefetch`]).
     pub(crate) fn prefetch_item(&self, pos: u64) {
-        if self.homes == 0 {
-            return;
-        }
-        let slots = self.slots.get(self.home(pos)..).unwrap_or(&[]);
-        if let Some(slot) = slots
-            .iter()
-            .take_while(|s| s.used() && s.pos() <= pos)
-            .find(|s| s.pos() == pos)
-        {
+        if let Some(slot) = self.slots_at(pos).next() {
             self.prefetch_record(slot);
         }
     }
@@ -911,6 +891,11 @@ impl ItemStore {
 
     /// The items at position `pos`.
     pub(super) fn at(&self, pos: u64) -> impl Iterator<Item = (u64, ItemView<'_>)> {
+        self.slots_at(pos).map(move |s| (pos, self.view(s)))
+    }
+
+    /// The slots of the items at position `pos`.
+    fn slots_at(&self, pos: u64) -> impl Iterator<Item = &Slot> {
         let start = if self.homes == 0 {
             self.slots.len()
         } else {
@@ -920,7 +905,6 @@ impl ItemStore {
             .iter()
             .take_while(move |s| s.used() && s.pos() <= pos)
             .filter(move |s| s.pos() == pos)
-            .map(move |s| (pos, self.view(s)))
     }
 }
 
