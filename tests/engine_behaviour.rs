@@ -525,8 +525,10 @@ fn a_catch_up_to_a_peer_whose_link_is_backed_up_waits_and_then_goes_on_where_it_
     assert_eq!(count(&outputs_of(&mut a, |a| a.tick(t))), 0);
     assert!(!due(&a, t), "{:?}", a.next_deadline());
     assert!(a.pushing());
+    assert!(a.pushes_held());
     // Released, the rest goes, each key once.
     a.hold_pushes(Default::default());
+    assert!(!a.pushes_held());
     assert!(due(&a, t));
     let mut rest = 0;
     let mut t = t;

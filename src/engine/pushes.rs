@@ -185,6 +185,14 @@ impl Engine {
         self.pushes.held = peers;
     }
 
+    /// Whether a queued push waits for a peer held by [`Engine::hold_pushes`].
+    pub fn pushes_held(&self) -> bool {
+        self.pushes
+            .queued
+            .iter()
+            .any(|q| self.pushes.held.contains(&q.peer))
+    }
+
     /// Sends the next slice of the oldest queued push to a peer not held (then it waits
     /// behind the others).
     pub(super) fn continue_pushes(&mut self, now_ms: u64, out: &mut Vec<Output>) {

@@ -194,8 +194,6 @@ pub struct Node {
     /// Changes executed in the current batch, published after it.
     changes: Vec<Changed>,
     tuning: Tuning,
-    /// A large push waits for its peer's link (see [`Node::pace_pushes`]).
-    pushes_held: bool,
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
     told: BTreeMap<String, SharedFamily>,
@@ -245,7 +243,6 @@ impl Node {
             policy: EventPolicy::default(),
             changes: Vec::new(),
             tuning: parts.tuning,
-            pushes_held: false,
             registry: Registry::new(),
             told: BTreeMap::new(),
             refreshing: BTreeSet::new(),
@@ -524,7 +521,6 @@ impl Node {
         } else {
             BTreeSet::new()
         };
-        self.pushes_held = !held.is_empty();
         self.engine.hold_pushes(held);
     }
 
@@ -544,7 +540,7 @@ impl Node {
         let watch = self
             .watching
             .then(|| Duration::from_micros(self.next_watch_us.saturating_sub(at)));
-        let held = self.pushes_held.then_some(PUSH_POLL);
+        let held = self.engine.pushes_held().then_some(PUSH_POLL);
         [engine, read, watch, held]
             .into_iter()
             .flatten()

@@ -359,10 +359,12 @@ impl Transport {
     /// Bytes queued for `node` and not yet written to its connection (0 when it is
     /// not connected).
     pub fn queued_bytes(&self, node: u32) -> usize {
-        self.shared
-            .peer(node)
-            .and_then(|p| p.state().conn.clone())
-            .map_or(0, |c| c.queued.load(Ordering::Relaxed))
+        self.shared.peer(node).map_or(0, |p| {
+            p.state()
+                .conn
+                .as_ref()
+                .map_or(0, |c| c.queued.load(Ordering::Relaxed))
+        })
     }
 
     /// Applies a new peer list: new peers are dialed or awaited, removed ones
