@@ -434,7 +434,7 @@ fn while_the_replica_log_cannot_be_written_changes_wait_and_none_is_lost() {
 }
 
 #[test]
-fn a_node_that_applied_replicated_writes_unloads_with_no_thread_left() {
+fn a_node_that_applied_replicated_writes_unloads_with_no_thread_left_and_no_refusal_logged() {
     let nodes = cluster(8, 2);
     wait_all_up(&nodes);
     let [a, b] = [&nodes[0], &nodes[1]];
@@ -468,4 +468,9 @@ fn a_node_that_applied_replicated_writes_unloads_with_no_thread_left() {
     let log = b.log();
     assert!(!log.contains("still mapped after dlclose"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
+    // Closing its own links while it unloads is not a peer refusing it, and the log
+    // says whose doing it is.
+    assert!(!log.contains("refused by peer"), "{log}");
+    assert!(!log.contains("logged once until it connects"), "{log}");
+    assert!(log.contains("is down: this node is stopping"), "{log}");
 }

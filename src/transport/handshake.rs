@@ -91,8 +91,8 @@ fn io_refusal(node: Option<u32>, what: &str, e: ReadErr) -> Refusal {
         ReadErr::Timeout(_) => {
             Refusal::new(Cause::HandshakeTimeout, node, format!("no answer {what}"))
         }
-        ReadErr::Stopped => Refusal::new(Cause::RefusedByPeer, node, "transport stopping"),
-        ReadErr::Io(e) => Refusal::new(Cause::RefusedByPeer, node, format!("{what}: {e}")),
+        ReadErr::Stopped => Refusal::new(Cause::RefusedByPeer, node, "this node is stopping"),
+        ReadErr::Io(e) => Refusal::new(Cause::ConnectionLost, node, format!("{what}: {e}")),
     }
 }
 
@@ -159,7 +159,7 @@ fn write_msg(s: &mut TcpStream, node: u32, msg: &[u8]) -> Result<(), Refusal> {
     out.extend_from_slice(msg);
     s.write_all(&out).map_err(|e| {
         Refusal::new(
-            Cause::RefusedByPeer,
+            Cause::ConnectionLost,
             Some(node),
             format!("handshake write: {e}"),
         )
@@ -204,7 +204,7 @@ fn check_cluster(local: &Local, peer: &Hello) -> Result<(), Refusal> {
 }
 
 fn setup(s: &TcpStream, local_timeout: Duration) -> Result<(), Refusal> {
-    let io = |e: io::Error| Refusal::new(Cause::RefusedByPeer, None, format!("socket: {e}"));
+    let io = |e: io::Error| Refusal::new(Cause::ConnectionLost, None, format!("socket: {e}"));
     s.set_nodelay(true).map_err(io)?;
     s.set_read_timeout(Some(POLL)).map_err(io)?;
     s.set_write_timeout(Some(local_timeout.max(Duration::from_secs(1))))
@@ -225,7 +225,7 @@ pub(crate) fn dial(
     let ours = local.hello.encode();
     s.write_all(&ours).map_err(|e| {
         Refusal::new(
-            Cause::RefusedByPeer,
+            Cause::ConnectionLost,
             Some(node),
             format!("hello write: {e}"),
         )
@@ -298,7 +298,7 @@ pub(crate) fn accept(
     let ours = local.hello.encode();
     s.write_all(&ours).map_err(|e| {
         Refusal::new(
-            Cause::RefusedByPeer,
+            Cause::ConnectionLost,
             Some(peer.node),
             format!("hello write: {e}"),
         )

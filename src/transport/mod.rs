@@ -190,8 +190,12 @@ impl Shared {
     }
 
     /// Counts a refused or broken connection, logs it and tells the owner once per
-    /// peer and cause (see [`Rejects::record`]).
+    /// peer and cause (see [`Rejects::record`]). Connections this node breaks off
+    /// because it is stopping are neither: nothing went wrong with the peer.
     pub fn refused(&self, who: &str, node: Option<u32>, context: &str, reject: &wire::Reject) {
+        if self.stopping() {
+            return;
+        }
         if self.rejects.record(&self.log, who, context, reject) {
             let _ = self.events.send(Event::Refused {
                 who: who.to_string(),
@@ -466,7 +470,7 @@ impl Transport {
             .values()
         {
             p.removed.store(true, Ordering::Release);
-            p.disconnect("transport stopping");
+            p.disconnect("this node is stopping");
         }
         if let Some(l) = self.listener.take() {
             let _ = l.join();
@@ -676,7 +680,7 @@ fn dial_once(shared: &Arc<Shared>, peer: &Arc<Peer>, gone: &dyn Fn() -> bool) {
     let addrs: Vec<SocketAddr> = match address.to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(e) => {
-            let r = wire::Reject::new(wire::Cause::RefusedByPeer, format!("cannot resolve: {e}"));
+            let r = wire::Reject::new(wire::Cause::Unreachable, format!("cannot resolve: {e}"));
             dial_problem(shared, peer, &r);
             return;
         }

@@ -280,7 +280,7 @@ fn first_frame(
             return Ok(f);
         }
         if shared.stopping() {
-            return Err(Reject::new(Cause::RefusedByPeer, "transport stopping"));
+            return Err(Reject::new(Cause::RefusedByPeer, "this node is stopping"));
         }
         if Instant::now() >= deadline {
             return Err(Reject::new(
@@ -297,7 +297,7 @@ fn first_frame(
             }
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
-            Err(e) => return Err(Reject::new(Cause::RefusedByPeer, e.to_string())),
+            Err(e) => return Err(Reject::new(Cause::ConnectionLost, e.to_string())),
         }
     }
 }
@@ -362,7 +362,9 @@ fn read_loop(
             .fetch_add(reader.records - records_seen, Ordering::Relaxed);
         records_seen = reader.records;
         if conn.closing() || shared.stopping() {
-            return conn.reason().unwrap_or_else(|| "transport stopping".into());
+            return conn
+                .reason()
+                .unwrap_or_else(|| "this node is stopping".into());
         }
         match reader.fill_from(stream) {
             Ok(0) => return "connection closed by the peer".into(),

@@ -70,12 +70,14 @@ pub(crate) enum Cause {
     OversizedFrame,
     MalformedFrame,
     RefusedByPeer,
+    ConnectionLost,
+    Unreachable,
     HandshakeTimeout,
     NoCommonVersion,
 }
 
 impl Cause {
-    pub(crate) const ALL: [Cause; 10] = [
+    pub(crate) const ALL: [Cause; 12] = [
         Cause::MalformedHello,
         Cause::ClusterNameDiffers,
         Cause::UnknownNode,
@@ -84,6 +86,8 @@ impl Cause {
         Cause::OversizedFrame,
         Cause::MalformedFrame,
         Cause::RefusedByPeer,
+        Cause::ConnectionLost,
+        Cause::Unreachable,
         Cause::HandshakeTimeout,
         Cause::NoCommonVersion,
     ];
@@ -98,6 +102,8 @@ impl Cause {
             Cause::OversizedFrame => "oversized frame",
             Cause::MalformedFrame => "malformed frame",
             Cause::RefusedByPeer => "refused by peer",
+            Cause::ConnectionLost => "connection lost",
+            Cause::Unreachable => "address not resolved",
             Cause::HandshakeTimeout => "handshake timed out",
             Cause::NoCommonVersion => "no protocol version in common",
         }
