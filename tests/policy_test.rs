@@ -154,8 +154,9 @@ sync_interval = 60000
     nodes[1].wait_for_cli("database count slow", Duration::from_secs(30), |o| {
         o.contains("Keys: 10001")
     });
-    // The reads that followed the import end with one that finds nothing new.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The reads that followed the import end after four in a row found nothing new
+    // (the last 1.5 s after it).
+    std::thread::sleep(Duration::from_millis(3000));
     // CLI writes are found by the family's read, not at once.
     nodes[0].cli("database put slow k s");
     nodes[0].cli("database put fast k f");
@@ -171,14 +172,15 @@ sync_interval = 60000
     wait_value(&nodes[1], "slow", "k", Some("s"));
 
     // A writer other than the dialplan that keeps writing (a script loading numbers,
-    // here one put every 20 ms for 1.2 s) is followed once a read has found it: each
-    // read that finds changes brings the next one near, instead of a minute away.
+    // here one put every 250 ms for 3 s) is followed once a read has found it: each
+    // read that finds changes brings the next one near, instead of a minute away, and
+    // the reads that come between two of its puts and find nothing do not end that.
     std::thread::scope(|s| {
-        s.spawn(|| nodes[0].cli("database bulkput slow b 60 x 20000"));
+        s.spawn(|| nodes[0].cli("database bulkput slow b 12 x 250000"));
         std::thread::sleep(Duration::from_millis(150));
         nodes[0].cli("database shared refresh slow");
     });
-    wait_value(&nodes[1], "slow", "b59", Some("x"));
+    wait_value(&nodes[1], "slow", "b11", Some("x"));
 }
 
 #[test]

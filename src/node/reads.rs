@@ -15,6 +15,22 @@ use crate::engine::{Contents, SharedFamily};
 /// The soonest a family whose last read found local changes is read again (µs).
 const FOLLOW_UP_US: u64 = 100_000;
 
+/// How many follow-up reads in a row may find nothing new before the family is back to
+/// its interval; each waits twice as long as the one before (with 100 ms: reads 0.1,
+/// 0.3, 0.7 and 1.5 s after the last that found changes, longer than AstDB's commit).
+const FOLLOW_UP_READS: u32 = 4;
+
+/// A family read again soon because a recent read found local changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Following {
+    /// When the next follow-up read comes (µs).
+    at: u64,
+    /// The wait after it, should it find nothing new (µs).
+    wait: u64,
+    /// How many more follow-up reads come after it, should they find nothing new.
+    left: u32,
+}
+
 /// Per family, the read schedule and what earlier reads found. Times are the loop's
 /// monotonic clock in µs.
 #[derive(Default)]
@@ -27,10 +43,11 @@ pub(crate) struct Reads {
     /// Families whose AstDB contents changed through an apply or a captured write since
     /// their last read.
     touched: HashSet<String>,
-    /// When a family that is being followed (see [`Reads::follow_up`]) is to be read
-    /// next. A read that comes earlier (a refresh, a commit) and finds nothing does not
-    /// end the following: the follow-up read still comes.
-    following: HashMap<String, u64>,
+    /// Families being followed (see [`Reads::follow_up`]): when the next follow-up read
+    /// comes, and the wait before the one after it. A read that comes earlier (a
+    /// refresh, a commit) and finds nothing does not end the following: the follow-up
+    /// read still comes.
+    following: HashMap<String, Following>,
     pub done: u64,
     pub skipped: u64,
 }
@@ -89,13 +106,23 @@ impl Reads {
         for (name, family) in told {
             let next = self.next.entry(name.clone()).or_insert(at);
             if everything || *next <= at {
-                *next = at + family.sync_interval_ms.saturating_mul(1000);
-                match self.following.get(name) {
-                    Some(&f) if f > at => *next = (*next).min(f),
-                    Some(_) => {
+                let interval = at + family.sync_interval_ms.saturating_mul(1000);
+                *next = interval;
+                if let Some(f) = self.following.get_mut(name) {
+                    if f.at <= at {
+                        // This is a follow-up read. Should it find nothing new, the next
+                        // one waits twice as long; after the last, the interval.
+                        *f = Following {
+                            at: if f.left == 0 { u64::MAX } else { at + f.wait },
+                            wait: f.wait.saturating_mul(2),
+                            left: f.left.saturating_sub(1),
+                        };
+                    }
+                    if f.at < interval {
+                        *next = f.at;
+                    } else {
                         self.following.remove(name);
                     }
-                    None => {}
                 }
                 due.push(name.clone());
             }
@@ -141,12 +168,23 @@ impl Reads {
     /// than the dialplan is busy with it (a script loading numbers through AMI, say).
     /// It is read again soon rather than a whole interval later, so the rest of its
     /// burst follows quickly; the wait is at least twice the read, so that reading never
-    /// takes more than a third of the thread. Once a read finds nothing new the family
-    /// is back to its interval.
+    /// takes more than a third of the thread. A follow-up read that finds nothing new
+    /// doubles the wait before the next one; after [`FOLLOW_UP_READS`] of them the
+    /// family is back to its interval. So a writer that pauses (held up by AstDB's
+    /// commit, say) is still followed when it goes on, and one that has finished costs
+    /// a few reads, some of them skipped while AstDB commits nothing.
     pub fn follow_up(&mut self, name: &str, at: u64, took: u64) {
         self.stamp.remove(name);
-        let soon = at + FOLLOW_UP_US.max(took * 2);
-        self.following.insert(name.to_string(), soon);
+        let wait = FOLLOW_UP_US.max(took.saturating_mul(2));
+        let soon = at + wait;
+        self.following.insert(
+            name.to_string(),
+            Following {
+                at: soon,
+                wait: wait.saturating_mul(2),
+                left: FOLLOW_UP_READS - 1,
+            },
+        );
         if let Some(next) = self.next.get_mut(name) {
             if soon < *next {
                 *next = soon;
@@ -160,12 +198,16 @@ mod tests {
     use super::*;
     use crate::engine::Mode;
 
+    /// One global family read every minute.
+    fn read_every_minute(name: &str) -> BTreeMap<String, SharedFamily> {
+        let mut f = SharedFamily::from_dialplan(name, Mode::Global);
+        f.sync_interval_ms = 60_000;
+        BTreeMap::from([(name.to_string(), f)])
+    }
+
     #[test]
     fn an_early_read_that_finds_nothing_keeps_a_pending_follow_up() {
-        let mut told = BTreeMap::new();
-        let mut f = SharedFamily::from_dialplan("slow", Mode::Global);
-        f.sync_interval_ms = 60_000;
-        told.insert("slow".to_string(), f);
+        let told = read_every_minute("slow");
         let mut reads = Reads::default();
         assert_eq!(reads.due(&told, 0, false), ["slow"]);
         // That read found changes: the next is 100 ms away, not a minute.
@@ -175,8 +217,49 @@ mod tests {
         reads.now("slow", 5_000);
         assert_eq!(reads.due(&told, 5_000, false), ["slow"]);
         assert_eq!(reads.next_due(&told), Some(101_000));
-        // The follow-up read finds nothing either: back to the interval.
+        // The follow-up read finds nothing either: the next waits twice as long.
         assert_eq!(reads.due(&told, 101_000, false), ["slow"]);
-        assert_eq!(reads.next_due(&told), Some(60_101_000));
+        assert_eq!(reads.next_due(&told), Some(301_000));
+    }
+
+    #[test]
+    fn a_writer_that_pauses_is_still_followed_and_one_that_stopped_is_soon_back_to_the_interval() {
+        let told = read_every_minute("slow");
+        let mut reads = Reads::default();
+        assert_eq!(reads.due(&told, 0, false), ["slow"]);
+        reads.follow_up("slow", 0, 1_000);
+        // The follow-up read finds nothing (the writer waits for AstDB's commit)...
+        assert_eq!(reads.due(&told, 100_000, false), ["slow"]);
+        assert_eq!(reads.next_due(&told), Some(300_000));
+        // ...and the next finds its writes: the wait is short again.
+        assert_eq!(reads.due(&told, 300_000, false), ["slow"]);
+        reads.follow_up("slow", 301_000, 1_000);
+        assert_eq!(reads.next_due(&told), Some(401_000));
+        // The writer has finished: the reads that find nothing come 0.2, 0.4 and 0.8 s
+        // apart, then the family is back to its interval.
+        let mut at = 401_000;
+        let mut gaps = Vec::new();
+        loop {
+            assert_eq!(reads.due(&told, at, false), ["slow"]);
+            let next = reads.next_due(&told).unwrap();
+            gaps.push(next - at);
+            if next - at == 60_000_000 {
+                break;
+            }
+            at = next;
+        }
+        assert_eq!(gaps, [200_000, 400_000, 800_000, 60_000_000]);
+    }
+
+    #[test]
+    fn a_slow_read_is_followed_no_sooner_than_twice_its_duration() {
+        let told = read_every_minute("big");
+        let mut reads = Reads::default();
+        assert_eq!(reads.due(&told, 0, false), ["big"]);
+        // A read of 400 ms that found changes: the next comes 800 ms after it.
+        reads.follow_up("big", 400_000, 400_000);
+        assert_eq!(reads.next_due(&told), Some(1_200_000));
+        assert_eq!(reads.due(&told, 1_200_000, false), ["big"]);
+        assert_eq!(reads.next_due(&told), Some(2_800_000));
     }
 }
