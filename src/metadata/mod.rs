@@ -391,17 +391,33 @@ impl Marks {
 mod tests {
     use super::*;
 
-    fn temp_path(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("astdb-cluster-meta-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(FILE_NAME)
+    /// A directory of its own for one test's metadata file, removed when the test ends.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("astdb-cluster-meta-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self) -> PathBuf {
+            self.0.join(FILE_NAME)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
     fn shared_families_survive_reopening_the_file() {
-        let path = temp_path("reopen");
+        let scratch = Scratch::new("reopen");
+        let path = scratch.file();
         {
             let (meta, report) = Metadata::open(&path).unwrap();
             assert!(report.set_aside.is_none());
@@ -428,7 +444,8 @@ mod tests {
 
     #[test]
     fn a_damaged_file_is_set_aside_and_replaced() {
-        let path = temp_path("damaged");
+        let scratch = Scratch::new("damaged");
+        let path = scratch.file();
         std::fs::write(&path, b"this is not a database, it is a shopping list").unwrap();
         let (meta, report) = Metadata::open(&path).unwrap();
         let (aside, why) = report.set_aside.expect("damage reported");
@@ -443,7 +460,8 @@ mod tests {
 
     #[test]
     fn a_file_of_a_newer_build_is_refused_and_left_untouched() {
-        let path = temp_path("newer");
+        let scratch = Scratch::new("newer");
+        let path = scratch.file();
         {
             let (meta, _) = Metadata::open(&path).unwrap();
             meta.marks
@@ -473,7 +491,8 @@ mod tests {
 
     #[test]
     fn a_run_that_never_marked_a_clean_stop_is_reported_as_a_crash() {
-        let path = temp_path("running");
+        let scratch = Scratch::new("running");
+        let path = scratch.file();
         let (meta, _) = Metadata::open(&path).unwrap();
         assert!(
             !meta.marks.mark_running(true).unwrap(),
@@ -495,7 +514,8 @@ mod tests {
     #[test]
     fn replication_state_of_an_earlier_build_moves_into_the_log() {
         use crate::engine::{Eid, ItemId};
-        let path = temp_path("legacy");
+        let scratch = Scratch::new("legacy");
+        let path = scratch.file();
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(
@@ -551,7 +571,8 @@ mod tests {
 
     #[test]
     fn changing_a_familys_mode_replaces_its_record() {
-        let path = temp_path("mode");
+        let scratch = Scratch::new("mode");
+        let path = scratch.file();
         let (meta, _) = Metadata::open(&path).unwrap();
         meta.marks
             .save_family(&SharedFamily::from_dialplan("foo", Mode::Global))
