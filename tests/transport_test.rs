@@ -691,6 +691,56 @@ fn unconfigured_node_number_is_refused_as_unknown_node() {
     refused_dial(3, |_| {}, "unknown node");
 }
 
+/// Node 1 dials a raw node 2 that answers its hello and then ends the connection in the
+/// handshake: `reset` with node 1's handshake message unread (the kernel then sends a
+/// reset, as for a peer that went away), else after reading it (a refusing peer's
+/// close). Returns node 1's refusal log line.
+fn ended_in_the_handshake(reset: bool) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut n1 = start(config(1, local()));
+    n1.t().set_peers(vec![PeerAddr {
+        node: 2,
+        name: "n2".into(),
+        address: l.local_addr().unwrap().to_string(),
+    }]);
+    let (mut s, _) = l.accept().unwrap();
+    let mut theirs = [0u8; wire::HELLO_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    s.write_all(&todays_hello(2)).unwrap();
+    if reset {
+        // Until node 1's handshake message is here, unread.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 2];
+        while s.peek(&mut b).unwrap() < 2 {}
+    } else {
+        read_handshake_msg(&mut s);
+    }
+    drop(s);
+    until(5, "node 1 logs the refusal", || {
+        !n1.logs_containing("refused").is_empty()
+    });
+    n1.stop();
+    n1.logs_containing("refused").remove(0)
+}
+
+#[test]
+fn a_peer_that_closes_in_the_handshake_is_logged_with_the_secret_hint_and_one_that_resets_without()
+{
+    let _s = serial();
+    let closed = ended_in_the_handshake(false);
+    assert!(
+        closed.contains("closed the connection during the handshake")
+            && closed.contains("check cluster_secret"),
+        "{closed}"
+    );
+    let reset = ended_in_the_handshake(true);
+    assert!(
+        reset.contains("connection lost: during the handshake"),
+        "{reset}"
+    );
+    assert!(!reset.contains("cluster_secret"), "{reset}");
+}
+
 /// Sends `bytes` on a raw connection and expects node 2 to close it.
 fn raw_is_closed(to: SocketAddr, bytes: &[u8], half_close: bool) {
     let mut s = TcpStream::connect(to).unwrap();

@@ -137,9 +137,20 @@ fn read_msg(
     deadline: Instant,
     stop: &AtomicBool,
 ) -> Result<Vec<u8>, Refusal> {
-    let during = "during the handshake (it refused us: check cluster_secret and its node list)";
+    // A peer that refuses our handshake message (another cluster_secret, say) closes
+    // the connection; a reset is a peer that went away (unloading, stopping), so the
+    // hint goes with a close only.
+    let refusal = |e| match e {
+        ReadErr::Closed(_) => Refusal::new(
+            Cause::RefusedByPeer,
+            Some(node),
+            "the peer closed the connection during the handshake \
+             (it refused us: check cluster_secret and its node list)",
+        ),
+        e => io_refusal(Some(node), "during the handshake", e),
+    };
     let mut len = [0u8; 2];
-    read_full(s, &mut len, deadline, stop).map_err(|e| io_refusal(Some(node), during, e))?;
+    read_full(s, &mut len, deadline, stop).map_err(refusal)?;
     let len = u16::from_be_bytes(len) as usize;
     if len > MAX_HANDSHAKE_MSG {
         return Err(Refusal::new(
@@ -149,7 +160,7 @@ fn read_msg(
         ));
     }
     let mut msg = vec![0u8; len];
-    read_full(s, &mut msg, deadline, stop).map_err(|e| io_refusal(Some(node), during, e))?;
+    read_full(s, &mut msg, deadline, stop).map_err(refusal)?;
     Ok(msg)
 }
 
