@@ -644,17 +644,22 @@ impl Node {
 
     /// Executes the outputs of a saved batch, in order.
     fn execute(&mut self, mut outputs: Vec<Output>) {
-        // The AstDB families applied to (a batch usually holds one).
-        let mut applied: Vec<&str> = Vec::new();
+        // The AstDB families applied to (a batch usually holds one), and how many
+        // changes each.
+        let mut applied: Vec<(&str, u64)> = Vec::new();
         for o in &outputs {
             if let Output::Apply(DbOp::Put { family, .. } | DbOp::Delete { family, .. }) = o {
-                if !applied.contains(&&**family) {
-                    applied.push(family);
+                match applied.iter_mut().find(|(f, _)| *f == &**family) {
+                    Some((_, count)) => *count += 1,
+                    None => applied.push((family, 1)),
                 }
             }
         }
-        for family in applied {
-            self.touch(family);
+        let at = self.clock.mono_us();
+        for (family, count) in applied {
+            if let Some(shared) = self.registry.covering(family) {
+                self.reads.applied(&shared.name, count, at);
+            }
         }
         for output in outputs.drain(..) {
             match output {

@@ -20,6 +20,15 @@ const FOLLOW_UP_US: u64 = 100_000;
 /// 0.3, 0.7 and 1.5 s after the last that found changes, longer than AstDB's commit).
 const FOLLOW_UP_READS: u32 = 4;
 
+/// A family that has had at least this many remote changes applied since its last read,
+/// the last of them less than [`APPLYING_US`] ago, is taking in a catch-up (or a burst
+/// as large): its interval read is put off, see [`Reads::due`].
+const BULK_APPLIES: u64 = 10_000;
+/// How recent the last apply must be for a family to count as still taking them in (µs).
+const APPLYING_US: u64 = 500_000;
+/// How soon a put-off read is due again (µs).
+const PUT_OFF_US: u64 = 250_000;
+
 /// A family read again soon because a recent read found local changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Following {
@@ -48,6 +57,13 @@ pub(crate) struct Reads {
     /// refresh, a commit) and finds nothing does not end the following: the follow-up
     /// read still comes.
     following: HashMap<String, Following>,
+    /// Per family, the remote changes applied since its last read, and when the last of
+    /// them was (µs).
+    applied: HashMap<String, (u64, u64)>,
+    /// Families whose interval read is put off while they take in a catch-up: since when.
+    put_off: HashMap<String, u64>,
+    /// Families to be read at the next turn whatever they are taking in (a refresh).
+    forced: HashSet<String>,
     pub done: u64,
     pub skipped: u64,
 }
@@ -65,12 +81,16 @@ impl Reads {
         self.next.remove(name);
         self.touched.remove(name);
         self.following.remove(name);
+        self.applied.remove(name);
+        self.put_off.remove(name);
+        self.forced.remove(name);
         self.forget(name);
     }
 
     /// Reads `name` at the next turn, whole.
     pub fn now(&mut self, name: &str, at: u64) {
         self.next.insert(name.to_string(), at);
+        self.forced.insert(name.to_string());
         self.forget(name);
     }
 
@@ -89,6 +109,18 @@ impl Reads {
         }
     }
 
+    /// Notes that `count` remote changes to shared family `name` were just applied to
+    /// AstDB: its contents changed other than by a read (see [`Reads::touch`]).
+    pub fn applied(&mut self, name: &str, count: u64, at: u64) {
+        self.touch(name);
+        match self.applied.get_mut(name) {
+            Some(a) => *a = (a.0 + count, at),
+            None => {
+                self.applied.insert(name.to_string(), (count, at));
+            }
+        }
+    }
+
     /// Dialplan writes were lost from the inbox: every family is read, whatever its stamp.
     pub fn distrust_stamps(&mut self) {
         self.stamp.clear();
@@ -96,6 +128,12 @@ impl Reads {
 
     /// The families whose read is due (all of them with `everything`), each then
     /// scheduled one interval on.
+    ///
+    /// The interval read of a family that is taking in a catch-up (see [`BULK_APPLIES`])
+    /// is put off until the catch-up is over, by one interval at the most: reading a
+    /// large family from AstDB while the catch-up writes to it holds the AstDB writer
+    /// back and the whole answer in memory, and it would find the catch-up's own writes.
+    /// A refresh, a follow-up read and `everything` are never put off.
     pub fn due(
         &mut self,
         told: &BTreeMap<String, SharedFamily>,
@@ -106,7 +144,22 @@ impl Reads {
         for (name, family) in told {
             let next = self.next.entry(name.clone()).or_insert(at);
             if everything || *next <= at {
-                let interval = at + family.sync_interval_ms.saturating_mul(1000);
+                let interval_us = family.sync_interval_ms.saturating_mul(1000);
+                let follow_up = self.following.get(name).is_some_and(|f| f.at <= at);
+                let taking_in = self.applied.get(name).is_some_and(|&(count, last)| {
+                    count >= BULK_APPLIES && at.saturating_sub(last) < APPLYING_US
+                });
+                if !everything && !follow_up && taking_in && !self.forced.contains(name) {
+                    let since = *self.put_off.entry(name.clone()).or_insert(at);
+                    let latest = since.saturating_add(interval_us);
+                    if at < latest {
+                        *next = latest.min(at + PUT_OFF_US);
+                        continue;
+                    }
+                }
+                self.put_off.remove(name);
+                self.forced.remove(name);
+                let interval = at + interval_us;
                 *next = interval;
                 if let Some(f) = self.following.get_mut(name) {
                     if f.at <= at {
@@ -151,6 +204,7 @@ impl Reads {
     /// (`engine_holds`: the engine already holds exactly these contents).
     pub fn is_new(&mut self, name: &str, read: Contents, engine_holds: bool) -> bool {
         self.done += 1;
+        self.applied.remove(name);
         let touched = self.touched.remove(name);
         let known = engine_holds || (!touched && self.hash.get(name) == Some(&read));
         self.hash.insert(name.to_string(), read);
@@ -261,5 +315,61 @@ mod tests {
         assert_eq!(reads.next_due(&told), Some(1_200_000));
         assert_eq!(reads.due(&told, 1_200_000, false), ["big"]);
         assert_eq!(reads.next_due(&told), Some(2_800_000));
+    }
+
+    #[test]
+    fn a_family_taking_in_a_catch_up_is_read_once_it_is_over_or_an_interval_late_at_most() {
+        let told = read_every_minute("big");
+        let mut reads = Reads::default();
+        assert_eq!(reads.due(&told, 0, false), ["big"]);
+        // A catch-up writes to it from 59.5 s to 61 s: the read due at 60 s waits for
+        // half a second without applies.
+        let mut at = 59_500_000;
+        while at <= 61_000_000 {
+            reads.applied("big", 5_000, at);
+            assert!(
+                at < 60_000_000 || reads.due(&told, at, false).is_empty(),
+                "{at}"
+            );
+            at += 100_000;
+        }
+        let mut read_at = None;
+        while read_at.is_none() {
+            at = reads.next_due(&told).unwrap();
+            if !reads.due(&told, at, false).is_empty() {
+                read_at = Some(at);
+            }
+        }
+        // (Put-off reads come 250 ms apart.)
+        assert!(
+            (61_500_000..=61_750_000).contains(&read_at.unwrap()),
+            "{read_at:?}"
+        );
+
+        // Applies that never stop: read one interval late, at 3 min instead of 2...
+        let read_before = read_at.unwrap();
+        let mut read_at = None;
+        while read_at.is_none() {
+            at += 100_000;
+            reads.applied("big", 5_000, at);
+            if !reads.due(&told, at, false).is_empty() {
+                read_at = Some(at);
+            }
+        }
+        let late = read_at.unwrap() - read_before;
+        assert!((120_000_000..=120_300_000).contains(&late), "{late}");
+        // ...and a refresh reads it at once.
+        reads.applied("big", 5_000, at + 100_000);
+        reads.now("big", at + 100_000);
+        assert_eq!(reads.due(&told, at + 100_000, false), ["big"]);
+    }
+
+    #[test]
+    fn a_trickle_of_remote_changes_does_not_put_a_read_off() {
+        let told = read_every_minute("queue");
+        let mut reads = Reads::default();
+        assert_eq!(reads.due(&told, 0, false), ["queue"]);
+        reads.applied("queue", 500, 59_900_000);
+        assert_eq!(reads.due(&told, 60_000_000, false), ["queue"]);
     }
 }
