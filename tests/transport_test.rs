@@ -328,11 +328,9 @@ fn a_node_that_starts_late_is_called_and_its_knock_is_no_refusal() {
     n2.stop();
 }
 
-#[test]
-fn a_silent_peer_is_marked_down_after_peer_timeout() {
-    let _s = serial();
-    // A raw peer that does the whole handshake, then says nothing at all.
-    let mut n2 = start(config(2, local()));
+/// Node 2, called by a raw node 1 (of the first build) that has done the handshake.
+fn called_by_a_raw_node_1() -> (Node, TcpStream, snow::StatelessTransportState) {
+    let n2 = start(config(2, local()));
     n2.t().set_peers(vec![PeerAddr {
         node: 1,
         name: "n1".into(),
@@ -340,6 +338,14 @@ fn a_silent_peer_is_marked_down_after_peer_timeout() {
     }]);
     let mut s = TcpStream::connect(n2.addr).unwrap();
     let session = todays_handshake(&mut s, 1, true);
+    (n2, s, session)
+}
+
+#[test]
+fn a_silent_peer_is_marked_down_after_peer_timeout() {
+    let _s = serial();
+    // A raw peer that does the whole handshake, then says nothing at all.
+    let (mut n2, mut s, session) = called_by_a_raw_node_1();
     let mut w = wire::FrameWriter::new(session);
     w.ping(&mut s, 1).unwrap();
     wait_up(&n2, &[1]);
@@ -739,6 +745,21 @@ fn a_peer_that_closes_in_the_handshake_is_logged_with_the_secret_hint_and_one_th
         "{reset}"
     );
     assert!(!reset.contains("cluster_secret"), "{reset}");
+}
+
+#[test]
+fn a_peer_that_goes_away_right_after_the_handshake_is_a_lost_connection_not_a_refusal() {
+    let _s = serial();
+    // Node 1 calls node 2, completes the handshake and closes before its first frame.
+    let (mut n2, s, _) = called_by_a_raw_node_1();
+    drop(s);
+    until(5, "node 2 logs the lost connection", || {
+        !n2.logs_containing("right after the handshake").is_empty()
+    });
+    let line = n2.logs_containing("right after the handshake").remove(0);
+    n2.stop();
+    assert!(line.contains("connection lost"), "{line}");
+    assert!(!line.contains("refused by peer"), "{line}");
 }
 
 /// Sends `bytes` on a raw connection and expects node 2 to close it.

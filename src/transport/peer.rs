@@ -290,10 +290,12 @@ fn first_frame(
         }
         match reader.fill_from(stream) {
             Ok(0) => {
+                // Every check of a peer is in the handshake, so one that closes now
+                // has gone away (unloading, stopping) rather than refused us.
                 return Err(Reject::new(
-                    Cause::RefusedByPeer,
-                    "closed right after the handshake",
-                ))
+                    Cause::ConnectionLost,
+                    "the peer closed the connection right after the handshake",
+                ));
             }
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
