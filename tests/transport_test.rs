@@ -876,7 +876,10 @@ fn a_recorded_session_replayed_later_delivers_nothing() {
 #[test]
 fn stop_returns_promptly_and_leaves_no_thread() {
     let _s = serial();
-    let before = threads();
+    // A thread an earlier test joined can stay listed in /proc for a moment as it exits.
+    until(5, "the earlier tests' threads gone", || {
+        threads().is_empty()
+    });
     let mut nodes = mesh(3);
     for n in &nodes {
         let others: Vec<u32> = (1..=3).filter(|&o| o != n.n).collect();
@@ -885,7 +888,7 @@ fn stop_returns_promptly_and_leaves_no_thread() {
     // A half-open raw connection in its handshake must not hold stop up either.
     let _lingering = TcpStream::connect(nodes[2].addr).unwrap();
     thread::sleep(Duration::from_millis(100));
-    assert!(threads().len() > before.len() + 9, "{:?}", threads());
+    assert!(threads().len() > 9, "{:?}", threads());
     for n in &mut nodes {
         let t0 = Instant::now();
         n.stop();
@@ -895,7 +898,8 @@ fn stop_returns_promptly_and_leaves_no_thread() {
             t0.elapsed()
         );
     }
-    assert_eq!(threads(), before);
+    // Every thread was joined by its node's stop: none is left once they have exited.
+    until(2, "no transport thread left", || threads().is_empty());
 }
 
 #[test]
