@@ -1274,8 +1274,8 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     }
     // Steady: once the catch-up is over and the family read that follows it (applies
     // touched AstDB, so the next read is not skipped) is done, the heap trimmed. That
-    // read holds AstDB's answer and a packed copy of it for a moment: the peak is shown
-    // without it (the transfer) and with it.
+    // read holds AstDB's whole answer for a moment: the peak is shown without it (the
+    // transfer) and with it.
     let transfer_peak = rss_kib(&new, "VmHWM:");
     let reads_before = family_reads(&new).0;
     let deadline = Instant::now() + Duration::from_secs(20);
