@@ -344,6 +344,19 @@ fn family_reads(node: &StandIn) -> (i64, i64) {
     (num_after(&status, "Family reads:").unwrap_or(-1), skipped)
 }
 
+/// "Reads in pieces: N times (M found something new)" from
+/// `astdb cluster show status`.
+fn piece_reads(node: &StandIn) -> (i64, i64) {
+    let status = node.cli("astdb cluster show status");
+    let at = status.find("Reads in pieces:");
+    let found = at.and_then(|at| num_after(&status[at..], "("));
+    (
+        at.and_then(|at| num_after(&status[at..], "Reads in pieces:"))
+            .unwrap_or(-1),
+        found.unwrap_or(-1),
+    )
+}
+
 fn status_number(node: &StandIn, label: &str) -> i64 {
     num_after(&node.cli("astdb cluster show status"), label).unwrap_or(-1)
 }
@@ -1274,8 +1287,9 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     }
     // Steady: once the catch-up is over and the family read that follows it (applies
     // touched AstDB, so the next read is not skipped) is done, the heap trimmed. That
-    // read holds AstDB's whole answer for a moment: the peak is shown without it (the
-    // transfer) and with it.
+    // read holds AstDB's answer for a moment, one piece of the family at a time (a
+    // large family is read in pieces; whole only where a piece read finds something
+    // new): the peak is shown without it (the transfer) and with it.
     let transfer_peak = rss_kib(&new, "VmHWM:");
     let reads_before = family_reads(&new).0;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1291,8 +1305,9 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
     std::thread::sleep(Duration::from_secs(1));
     let (steady, peak) = (rss_kib(&new, "VmRSS:"), rss_kib(&new, "VmHWM:"));
     let growth = |kib: i64| (kib - rss2_before) as f64 / (steady - rss2_before).max(1) as f64;
+    let (pieces, pieces_new) = piece_reads(&new);
     println!(
-        "  node {last} memory: RSS {} -> {} KiB {} ({:.0} B/key); peak RSS during the transfer {} KiB ({:.2}x the steady growth), with that read {} KiB ({:.2}x)   [target <= 110 B/key, peak <= 1.5x]",
+        "  node {last} memory: RSS {} -> {} KiB {} ({:.0} B/key); peak RSS during the transfer {} KiB ({:.2}x the steady growth), with that read {} KiB ({:.2}x)   [target <= 110 B/key, peak <= 1.5x]; reads in pieces so far {pieces}, {pieces_new} of them finding something new",
         rss2_before,
         steady,
         if read_done {

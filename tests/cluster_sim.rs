@@ -145,6 +145,34 @@ impl AstDb for SimDb {
         Box::new(rows)
     }
 
+    fn read_under(&mut self, family: &str, prefix: &[u8]) -> Box<dyn Rows + '_> {
+        let base = format!("/{family}/");
+        // Where to start looking: the prefix up to where it stops being UTF-8 (it may end
+        // inside a character).
+        let whole = std::str::from_utf8(prefix)
+            .map_or_else(|e| &prefix[..e.valid_up_to()], |s| s.as_bytes());
+        let start = format!("{base}{}", String::from_utf8_lossy(whole));
+        let rows: Vec<(String, String)> = lock(&self.state)
+            .live
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter_map(|(k, v)| {
+                let below = &k[base.len()..];
+                (below.len() > prefix.len() && below.as_bytes().starts_with(prefix))
+                    .then(|| (below.to_string(), v.clone()))
+            })
+            .collect();
+        Box::new(rows)
+    }
+
+    fn read_exact(&mut self, family: &str, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        lock(&self.state)
+            .live
+            .get(&format!("/{family}/{key}"))
+            .cloned()
+    }
+
     fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
         if self.doom.act() {
             lock(&self.state).set(family, key, Some(value));
@@ -428,6 +456,8 @@ impl Sim {
             costly_read_us: 0,
             watch_us: rng.random_range(50_000..=500_000),
             quick_read_max_keys: rng.random_range(0..=100),
+            // Small pieces, so that large families are read in pieces.
+            read_piece_rows: rng.random_range(1..=16),
         };
         cfg.events = rng.random_bool(0.5);
         let nodes = (0..n)

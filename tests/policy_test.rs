@@ -267,13 +267,13 @@ fn reload_adds_and_removes_families_and_nodes_without_losing_data() {
         .contains("multicast(1,3)"));
 }
 
-/// The figures after "Family reads:" in `astdb cluster show status`: (done, skipped).
-fn reads(n: &StandIn) -> (u64, u64) {
+/// The first two figures of the line `label` of `astdb cluster show status`.
+fn status_pair(n: &StandIn, label: &str) -> (u64, u64) {
     let status = n.cli("astdb cluster show status");
     let line = status
         .lines()
-        .find(|l| l.contains("Family reads:"))
-        .unwrap_or_else(|| panic!("no family reads in:\n{status}"));
+        .find(|l| l.contains(label))
+        .unwrap_or_else(|| panic!("no {label} in:\n{status}"));
     let nums: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
@@ -281,10 +281,21 @@ fn reads(n: &StandIn) -> (u64, u64) {
     (nums[0], nums[1])
 }
 
-#[test]
-fn an_idle_large_family_is_not_read_again_until_astdb_commits_a_change() {
+/// Family reads: (done, skipped).
+fn reads(n: &StandIn) -> (u64, u64) {
+    status_pair(n, "Family reads:")
+}
+
+/// Reads in pieces: (done, of them finding something new).
+fn piece_reads(n: &StandIn) -> (u64, u64) {
+    status_pair(n, "Reads in pieces:")
+}
+
+/// Two nodes sharing family `big` (read every 200 ms), once node `writer` (0 or 1) has
+/// written `keys` keys `k<i>` with the stand-in's bulk put and the other has them all.
+fn big_family_pair(slot: u16, writer: usize, keys: u32) -> Vec<StandIn> {
     let nodes_list = [1, 2];
-    let base = base_port(3);
+    let base = base_port(slot);
     let families = "
 [big]
 type = family
@@ -292,13 +303,60 @@ sync_interval = 200
 ";
     let nodes: Vec<StandIn> = nodes_list
         .iter()
-        .map(|&i| start(3, i, conf(i, &nodes_list, base, families)))
+        .map(|&i| start(slot, i, conf(i, &nodes_list, base, families)))
         .collect();
     wait_peers_up(&nodes[0], 1, 1);
-    nodes[0].cli("database bulkput big k 40000");
-    nodes[1].wait_for_cli("database count big", Duration::from_secs(30), |out| {
-        out.contains("40000")
+    nodes[writer].cli(&format!("database bulkput big k {keys}"));
+    nodes[1 - writer].wait_for_cli("database count big", Duration::from_secs(30), |out| {
+        out.contains(&keys.to_string())
     });
+    nodes
+}
+
+#[test]
+fn a_large_received_family_checked_in_pieces_finds_nothing_while_idle_and_finds_local_edits() {
+    // Node 1 receives the family: more keys than it reads at once (65,536), some of
+    // them the prefixes the pieces split at ("k1", "k12", ...).
+    let nodes = big_family_pair(4, 1, 70_000);
+    std::thread::sleep(Duration::from_secs(3));
+    // AstDB commits elsewhere: each commit has node 1 look at the family again.
+    let before = piece_reads(&nodes[0]);
+    for i in 0..5 {
+        nodes[0].cli(&format!("database put unshared tick{i} x"));
+        std::thread::sleep(Duration::from_millis(1_300));
+    }
+    let idle = piece_reads(&nodes[0]);
+    assert!(
+        idle.0 >= before.0 + 3,
+        "5 commits elsewhere, reads in pieces {before:?} -> {idle:?}"
+    );
+    // Every read found exactly what node 1 received, the first one after the catch-up
+    // included: nothing read twice, nothing missed.
+    assert_eq!(
+        idle.1, 0,
+        "reads in pieces of a family holding what was received found something new: {idle:?}"
+    );
+    // Edits by the CLI: a key that is a piece's prefix alone first (read by itself),
+    // then a changed key, a deletion and a key the family did not have, each found and
+    // sent.
+    nodes[0].cli("database put big k7 seven");
+    wait_value(&nodes[1], "big", "k7", Some("seven"));
+    nodes[0].cli("database put big k123 changed");
+    nodes[0].cli("database del big k4567");
+    nodes[0].cli("database put big zz/new yes");
+    wait_value(&nodes[1], "big", "k123", Some("changed"));
+    wait_value(&nodes[1], "big", "k4567", None);
+    wait_value(&nodes[1], "big", "zz/new", Some("yes"));
+    let edited = piece_reads(&nodes[0]);
+    assert!(
+        edited.1 > idle.1,
+        "the edits were not found by a read in pieces: {idle:?} -> {edited:?}"
+    );
+}
+
+#[test]
+fn an_idle_large_family_is_not_read_again_until_astdb_commits_a_change() {
+    let nodes = big_family_pair(3, 0, 40_000);
     // Settled: AstDB has committed everything; from now on reads are skipped.
     std::thread::sleep(Duration::from_secs(3));
     let (done, skipped) = reads(&nodes[0]);

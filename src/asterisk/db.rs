@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::ffi::{c_char, CStr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::{c_string, sys};
+use super::{c_bytes, c_string, sys};
 use crate::node::db::{AstDb, Rows};
 
 /// A stamp of AstDB's committed state: the SQLite file change counter of
@@ -90,7 +90,13 @@ fn del_at(buf: &[u8], starts: [usize; 2]) {
 
 /// The value of `/family/key`, if it exists.
 pub fn get(family: &str, key: &str) -> Option<String> {
-    let (f, k) = (c_string(family), c_string(key));
+    get_bytes(family, key.as_bytes())
+}
+
+/// The value of the key of `family` that is exactly the bytes `key` (not always UTF-8:
+/// a piece of a family's read may end inside a character), if it exists.
+fn get_bytes(family: &str, key: &[u8]) -> Option<String> {
+    let (f, k) = (c_string(family), c_bytes(key));
     // SAFETY: the strings outlive the call; the value returned is Asterisk's to free,
     // copied then freed once here.
     unsafe {
@@ -174,9 +180,15 @@ impl Drop for Tree {
 /// range also holds families whose names merely begin with this one's (`/family2/`):
 /// [`Tree::rows`] leaves them out.
 pub fn read_tree(family: &str) -> Tree {
-    let f = c_string(family);
+    read_tree_under(family, b"")
+}
+
+/// The rows of `family` whose keys begin with the bytes `prefix` and are longer (the
+/// key equal to it is left out by AstDB), as [`read_tree`] reads them.
+fn read_tree_under(family: &str, prefix: &[u8]) -> Tree {
+    let (f, p) = (c_string(family), c_bytes(prefix));
     // SAFETY: a plain call; the list returned is owned by the Tree.
-    let head = unsafe { sys::ast_db_gettree_by_prefix(f.as_ptr(), c"".as_ptr()) };
+    let head = unsafe { sys::ast_db_gettree_by_prefix(f.as_ptr(), p.as_ptr()) };
     Tree {
         head,
         prefix: format!("/{family}/"),
@@ -424,6 +436,20 @@ impl AstDb for AsteriskDb {
             crate::error!("{why}");
         }
         Box::new(read_tree(family))
+    }
+
+    fn read_under(&mut self, family: &str, prefix: &[u8]) -> Box<dyn Rows + '_> {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
+        Box::new(read_tree_under(family, prefix))
+    }
+
+    fn read_exact(&mut self, family: &str, key: &[u8]) -> Option<String> {
+        for why in self.drain() {
+            crate::error!("{why}");
+        }
+        get_bytes(family, key)
     }
 
     fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {

@@ -54,8 +54,13 @@ pub fn trim_heap() {
 
 /// A C string for Asterisk; interior NULs (never valid in AstDB or config text) are cut.
 pub(crate) fn c_string(s: &str) -> CString {
-    let end = s.find('\0').unwrap_or(s.len());
-    CString::new(&s[..end]).unwrap_or_default()
+    c_bytes(s.as_bytes())
+}
+
+/// `bytes` as a C string, cut at a NUL as [`c_string`] is.
+pub(crate) fn c_bytes(bytes: &[u8]) -> CString {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    CString::new(&bytes[..end]).unwrap_or_default()
 }
 
 /// This server's entity ID (`entityid` in asterisk.conf).

@@ -102,6 +102,27 @@ impl Engine {
             .and_then(|f| own_owner(f.mode, self.cfg.local))
     }
 
+    /// For a read of AstDB family `family` in pieces: how many live keys the engine holds
+    /// for it on this node (its own, in a unique family), and about one in `every` of
+    /// them, sorted. None where a read must be whole: a family not shared, or one with
+    /// shared families nested in it (see [`Engine::holds_contents`]).
+    pub fn key_sample(&self, family: &str, every: usize) -> Option<(usize, Vec<String>)> {
+        let fs = self.families.get(family).filter(|f| f.shared.is_some())?;
+        if !self.nested_prefixes(family).is_empty() {
+            return None;
+        }
+        let owner = own_owner(fs.mode, self.cfg.local);
+        let mut keys: Vec<String> = fs
+            .store
+            .sample(every)
+            .filter(|v| v.owner == owner && v.value.is_some())
+            .map(|v| v.key.to_string())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some((fs.store.contents().rows, keys))
+    }
+
     /// Whether AstDB contents summarised by `read` are exactly what the engine holds for
     /// `family` on this node, so that [`Engine::local_snapshot`] would change nothing and
     /// the read need not be handed over. Never for a family not yet looked at, with

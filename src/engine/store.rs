@@ -884,6 +884,16 @@ impl ItemStore {
         self.range(0, 0).map(|(_, v)| v)
     }
 
+    /// One item in `every` of those held, in position order: spread evenly over the
+    /// keys, since positions are hashes of them. Only the items taken are looked at.
+    pub(crate) fn sample(&self, every: usize) -> impl Iterator<Item = ItemView<'_>> {
+        self.slots
+            .iter()
+            .filter(|s| s.used())
+            .step_by(every.max(1))
+            .map(|s| self.view(s))
+    }
+
     /// Every item held, in no particular order (here: position order, as cheap).
     pub(crate) fn iter_unordered(&self) -> impl Iterator<Item = ItemView<'_>> {
         self.iter()

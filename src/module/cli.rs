@@ -552,6 +552,13 @@ peers,
                     node.family_reads, node.reads_skipped
                 ),
             ),
+            (
+                "Reads in pieces",
+                format!(
+                    "{} times ({} found something new)",
+                    node.reads_in_pieces.0, node.reads_in_pieces.1
+                ),
+            ),
             ("Local changes", c.local_changes.to_string()),
             ("Changes sent / received", format!("{} / {}", c.sent_changes, c.received_changes)),
             ("Remote changes applied", c.applied.to_string()),

@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod link;
 pub(crate) mod mesh;
 pub mod persist;
+mod pieces;
 pub mod pjsip;
 mod reads;
 pub mod redis;
@@ -30,7 +31,7 @@ use crate::engine::{
     Batch, CatchUp, CatchUpPhase, Changed, Contents, Counters, DbOp, Engine, Mode, Output,
     Registry, SharedFamily, Version,
 };
-use db::AstDb;
+use db::{AstDb, PackedRows};
 use events::{Event, EventPolicy, EventSink};
 use inbox::{Command, Pending};
 use link::{Link, LinkEvent, LinkStatus};
@@ -116,6 +117,12 @@ pub struct Tuning {
     /// about as soon as AstDB commits it (within about a second).
     pub watch_us: u64,
     pub quick_read_max_keys: usize,
+    /// A family the engine holds at least twice this many keys of, not following a run
+    /// of local changes, is read in pieces of about this many rows to find whether it
+    /// holds anything new; only then is it read whole. AstDB answers a read with a list
+    /// of about 70 bytes a row, held until the read is worked through: a million-key
+    /// family's whole read after a catch-up would add half of what the engine holds.
+    pub read_piece_rows: usize,
 }
 
 impl Default for Tuning {
@@ -125,6 +132,7 @@ impl Default for Tuning {
             costly_read_us: 5_000,
             watch_us: 100_000,
             quick_read_max_keys: 10_000,
+            read_piece_rows: 32_768,
         }
     }
 }
@@ -155,6 +163,8 @@ pub struct Status {
     pub dialplan_writes: u64,
     pub family_reads: u64,
     pub reads_skipped: u64,
+    /// Reads of large families made in pieces, and how many of them found something new.
+    pub reads_in_pieces: (u64, u64),
     /// Per shared family, when the engine last saw a change (Unix ms).
     pub last_change_ms: BTreeMap<String, Option<u64>>,
     pub link: LinkStatus,
@@ -769,6 +779,28 @@ impl Node {
         }
         let owner = self.engine.own_owner(name);
         let began = self.clock.mono_us();
+        if let Some(read) = self.read_in_pieces(name, owner) {
+            let took = self.clock.mono_us().saturating_sub(began);
+            let holds = self.engine.holds_contents(name, read);
+            self.reads.in_pieces += 1;
+            if !self.reads.is_new(name, read, holds) {
+                if took >= self.tuning.costly_read_us {
+                    self.reads.found_nothing(name, stamp);
+                }
+                self.flush();
+                return;
+            }
+            // Something is new: the whole read, to hand over.
+            self.reads.pieces_new += 1;
+            let (rows, read) = {
+                let rows = self.db.read(name);
+                let mut read = Contents::default();
+                rows.each(&mut |key, value| read.add(owner, key, value));
+                (rows.packed(), read)
+            };
+            self.hand_over_read(name, rows, read, took);
+            return;
+        }
         let rows = self.db.read(name);
         let mut read = Contents::default();
         rows.each(&mut |key, value| read.add(owner, key, value));
@@ -786,6 +818,42 @@ impl Node {
             let read = rows;
             read.packed()
         };
+        self.hand_over_read(name, rows, read, took);
+    }
+
+    /// What family `name` holds in AstDB, read in pieces (see [`Tuning::read_piece_rows`]),
+    /// if it is large enough and not following local changes (whose reads mostly find
+    /// something, and would be made twice).
+    fn read_in_pieces(&mut self, name: &str, owner: Option<Eid>) -> Option<Contents> {
+        let max_rows = self.tuning.read_piece_rows.max(1);
+        if self.reads.is_following(name) {
+            return None;
+        }
+        let every = (max_rows / 64).max(1);
+        let (held, sample) = self.engine.key_sample(name, every)?;
+        if held < max_rows.saturating_mul(2) {
+            return None;
+        }
+        let mut read = Contents::default();
+        for piece in pieces::pieces(&sample, every, max_rows) {
+            match piece {
+                pieces::Piece::Under(prefix) => {
+                    let rows = self.db.read_under(name, &prefix);
+                    rows.each(&mut |key, value| read.add(owner, key, value));
+                }
+                pieces::Piece::Exact(key) => {
+                    if let Some(value) = self.db.read_exact(name, &key) {
+                        read.add(owner, &String::from_utf8_lossy(&key), &value);
+                    }
+                }
+            }
+        }
+        Some(read)
+    }
+
+    /// Hands a read of family `name` that holds something new to the engine. `read`:
+    /// what it holds; `took`: how long the read took (µs).
+    fn hand_over_read(&mut self, name: &str, rows: PackedRows, read: Contents, took: u64) {
         let before = self.engine.counters().local_changes;
         // A large read goes to the engine a slice at a time first, each slice's changes
         // saved and sent before the next is compared (a bulk import then starts reaching
@@ -821,6 +889,7 @@ impl Node {
             dialplan_writes: self.dialplan_writes,
             family_reads: self.reads.done,
             reads_skipped: self.reads.skipped,
+            reads_in_pieces: (self.reads.in_pieces, self.reads.pieces_new),
             last_change_ms: self
                 .told
                 .keys()

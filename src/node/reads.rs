@@ -66,6 +66,10 @@ pub(crate) struct Reads {
     forced: HashSet<String>,
     pub done: u64,
     pub skipped: u64,
+    /// Reads made in pieces, and how many of them found something new (and so read the
+    /// family whole).
+    pub in_pieces: u64,
+    pub pieces_new: u64,
 }
 
 impl Reads {
@@ -209,6 +213,11 @@ impl Reads {
         let known = engine_holds || (!touched && self.hash.get(name) == Some(&read));
         self.hash.insert(name.to_string(), read);
         !known
+    }
+
+    /// Whether `name` is being followed (see [`Reads::follow_up`]).
+    pub fn is_following(&self, name: &str) -> bool {
+        self.following.contains_key(name)
     }
 
     /// A costly read of `name` found nothing new: skip the next ones while `stamp` holds.
