@@ -25,7 +25,7 @@
 //! ```
 //! `SIM_START` moves the first seed of a run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,6 +91,10 @@ impl Doom {
 struct DbState {
     live: BTreeMap<String, String>,
     committed: BTreeMap<String, String>,
+    /// Replicated writes handed over and not yet made: family, key, value (None: a
+    /// deletion); and how many were made.
+    waiting: VecDeque<(String, String, Option<String>)>,
+    made: u64,
     stamp: u32,
     dirty: bool,
 }
@@ -104,10 +108,30 @@ impl DbState {
         }
     }
 
-    /// The process died: what was not committed is gone.
+    /// The process died: what was not committed is gone, and so are the writes waiting.
     fn crash(&mut self) {
         self.live = self.committed.clone();
         self.dirty = false;
+        self.made += self.waiting.len() as u64;
+        self.waiting.clear();
+    }
+
+    fn handed(&self) -> u64 {
+        self.made + self.waiting.len() as u64
+    }
+
+    /// Makes the waiting writes until `count` are made in all (`doom` may end the node
+    /// first).
+    fn run_until(&mut self, count: u64, doom: &Doom) {
+        while self.made < count {
+            let Some((family, key, value)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.made += 1;
+            if doom.act() {
+                self.set(&family, &key, value.as_deref());
+            }
+        }
     }
 
     fn set(&mut self, family: &str, key: &str, value: Option<&str>) {
@@ -134,18 +158,42 @@ impl DbState {
     }
 }
 
+/// AstDB as the module's loop sees it. Replicated writes wait in the node's
+/// [`DbState`], in order, as for the module's writer thread: they are made between turns
+/// (the simulation moves that thread on) or when a call needs them done; a crash loses
+/// those still waiting.
 struct SimDb {
     state: Arc<Mutex<DbState>>,
     doom: Arc<Doom>,
+    /// How many had been handed over at the last two `applies_made` calls (the older
+    /// first).
+    marks: [u64; 2],
+}
+
+impl SimDb {
+    fn new(state: Arc<Mutex<DbState>>, doom: Arc<Doom>) -> SimDb {
+        let handed = lock(&state).handed();
+        SimDb {
+            state,
+            doom,
+            marks: [handed; 2],
+        }
+    }
+
+    fn run_all(&mut self) {
+        lock(&self.state).run_until(u64::MAX, &self.doom);
+    }
 }
 
 impl AstDb for SimDb {
     fn read(&mut self, family: &str) -> Box<dyn Rows + '_> {
+        self.run_all();
         let rows: Vec<(String, String)> = lock(&self.state).family(family).into_iter().collect();
         Box::new(rows)
     }
 
     fn read_under(&mut self, family: &str, prefix: &[u8]) -> Box<dyn Rows + '_> {
+        self.run_all();
         let base = format!("/{family}/");
         // Where to start looking: the prefix up to where it stops being UTF-8 (it may end
         // inside a character).
@@ -166,6 +214,7 @@ impl AstDb for SimDb {
     }
 
     fn read_exact(&mut self, family: &str, key: &[u8]) -> Option<String> {
+        self.run_all();
         let key = std::str::from_utf8(key).ok()?;
         lock(&self.state)
             .live
@@ -174,6 +223,7 @@ impl AstDb for SimDb {
     }
 
     fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        self.run_all();
         if self.doom.act() {
             lock(&self.state).set(family, key, Some(value));
         }
@@ -181,6 +231,7 @@ impl AstDb for SimDb {
     }
 
     fn del(&mut self, family: &str, key: &str) -> bool {
+        self.run_all();
         if !self.doom.act() {
             return false;
         }
@@ -192,6 +243,35 @@ impl AstDb for SimDb {
 
     fn committed_stamp(&mut self) -> Option<(u32, u64)> {
         Some((lock(&self.state).stamp, 0))
+    }
+
+    fn apply_put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String> {
+        lock(&self.state).waiting.push_back((
+            family.to_string(),
+            key.to_string(),
+            Some(value.to_string()),
+        ));
+        Ok(())
+    }
+
+    fn apply_del(&mut self, family: &str, key: &str) {
+        lock(&self.state)
+            .waiting
+            .push_back((family.to_string(), key.to_string(), None));
+    }
+
+    fn applies_made(&mut self) {
+        self.marks = [self.marks[1], lock(&self.state).handed()];
+    }
+
+    fn settle(&mut self) -> Vec<String> {
+        self.run_all();
+        Vec::new()
+    }
+
+    fn settle_before_last(&mut self) -> Vec<String> {
+        lock(&self.state).run_until(self.marks[0], &self.doom);
+        Vec::new()
     }
 }
 
@@ -543,10 +623,7 @@ impl Sim {
         sim_node.doom = Arc::clone(&doom);
         let parts = Parts {
             engine: Engine::new(cfg, restored),
-            db: Box::new(SimDb {
-                state: Arc::clone(&sim_node.db),
-                doom: Arc::clone(&doom),
-            }),
+            db: Box::new(SimDb::new(Arc::clone(&sim_node.db), Arc::clone(&doom))),
             link: Box::new(SimLink {
                 sent: Arc::clone(&sim_node.sent),
                 doom: Arc::clone(&doom),
@@ -797,7 +874,14 @@ impl Sim {
             if !self.alive(i) {
                 continue;
             }
+            // The node's AstDB writer moves on between turns, by some writes or all.
             let node = &self.nodes[i];
+            let step = self.rng.random_range(0..=8u64);
+            {
+                let mut db = lock(&node.db);
+                let target = if step == 8 { u64::MAX } else { db.made + step };
+                db.run_until(target, &node.doom);
+            }
             if node.pending.is_empty() && t < node.wake_at {
                 continue;
             }
@@ -829,6 +913,10 @@ impl Sim {
                 .unwrap_or(u64::MAX);
             self.t
                 .store((t + 100).min(next.max(t + 1)), Ordering::Relaxed);
+        }
+        // The writers of the live nodes end what they were given.
+        for node in self.nodes.iter().filter(|n| n.node.is_some()) {
+            lock(&node.db).run_until(u64::MAX, &node.doom);
         }
         self.check()?;
         let mut exercised = self.exercised;

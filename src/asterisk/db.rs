@@ -274,6 +274,8 @@ struct PipeState {
     stop: bool,
     /// Errors of executed ops, not yet told.
     errors: Vec<String>,
+    /// How many ops handed over the writer has executed.
+    done: u64,
     /// An emptied buffer the writer gives back, for the loop's next ops.
     spare: Option<Ops>,
 }
@@ -303,6 +305,7 @@ impl Pipe {
                 let mut st = self.lock();
                 st.busy = false;
                 st.errors.append(&mut errors);
+                st.done += taken.len() as u64;
                 if !taken.is_empty() || taken.text.capacity() > 0 {
                     taken.clear();
                     if st.spare.is_none() {
@@ -343,6 +346,10 @@ pub struct AsteriskDb {
     writer: Option<super::thread::OwnedThread>,
     /// The writer thread could not be started: writes are made here.
     no_writer: bool,
+    /// How many ops were handed to the writer so far, and that count at the last two
+    /// [`AstDb::applies_made`] calls (the older first).
+    handed: u64,
+    made: [u64; 2],
 }
 
 impl AsteriskDb {
@@ -388,6 +395,7 @@ impl AsteriskDb {
         while st.queue.len() >= MAX_QUEUED {
             st = self.pipe.wait(st);
         }
+        self.handed += self.pending.len() as u64;
         if st.queue.is_empty() {
             std::mem::swap(&mut st.queue, &mut self.pending);
             if let Some(spare) = st.spare.take() {
@@ -479,10 +487,20 @@ impl AstDb for AsteriskDb {
 
     fn applies_made(&mut self) {
         self.hand_over();
+        self.made = [self.made[1], self.handed];
     }
 
     fn settle(&mut self) -> Vec<String> {
         self.drain()
+    }
+
+    fn settle_before_last(&mut self) -> Vec<String> {
+        self.hand_over();
+        let mut st = self.pipe.lock();
+        while st.done < self.made[0] {
+            st = self.pipe.wait(st);
+        }
+        std::mem::take(&mut st.errors)
     }
 
     fn committed_stamp(&mut self) -> Option<(u32, u64)> {

@@ -202,9 +202,27 @@ pub struct Engine {
     pub(super) reset_families: Vec<String>,
     pub(super) peers_dirty: BTreeSet<Eid>,
     pub(super) applies_started: Vec<ItemRef>,
+    /// The applies started by the last batch taken and by the one before it: the driver
+    /// may still be executing them (see [`Engine::take_batch`]).
     pub(super) applies_previous: Arc<[ItemRef]>,
+    pub(super) applies_older: Arc<[ItemRef]>,
     /// Outputs since the last batch was taken, in order.
     outputs: Vec<Output>,
+}
+
+/// The refs of sorted `a` that are not in sorted `b`.
+fn sorted_difference(a: &[ItemRef], b: &[ItemRef]) -> Arc<[ItemRef]> {
+    if b.is_empty() {
+        return a.into();
+    }
+    let mut rest = b.iter().peekable();
+    a.iter()
+        .filter(|r| {
+            while rest.next_if(|x| *x < *r).is_some() {}
+            rest.peek() != Some(r)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The owner of the items of this node's own AstDB family of a family in `mode`.
@@ -230,6 +248,7 @@ impl Engine {
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
             applies_previous: Arc::new([]),
+            applies_older: Arc::new([]),
             outputs: Vec::new(),
         };
         if let Some(r) = restored {
@@ -401,7 +420,10 @@ impl Engine {
         self.outputs.len()
     }
 
-    /// The state to save and the outputs, in order, since the last call.
+    /// The state to save and the outputs, in order, since the last call. The save
+    /// confirms the applies of the batch taken two calls before: write it once the
+    /// outputs of that batch and of every earlier one are executed (the last batch's
+    /// may still be under way).
     pub fn take_batch(&mut self) -> Batch {
         Batch {
             save: self.take_save(),
@@ -512,7 +534,12 @@ impl Engine {
         started.sort();
         started.dedup();
         let started: Arc<[ItemRef]> = started.into();
-        d.applies_confirmed = mem::replace(&mut self.applies_previous, started.clone());
+        // This save confirms the applies of the batch before the previous one (the
+        // previous one's may still be under way while this batch is saved), but for
+        // items the previous batch applied again: those wait for its confirmation.
+        let previous = mem::replace(&mut self.applies_previous, started.clone());
+        let older = mem::replace(&mut self.applies_older, Arc::clone(&previous));
+        d.applies_confirmed = sorted_difference(&older, &previous);
         d.applies_started = started;
         d
     }
@@ -525,6 +552,7 @@ impl Engine {
         let mut unconfirmed: Vec<(&str, Option<Eid>, &str)> = self
             .applies_previous
             .iter()
+            .chain(self.applies_older.iter())
             .map(|r| (&*r.family, r.owner, &*r.key))
             .collect();
         let mut families = Vec::with_capacity(self.families.len());

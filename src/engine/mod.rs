@@ -11,8 +11,10 @@
 //! 2. After a group of calls, take [`Engine::take_batch`]. Write its `save` durably (one
 //!    record) **before** executing its `outputs`, then execute those **in the order
 //!    given**: a crash then never loses a version that a peer or AstDB has seen, and a
-//!    restart never reissues one. A batch whose save failed is written before any later
-//!    one (which confirms its applies), its outputs waiting for it. A group may be cut
+//!    restart never reissues one. A save confirms the applies of the batch before the
+//!    previous one: write it only once those (and all earlier ones) are executed; the
+//!    previous batch's may still be under way. A batch whose save failed is written
+//!    before any later one, its outputs waiting for it. A group may be cut
 //!    short when [`Engine::queued_outputs`] grows large; [`Engine::recycle`] hands an
 //!    executed batch's emptied buffer back.
 //! 3. A snapshot passed to [`Engine::local_snapshot`] must have been read after every

@@ -122,6 +122,13 @@ pub trait AstDb: Send {
     fn settle(&mut self) -> Vec<String> {
         Vec::new()
     }
+    /// Waits until every `apply_*` made before the last [`AstDb::applies_made`] call is
+    /// in AstDB (those of the last call may still be under way), as a replica-log save
+    /// needs (see [`crate::engine::Engine::take_batch`]); the errors as
+    /// [`AstDb::settle`].
+    fn settle_before_last(&mut self) -> Vec<String> {
+        self.settle()
+    }
 }
 
 #[cfg(test)]

@@ -638,8 +638,12 @@ impl Node {
     /// with it for the next flush.
     fn save(&mut self, batch: Batch) -> Option<Vec<Output>> {
         if !batch.save.is_empty() {
-            // The save confirms the previous batch's applies: AstDB must have them.
-            self.settle();
+            // The save confirms the applies of the batch before the last one executed:
+            // AstDB must have them. The last one's may still be under way, so that
+            // AstDB's writer has work while this is saved.
+            for why in self.db.settle_before_last() {
+                (self.say)(Level::Error, &why);
+            }
             if let Err(why) = self.log.save(&batch.save) {
                 (self.say)(
                     Level::Error,
