@@ -838,8 +838,12 @@ impl Node {
         if held < max_rows.saturating_mul(2) {
             return None;
         }
+        let pieces = pieces::pieces(&sample, every, max_rows);
+        if pieces.len() > pieces::MAX_PIECES {
+            return None;
+        }
         let mut read = Contents::default();
-        for piece in pieces::pieces(&sample, every, max_rows) {
+        for piece in pieces {
             match piece {
                 pieces::Piece::Under(prefix) => {
                     let rows = self.db.read_under(name, &prefix);

@@ -22,6 +22,11 @@ pub enum Piece {
 /// Longest prefix split: keys longer than AstDB allows end below it anyway.
 const MAX_PREFIX: usize = 256;
 
+/// The most pieces worth reading (some 50 ms of AstDB calls) rather than the whole
+/// family: each split costs 509, and keys sharing a long prefix split at every byte of
+/// it (the other 254 next bytes must be read too, for keys the engine does not know).
+pub const MAX_PIECES: usize = 16_384;
+
 /// The pieces of a family of which `sample` holds about one key in `every` (sorted,
 /// distinct), each meant to hold at most `max_rows` rows. In key order; with no sample,
 /// one piece: the whole family.
@@ -120,6 +125,22 @@ mod tests {
         }
         holder(&pieces, &[b'k', 0xe9, 0xff]);
         assert!(pieces.iter().all(|p| p != &Piece::Exact(Vec::new())));
+    }
+
+    #[test]
+    fn keys_sharing_a_long_prefix_split_at_each_of_its_bytes() {
+        let shared = "sip:registrar.example.com/";
+        let sample: Vec<String> = (0..4_000).map(|i| format!("{shared}{i:04}")).collect();
+        let pieces = pieces(&sample, 1, 1_000);
+        // The empty prefix and each of the 26 bytes of the shared one is a split (255
+        // prefixes and the 255 keys equal to them; the root is no key): 509 pieces a
+        // split, and the family's whole read at the root.
+        assert_eq!(pieces.len(), 27 * 509 + 1);
+        // Ten bytes more and reading in pieces would cost more than it saves: the loop
+        // reads such a family whole.
+        let longer = format!("{shared}0123456789");
+        let sample: Vec<String> = (0..4_000).map(|i| format!("{longer}{i:04}")).collect();
+        assert!(super::pieces(&sample, 1, 1_000).len() > MAX_PIECES);
     }
 
     #[test]
