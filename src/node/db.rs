@@ -76,27 +76,10 @@ pub trait AstDb: Send {
     fn read(&mut self, family: &str) -> Box<dyn Rows + '_>;
     /// The rows of `family` whose keys (relative to it) begin with the bytes `prefix`
     /// and are longer, as AstDB's prefix read gives them: a piece of [`AstDb::read`].
-    /// By default the whole read, filtered.
-    fn read_under(&mut self, family: &str, prefix: &[u8]) -> Box<dyn Rows + '_> {
-        let mut rows = Vec::new();
-        self.read(family).each(&mut |key, value| {
-            if key.len() > prefix.len() && key.as_bytes().starts_with(prefix) {
-                rows.push((key.to_string(), value.to_string()));
-            }
-        });
-        Box::new(rows)
-    }
+    fn read_under(&mut self, family: &str, prefix: &[u8]) -> Box<dyn Rows + '_>;
     /// The value of the key of `family` that is exactly the bytes `key`, as
-    /// [`AstDb::read`] would give it. By default from the whole read.
-    fn read_exact(&mut self, family: &str, key: &[u8]) -> Option<String> {
-        let mut found = None;
-        self.read(family).each(&mut |k, value| {
-            if k.as_bytes() == key {
-                found = Some(value.to_string());
-            }
-        });
-        found
-    }
+    /// [`AstDb::read`] would give it.
+    fn read_exact(&mut self, family: &str, key: &[u8]) -> Option<String>;
     /// Writes `/family/key` = `value`.
     fn put(&mut self, family: &str, key: &str, value: &str) -> Result<(), String>;
     /// Deletes `/family/key`; whether it was there.

@@ -783,46 +783,50 @@ impl Node {
         }
         let owner = self.engine.own_owner(name);
         let began = self.clock.mono_us();
-        if let Some(read) = self.read_in_pieces(name, owner) {
-            let took = self.clock.mono_us().saturating_sub(began);
-            let holds = self.engine.holds_contents(name, read);
+        // A large family is first looked at in pieces; read whole only if they hold
+        // something new.
+        let pieced = self.read_in_pieces(name, owner).map(|read| {
             self.reads.in_pieces += 1;
+            (read, self.clock.mono_us().saturating_sub(began))
+        });
+        if let Some((read, took)) = pieced {
+            let holds = self.engine.holds_contents(name, read);
             if !self.reads.is_new(name, read, holds) {
-                if took >= self.tuning.costly_read_us {
-                    self.reads.found_nothing(name, stamp);
-                }
-                self.flush();
+                self.found_nothing(name, took, stamp);
                 return;
             }
-            // Something is new: the whole read, to hand over.
             self.reads.pieces_new += 1;
-            let (rows, read) = {
-                let rows = self.db.read(name);
-                let mut read = Contents::default();
-                rows.each(&mut |key, value| read.add(owner, key, value));
-                (rows.packed(), read)
-            };
-            self.hand_over_read(name, rows, read, took);
-            return;
         }
         let rows = self.db.read(name);
         let mut read = Contents::default();
         rows.each(&mut |key, value| read.add(owner, key, value));
-        let took = self.clock.mono_us().saturating_sub(began);
-        let holds = self.engine.holds_contents(name, read);
-        if !self.reads.is_new(name, read, holds) {
-            drop(rows);
-            if took >= self.tuning.costly_read_us {
-                self.reads.found_nothing(name, stamp);
+        let took = match pieced {
+            Some((_, took)) => took,
+            None => {
+                let took = self.clock.mono_us().saturating_sub(began);
+                let holds = self.engine.holds_contents(name, read);
+                if !self.reads.is_new(name, read, holds) {
+                    drop(rows);
+                    self.found_nothing(name, took, stamp);
+                    return;
+                }
+                took
             }
-            self.flush();
-            return;
-        }
+        };
         let rows = {
             let read = rows;
             read.packed()
         };
         self.hand_over_read(name, rows, read, took);
+    }
+
+    /// A read of family `name` that took `took` µs found nothing new: if it was costly,
+    /// the next ones are skipped while AstDB's commit `stamp` holds.
+    fn found_nothing(&mut self, name: &str, took: u64, stamp: Option<(u32, u64)>) {
+        if took >= self.tuning.costly_read_us {
+            self.reads.found_nothing(name, stamp);
+        }
+        self.flush();
     }
 
     /// What family `name` holds in AstDB, read in pieces (see [`Tuning::read_piece_rows`]),
