@@ -334,27 +334,28 @@ fn count(node: &StandIn, family: &str) -> i64 {
     must_num(&node.cli(&format!("database count {family}")), "Keys:")
 }
 
-/// "Family reads: N (M more skipped ...)" from `astdb cluster show status`.
-fn family_reads(node: &StandIn) -> (i64, i64) {
+/// "<label> N ... (M ...)" from `astdb cluster show status`: N and M, -1 for what is
+/// missing.
+fn status_pair(node: &StandIn, label: &str) -> (i64, i64) {
     let status = node.cli("astdb cluster show status");
-    let skipped = status
-        .find("Family reads:")
-        .and_then(|at| num_after(&status[at..], "("))
-        .unwrap_or(-1);
-    (num_after(&status, "Family reads:").unwrap_or(-1), skipped)
+    let Some(at) = status.find(label) else {
+        return (-1, -1);
+    };
+    let line = &status[at..];
+    (
+        num_after(line, label).unwrap_or(-1),
+        num_after(line, "(").unwrap_or(-1),
+    )
 }
 
-/// "Reads in pieces: N times (M found something new)" from
-/// `astdb cluster show status`.
+/// "Family reads: N (M more skipped ...)".
+fn family_reads(node: &StandIn) -> (i64, i64) {
+    status_pair(node, "Family reads:")
+}
+
+/// "Reads in pieces: N times (M found something new)".
 fn piece_reads(node: &StandIn) -> (i64, i64) {
-    let status = node.cli("astdb cluster show status");
-    let at = status.find("Reads in pieces:");
-    let found = at.and_then(|at| num_after(&status[at..], "("));
-    (
-        at.and_then(|at| num_after(&status[at..], "Reads in pieces:"))
-            .unwrap_or(-1),
-        found.unwrap_or(-1),
-    )
+    status_pair(node, "Reads in pieces:")
 }
 
 fn status_number(node: &StandIn, label: &str) -> i64 {
