@@ -8,9 +8,9 @@ use super::item::{Entry, ItemId, ItemView};
 use super::merge::{Accepted, Placed};
 use super::message::{Body, Change, DigestNode, SummaryItem, SummaryRange};
 use super::output::Output;
-use super::pushes::item_order;
+use super::pushes::{carried, item_order};
 use super::store::{valid_node, ItemStore, MAX_DEPTH};
-use super::version::Hlc;
+use super::version::{Hlc, Version};
 use crate::eid::Eid;
 
 /// A digest-tree node with at most this many items is answered with a summary.
@@ -130,6 +130,12 @@ impl Engine {
         let mut acks = Vec::new();
         let mut nodes = Vec::new();
         let push_slice = self.cfg.push_slice.max(1);
+        // What a large push on its way to the peer carries is neither pushed again nor,
+        // where the peer holds nothing, even read: a new node's summaries of its empty
+        // store, made before the catch-up reached it, are answered without a second
+        // pass over a million items.
+        let pushes = self.in_flight(from, family, now_ms);
+        let not_carried = |pos: u64, version: Version| !carried(&pushes, pos, version.hlc);
         {
             let Some(fs) = self.families.get_mut(family) else {
                 return;
@@ -141,6 +147,10 @@ impl Engine {
                     continue;
                 }
                 nodes.push((r.depth, r.prefix));
+                if r.items.is_empty() {
+                    wanted.extend(fs.store.range_where(r.depth, r.prefix, not_carried));
+                    continue;
+                }
                 let theirs: HashMap<(Option<Eid>, &str), &SummaryItem> = r
                     .items
                     .iter()
@@ -149,11 +159,12 @@ impl Engine {
                 let mut equal_tombstones = Vec::new();
                 for (pos, v) in fs.store.range(r.depth, r.prefix) {
                     match theirs.get(&(v.owner, v.key)) {
-                        None => wanted.push((pos, v)),
+                        None if not_carried(pos, v.version) => wanted.push((pos, v)),
+                        None => {}
                         Some(t) => {
                             let mine = (v.version, v.is_tombstone());
                             let other = (t.version, t.tombstone);
-                            if mine > other {
+                            if mine > other && not_carried(pos, v.version) {
                                 wanted.push((pos, v));
                             } else if mine == other && v.is_tombstone() {
                                 equal_tombstones.push(t.item.clone());

@@ -26,7 +26,7 @@ const BIG_PUSH: usize = 1024;
 /// summary or pull from the peer that still lacks such an item was made before the push
 /// reached it; sending the item again would only double a new node's catch-up.
 #[derive(Clone, Copy, Debug)]
-struct RecentPush {
+pub(super) struct RecentPush {
     depth: u8,
     prefix: u64,
     high: Hlc,
@@ -100,7 +100,7 @@ impl Pushes {
 }
 
 /// Whether one of `pushes` carries the item at `pos` in a state at least as new as `hlc`.
-fn carried(pushes: &[RecentPush], pos: u64, hlc: Hlc) -> bool {
+pub(super) fn carried(pushes: &[RecentPush], pos: u64, hlc: Hlc) -> bool {
     pushes
         .iter()
         .any(|p| hlc <= p.high && node_range(p.depth, p.prefix).contains(&pos))
@@ -138,7 +138,7 @@ impl Engine {
     }
 
     /// The large pushes to `peer` of `family` that may still be on their way.
-    fn in_flight(&mut self, peer: Eid, family: &str, now_ms: u64) -> Vec<RecentPush> {
+    pub(super) fn in_flight(&mut self, peer: Eid, family: &str, now_ms: u64) -> Vec<RecentPush> {
         let max_age = self.cfg.max_message_age_ms;
         self.pushes.in_flight(peer, family, now_ms, max_age)
     }

@@ -852,14 +852,27 @@ impl ItemStore {
         depth: u8,
         prefix: u64,
     ) -> impl Iterator<Item = (u64, ItemView<'_>)> {
+        self.range_where(depth, prefix, |_, _| true)
+    }
+
+    /// The items of [`ItemStore::range`] whose position and version `keep` accepts; the
+    /// records of the others are not read.
+    pub(crate) fn range_where<'s>(
+        &'s self,
+        depth: u8,
+        prefix: u64,
+        keep: impl Fn(u64, Version) -> bool + 's,
+    ) -> impl Iterator<Item = (u64, ItemView<'s>)> + 's {
         // The records lie in the arena in the order they were written, not in position
         // order: each is fetched some slots ahead of its turn.
-        self.indexed_slots_in(depth, prefix).map(|(i, s)| {
-            if let Some(ahead) = self.slots.get(i + RECORD_AHEAD) {
-                self.prefetch_record(ahead);
-            }
-            (s.pos(), self.view(s))
-        })
+        self.indexed_slots_in(depth, prefix)
+            .filter(move |(_, s)| keep(s.pos(), s.version()))
+            .map(move |(i, s)| {
+                if let Some(ahead) = self.slots.get(i + RECORD_AHEAD) {
+                    self.prefetch_record(ahead);
+                }
+                (s.pos(), self.view(s))
+            })
     }
 
     /// Asks the CPU to bring `slot`'s record (if it holds one) into its cache.
