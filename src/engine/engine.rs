@@ -12,7 +12,9 @@ use super::item::{Entry, ItemId};
 use super::outbox::Outbox;
 use super::output::{Batch, DbOp, Output};
 use super::peers::Peer;
-use super::persist::{FamilyMeta, ItemDelta, ItemRef, PersistDelta, PersistedState, RestoredState};
+use super::persist::{
+    FamilyMeta, ItemDelta, ItemRef, ItemRefs, PersistDelta, PersistedState, RestoredState,
+};
 use super::pushes::Pushes;
 use super::store::ItemStore;
 use super::tombstones::Tombstones;
@@ -204,16 +206,23 @@ pub struct Engine {
     pub(super) applies_started: Vec<ItemRef>,
     /// The applies started by the last batch taken and by the one before it: the driver
     /// may still be executing them (see [`Engine::take_batch`]).
-    pub(super) applies_previous: Arc<[ItemRef]>,
-    pub(super) applies_older: Arc<[ItemRef]>,
+    pub(super) applies_previous: ItemRefs,
+    pub(super) applies_older: ItemRefs,
     /// Outputs since the last batch was taken, in order.
     outputs: Vec<Output>,
 }
 
 /// The refs of sorted `a` that are not in sorted `b`.
-fn sorted_difference(a: &[ItemRef], b: &[ItemRef]) -> Arc<[ItemRef]> {
-    if b.is_empty() {
-        return a.into();
+fn sorted_difference(a: &ItemRefs, b: &[ItemRef]) -> ItemRefs {
+    // Batches of a catch-up apply keys in ascending order, so theirs seldom meet.
+    let disjoint = match (a.first(), a.last(), b.first(), b.last()) {
+        (Some(a_first), Some(a_last), Some(b_first), Some(b_last)) => {
+            a_last < b_first || b_last < a_first
+        }
+        _ => true,
+    };
+    if disjoint {
+        return Arc::clone(a);
     }
     let mut rest = b.iter().peekable();
     a.iter()
@@ -222,7 +231,8 @@ fn sorted_difference(a: &[ItemRef], b: &[ItemRef]) -> Arc<[ItemRef]> {
             rest.peek() != Some(r)
         })
         .cloned()
-        .collect()
+        .collect::<Vec<_>>()
+        .into()
 }
 
 /// The owner of the items of this node's own AstDB family of a family in `mode`.
@@ -247,8 +257,8 @@ impl Engine {
             reset_families: Vec::new(),
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
-            applies_previous: Arc::new([]),
-            applies_older: Arc::new([]),
+            applies_previous: ItemRefs::default(),
+            applies_older: ItemRefs::default(),
             outputs: Vec::new(),
         };
         if let Some(r) = restored {
@@ -533,7 +543,7 @@ impl Engine {
         let mut started = mem::take(&mut self.applies_started);
         started.sort();
         started.dedup();
-        let started: Arc<[ItemRef]> = started.into();
+        let started = ItemRefs::new(started);
         // This save confirms the applies of the batch before the previous one (the
         // previous one's may still be under way while this batch is saved), but for
         // items the previous batch applied again: those wait for its confirmation.

@@ -71,7 +71,7 @@ pub use output::{
 };
 pub use peers::RELAY_NODE;
 pub use persist::{
-    FamilyMeta, ItemDelta, ItemRef, ItemState, PeerMeta, PersistDelta, PersistedState,
+    FamilyMeta, ItemDelta, ItemRef, ItemRefs, ItemState, PeerMeta, PersistDelta, PersistedState,
     RestoredState,
 };
 pub use version::{Hlc, Version};

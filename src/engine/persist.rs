@@ -33,6 +33,10 @@ pub struct PeerMeta {
     pub stale_below: Vec<(String, Hlc)>,
 }
 
+/// Items, shared between a delta and the engine. A vector behind the `Arc` rather than a
+/// slice: making an `Arc<[T]>` of a batch's vector would copy it.
+pub type ItemRefs = Arc<Vec<ItemRef>>;
+
 /// An item of a family, with its strings shared (with the `Apply` outputs and the
 /// engine's own bookkeeping) rather than copied.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -115,9 +119,9 @@ pub struct PersistDelta {
     /// Items whose Apply output is in this batch: until the next delta confirms them, a
     /// restart cannot tell whether AstDB got the value.
     /// Sorted, each once; shared with the engine, which confirms them in the next delta.
-    pub applies_started: Arc<[ItemRef]>,
+    pub applies_started: ItemRefs,
     /// Items whose Apply was in the previous batch, now executed.
-    pub applies_confirmed: Arc<[ItemRef]>,
+    pub applies_confirmed: ItemRefs,
 }
 
 impl PersistDelta {

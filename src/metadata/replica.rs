@@ -35,8 +35,8 @@ use std::sync::Arc;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::engine::{
-    Eid, Entry, FamilyMeta, Hlc, ItemDelta, ItemId, ItemRef, ItemState, ItemView, Mode, PeerMeta,
-    PersistDelta, PersistedState, RestoredState, Version,
+    Eid, Entry, FamilyMeta, Hlc, ItemDelta, ItemId, ItemRef, ItemRefs, ItemState, ItemView, Mode,
+    PeerMeta, PersistDelta, PersistedState, RestoredState, Version,
 };
 
 /// The log's file name, beside astdb.
@@ -741,7 +741,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn refs(&mut self) -> Result<Arc<[ItemRef]>, Damaged> {
+    fn refs(&mut self) -> Result<ItemRefs, Damaged> {
         let mut out = Vec::new();
         self.runs(|family, r| {
             out.push(ItemRef {
@@ -751,7 +751,7 @@ impl<'a> Reader<'a> {
             });
             Ok(())
         })?;
-        Ok(out.into())
+        Ok(Arc::new(out))
     }
 }
 
