@@ -151,6 +151,60 @@ fn a_remote_change_is_applied_and_its_echo_in_a_snapshot_is_not_a_local_change()
 }
 
 #[test]
+fn a_message_of_more_changes_than_the_event_limit_is_reported_as_one_count() {
+    let mut cfg = EngineConfig::new(A, 1);
+    cfg.events = true;
+    cfg.event_batch_limit = 3;
+    let mut a = Engine::new(cfg, None);
+    a.share(SharedFamily::from_dialplan("f", Mode::Global), NOW);
+    a.local_snapshot("f", vec![], NOW);
+    a.peer_up(B, 2, NOW);
+    let message = |keys: &[&str], value: Option<&str>| {
+        let mut msg = changes("f", Mode::Global, None, "", NOW, B, value);
+        let Body::Changes(c) = &mut msg.body else {
+            unreachable!()
+        };
+        let one = c.remove(0);
+        for k in keys {
+            let mut change = one.clone();
+            change.item.key = (*k).into();
+            c.push(change);
+        }
+        msg
+    };
+    let reports = |out: &[Output]| -> (usize, Vec<(u64, u64)>) {
+        let keys = out
+            .iter()
+            .filter(|o| matches!(o, Output::Changed(_)))
+            .count();
+        let counts = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::ChangesCounted(c) => Some((c.puts, c.deletes)),
+                _ => None,
+            })
+            .collect();
+        (keys, counts)
+    };
+    // Within the limit: a Changed per key.
+    let out = outputs_of(&mut a, |a| {
+        a.receive(B, message(&["a", "b", "c"], Some("v")), NOW)
+    });
+    assert_eq!(reports(&out), (3, vec![]));
+    // Over it: the keys are all applied, and told as one count.
+    let out = outputs_of(&mut a, |a| {
+        a.receive(B, message(&["d", "e", "f", "g"], Some("v")), NOW)
+    });
+    assert_eq!(applies(&out).len(), 4);
+    assert_eq!(reports(&out), (0, vec![(4, 0)]));
+    // Only what changed is counted: three keys already held, one new.
+    let out = outputs_of(&mut a, |a| {
+        a.receive(B, message(&["a", "b", "c", "h"], Some("v")), NOW)
+    });
+    assert_eq!(reports(&out), (0, vec![(1, 0)]));
+}
+
+#[test]
 fn unique_items_land_under_the_origin_eid_and_the_origin_delete_removes_them() {
     let mut a = node(A, 1);
     a.share(SharedFamily::from_dialplan("registrar", Mode::Unique), NOW);
@@ -782,7 +836,7 @@ fn three_nodes(at_deadlines: bool) -> (Vec<BTreeMap<String, String>>, u64, Vec<C
                     dbs[i].remove(&*key);
                 }
                 Output::Warn(w) => panic!("{w}"),
-                Output::Changed(_) | Output::CatchUp(_) => {}
+                Output::Changed(_) | Output::ChangesCounted(_) | Output::CatchUp(_) => {}
             }
         }
     };

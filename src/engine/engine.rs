@@ -48,6 +48,10 @@ pub struct EngineConfig {
     /// Changes and catch-ups are reported as outputs ([`Output::Changed`],
     /// [`Output::CatchUp`]) for the driver's events.
     pub events: bool,
+    /// A message from a peer with more changes than this is reported as one
+    /// [`Output::ChangesCounted`] rather than a `Changed` each: the driver could only
+    /// tell them as a summary (as `event_batch_limit` in astdb_cluster.conf).
+    pub event_batch_limit: usize,
 }
 
 impl EngineConfig {
@@ -61,6 +65,7 @@ impl EngineConfig {
             batch_max_changes: 512,
             push_slice: 32_768,
             events: false,
+            event_batch_limit: 100,
         }
     }
 
@@ -206,6 +211,9 @@ pub struct Engine {
     pub(super) applies_started: Vec<ItemRef>,
     /// The applies started by the last batch taken and by the one before it: the driver
     /// may still be executing them (see [`Engine::take_batch`]).
+    /// While a message too large for an event per key is merged: its changes are
+    /// counted ([`Output::ChangesCounted`]), not reported one by one.
+    pub(super) counting_changes: bool,
     pub(super) applies_previous: ItemRefs,
     pub(super) applies_older: ItemRefs,
     /// Outputs since the last batch was taken, in order.
@@ -257,6 +265,7 @@ impl Engine {
             reset_families: Vec::new(),
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
+            counting_changes: false,
             applies_previous: ItemRefs::default(),
             applies_older: ItemRefs::default(),
             outputs: Vec::new(),
@@ -353,9 +362,11 @@ impl Engine {
             .collect()
     }
 
-    /// Turns the reporting of changes and catch-ups on or off (see [`EngineConfig`]).
-    pub fn set_events(&mut self, on: bool) {
+    /// Turns the reporting of changes and catch-ups on or off, with the size of a
+    /// message whose changes are only counted (see [`EngineConfig`]).
+    pub fn set_events(&mut self, on: bool, batch_limit: usize) {
         self.cfg.events = on;
+        self.cfg.event_batch_limit = batch_limit;
     }
 
     /// Every item held for `family`, tombstones included.

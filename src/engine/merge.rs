@@ -6,7 +6,7 @@ use super::engine::Engine;
 use super::family::{Mode, SyncMode};
 use super::item::{Entry, ItemId};
 use super::message::{Body, Change, Message};
-use super::output::{Changed, DbOp, Output, Source};
+use super::output::{ChangeCount, Changed, DbOp, Output, Source};
 use super::peers::RELAY_NODE;
 use super::store::Merged;
 use super::version::{Hlc, Version};
@@ -131,6 +131,9 @@ impl Engine {
         // Neither changes while a message is merged.
         let mode = self.families.get(family).map(|f| f.mode);
         let stale_below = self.stale_below(from, family);
+        // A message too large for an event per key: its changes are counted instead.
+        let counting = self.cfg.events && changes.len() > self.cfg.event_batch_limit;
+        self.counting_changes = counting;
         out.reserve(changes.len());
         self.applies_started.reserve(changes.len());
         // The changes were decoded on another thread, so their strings are in another
@@ -182,6 +185,18 @@ impl Engine {
                     acks.extend(ack);
                 }
                 Accepted::Kept => acks.extend(ack),
+            }
+        }
+        self.counting_changes = false;
+        if counting && received + deleted > 0 {
+            if let Some(fs) = self.families.get(family) {
+                out.push(Output::ChangesCounted(ChangeCount {
+                    family: fs.name.clone(),
+                    mode: fs.mode,
+                    source: Source::Peer(from),
+                    puts: received,
+                    deletes: deleted,
+                }));
             }
         }
         self.catch_up_progress(from, family, received, deleted, now_ms);
@@ -295,7 +310,7 @@ impl Engine {
                         fs.apply_copy(&item, value)
                     }
                 };
-                let changed = self.cfg.events.then(|| {
+                let changed = (self.cfg.events && !self.counting_changes).then(|| {
                     let value = match &op {
                         DbOp::Put { value, .. } => Some(value.clone()),
                         DbOp::Delete { .. } => None,

@@ -67,7 +67,8 @@ pub use engine::{Counters, Engine, EngineConfig, FamilyStats};
 pub use item::{merge, Contents, Entry, ItemId, ItemView};
 pub use message::{Body, Change, DigestNode, Message, SummaryItem, SummaryRange};
 pub use output::{
-    Batch, CatchUp, CatchUpEnd, CatchUpPhase, Changed, DbOp, Output, Source, Warning, WarningKind,
+    Batch, CatchUp, CatchUpEnd, CatchUpPhase, ChangeCount, Changed, DbOp, Output, Source, Warning,
+    WarningKind,
 };
 pub use peers::RELAY_NODE;
 pub use persist::{

@@ -52,6 +52,10 @@ pub enum Output {
     /// A key of a shared family changed on this node (only with `EngineConfig::events`),
     /// after the `Apply` that writes it, if any.
     Changed(Changed),
+    /// Changes of one message from a peer, merged without a `Changed` each (with
+    /// `events`): it carried more than `EngineConfig::event_batch_limit` of them, which
+    /// can only be told as a summary.
+    ChangesCounted(ChangeCount),
     /// A catch-up of a family with a peer started or finished (with `events`).
     CatchUp(CatchUp),
 }
@@ -81,6 +85,17 @@ pub struct Changed {
     pub value: Option<Arc<str>>,
     pub version: Version,
     pub source: Source,
+}
+
+/// How many keys of a shared family one message changed here (see
+/// [`Output::ChangesCounted`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeCount {
+    pub family: Arc<str>,
+    pub mode: Mode,
+    pub source: Source,
+    pub puts: u64,
+    pub deletes: u64,
 }
 
 /// A catch-up of `family` with `peer`: an exchange that found the two nodes holding it

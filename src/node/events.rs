@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::eid::Eid;
 use crate::engine::family::astdb_family;
-use crate::engine::{CatchUpEnd, Changed, Mode, Source};
+use crate::engine::{CatchUpEnd, ChangeCount, Changed, Mode, Source};
 
 /// Where the loop's events go.
 pub trait EventSink: Send {
@@ -329,12 +329,14 @@ impl Default for EventPolicy {
 }
 
 /// The events for one executed batch's `changes`: per (family, source), an event per
-/// key, or one summary when there are more than `limit` or the family's key events are
+/// key, or one summary when there are more than `limit`, some were only `counted` (the
+/// engine counts a message of more than `limit` changes) or the family's key events are
 /// off (`key_events` says, by shared family). `node_of` names an EID's node and
 /// `local` is this node (whose own copies of a unique family live under the plain
 /// family name).
 pub fn change_events(
     changes: Vec<Changed>,
+    counted: Vec<ChangeCount>,
     limit: usize,
     key_events: &dyn Fn(&str) -> bool,
     node_of: &dyn Fn(Eid) -> Option<u32>,
@@ -349,15 +351,30 @@ pub fn change_events(
             e.1 += 1;
         }
     }
+    for c in &counted {
+        let e = counts.entry((&c.family, c.source)).or_default();
+        e.0 += c.puts;
+        e.1 += c.deletes;
+    }
     let mut events = Vec::new();
     let mut summarised: Vec<(String, Source)> = Vec::new();
     for (&(family, source), &(puts, deletes)) in &counts {
         let off = !key_events(family);
-        if off || (puts + deletes) as usize > limit {
+        let some_counted = counted
+            .iter()
+            .any(|c| &*c.family == family && c.source == source);
+        if off || some_counted || (puts + deletes) as usize > limit {
             let mode = changes
                 .iter()
                 .find(|c| &*c.family == family)
-                .map_or(Mode::Global, |c| c.mode);
+                .map(|c| c.mode)
+                .or_else(|| {
+                    counted
+                        .iter()
+                        .find(|c| &*c.family == family)
+                        .map(|c| c.mode)
+                })
+                .unwrap_or(Mode::Global);
             events.push(Event::ChangeSummary {
                 shared_family: family.to_string(),
                 mode,
@@ -439,6 +456,7 @@ mod tests {
                 change("blacklist", "5551234", Some("spam"), Source::Peer(eid(1))),
                 change("blacklist", "5550000", None, Source::Peer(eid(1))),
             ],
+            Vec::new(),
             100,
             &|_| true,
             &node_of,
@@ -468,11 +486,19 @@ mod tests {
             .chain([change("quiet", "k", None, Source::Dialplan)])
             .chain([change("small", "k", Some("v"), Source::Dialplan)])
             .collect();
-        let events = change_events(many, 4, &|f| f != "quiet", &node_of, eid(2));
+        let counted = vec![ChangeCount {
+            family: "catchup".into(),
+            mode: Mode::Unique,
+            source: Source::Peer(eid(1)),
+            puts: 2,
+            deletes: 1,
+        }];
+        let events = change_events(many, counted, 4, &|f| f != "quiet", &node_of, eid(2));
         let names: Vec<&str> = events.iter().map(Event::name).collect();
         assert_eq!(
             names,
             [
+                "AstDBClusterChangeSummary",
                 "AstDBClusterChangeSummary",
                 "AstDBClusterChangeSummary",
                 "AstDBClusterKeyChange"
@@ -481,8 +507,16 @@ mod tests {
         assert!(events[0]
             .ami()
             .contains("Puts: 5\r\nDeletes: 0\r\nChanges: 5\r\nReason: batch"));
-        assert!(events[1].ami().contains("SharedFamily: quiet\r\n"));
-        assert!(events[1].ami().contains("Reason: key_events_off"));
+        // A large message's changes, only counted by the engine: a summary even though
+        // there are fewer than the limit of them.
+        assert!(events[1]
+            .ami()
+            .contains("SharedFamily: catchup\r\nMode: unique\r\n"));
+        assert!(events[1]
+            .ami()
+            .contains("Puts: 2\r\nDeletes: 1\r\nChanges: 3\r\nReason: batch"));
+        assert!(events[2].ami().contains("SharedFamily: quiet\r\n"));
+        assert!(events[2].ami().contains("Reason: key_events_off"));
     }
 
     #[test]
@@ -493,7 +527,7 @@ mod tests {
         let mut own = c.clone();
         own.owner = Some(eid(2));
         own.source = Source::Dialplan;
-        let events = change_events(vec![c, own], 100, &|_| true, &node_of, eid(2));
+        let events = change_events(vec![c, own], Vec::new(), 100, &|_| true, &node_of, eid(2));
         assert!(events[0]
             .ami()
             .starts_with("Family: 02:00:00:00:00:01/queues\r\nKey: agent1\r\n"));
@@ -504,6 +538,7 @@ mod tests {
     fn a_line_break_in_a_value_cannot_end_the_ami_field() {
         let events = change_events(
             vec![change("f", "k", Some("a\r\nEvent: Fake"), Source::Local)],
+            Vec::new(),
             100,
             &|_| true,
             &node_of,

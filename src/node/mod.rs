@@ -28,8 +28,8 @@ use crate::config::ClusterConfig;
 use crate::eid::{looks_like_eid, Eid};
 use crate::engine::family::{astdb_family, leading_parts};
 use crate::engine::{
-    Batch, CatchUp, CatchUpPhase, Changed, Contents, Counters, DbOp, Engine, Mode, Output,
-    Registry, SharedFamily, Version,
+    Batch, CatchUp, CatchUpPhase, ChangeCount, Changed, Contents, Counters, DbOp, Engine, Mode,
+    Output, Registry, SharedFamily, Version,
 };
 use db::{AstDb, PackedRows};
 use events::{Event, EventPolicy, EventSink};
@@ -201,8 +201,10 @@ pub struct Node {
     shared: SharedNames,
     events: Box<dyn EventSink>,
     policy: EventPolicy,
-    /// Changes executed in the current batch, published after it.
+    /// Changes executed in the current batch, published after it, with those only
+    /// counted.
     changes: Vec<Changed>,
+    counted: Vec<ChangeCount>,
     tuning: Tuning,
     /// The shared families as last given, and as the engine was last told.
     registry: Registry,
@@ -252,6 +254,7 @@ impl Node {
             events: parts.events,
             policy: EventPolicy::default(),
             changes: Vec::new(),
+            counted: Vec::new(),
             tuning: parts.tuning,
             registry: Registry::new(),
             told: BTreeMap::new(),
@@ -406,7 +409,8 @@ impl Node {
             enabled: cfg.general.events,
             batch_limit: cfg.general.event_batch_limit,
         };
-        self.engine.set_events(cfg.general.events);
+        self.engine
+            .set_events(cfg.general.events, cfg.general.event_batch_limit);
         self.link.configure(cfg, eid);
     }
 
@@ -693,6 +697,7 @@ impl Node {
                     }
                 }
                 Output::Changed(change) => self.changes.push(change),
+                Output::ChangesCounted(count) => self.counted.push(count),
                 Output::CatchUp(catch_up) => {
                     // The changes before it are told first.
                     self.publish_changes();
@@ -711,10 +716,11 @@ impl Node {
 
     /// The events for the changes executed since the last call.
     fn publish_changes(&mut self) {
-        if self.changes.is_empty() {
+        if self.changes.is_empty() && self.counted.is_empty() {
             return;
         }
         let changes = std::mem::take(&mut self.changes);
+        let counted = std::mem::take(&mut self.counted);
         if !self.policy.enabled {
             return;
         }
@@ -724,6 +730,7 @@ impl Node {
         let node_of = |eid: Eid| self.node_number(eid);
         for event in events::change_events(
             changes,
+            counted,
             self.policy.batch_limit,
             &key_events,
             &node_of,
