@@ -676,7 +676,7 @@ fn updates_run(
         String::new()
     };
     println!(
-        "      CPU used, first write to last arrival (incl. the test commands' own polling): {}{server}; load now {}",
+        "      CPU used, first write to last arrival (less the bench's own polling): {}{server}; load now {}",
         cpu_line(&refs, &cpu_before, n),
         load()
     );
