@@ -1242,10 +1242,10 @@ fn new_node_run(cluster: &Cluster, n: usize, timeout: Duration, trace: bool) -> 
                 threads_cpu_secs(&new, &["astdb-cl-dbw"]),
             );
             let transport = threads_cpu_secs(&new, &["astdb-tx"]);
-            let decoder = threads_cpu_secs(&new, &["astdb-cl-events"]);
+            let events = threads_cpu_secs(&new, &["astdb-cl-events"]);
             format!(
-                "module thread (astdb-cl-node) {node:.2} s, AstDB writer (astdb-cl-dbw) {writer:.2} s, transport (astdb-tx-*) {transport:.2} s, decoding (astdb-cl-events) {decoder:.2} s, the rest of the process {:.2} s",
-                cpu_secs(&new) - node - writer - transport - decoder
+                "module thread (astdb-cl-node) {node:.2} s, AstDB writer (astdb-cl-dbw) {writer:.2} s, transport (astdb-tx-*) {transport:.2} s, link events (astdb-cl-events) {events:.2} s, the rest of the process {:.2} s",
+                cpu_secs(&new) - node - writer - transport - events
             )
         }
         Net::Redis(_) => {

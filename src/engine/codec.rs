@@ -183,6 +183,24 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     w.0
 }
 
+/// How many changes a payload says it carries (0 for another body, or a payload that
+/// does not get that far), reading only its head: for the inbox, which holds back a
+/// link while too many received changes wait, before the loop decodes them.
+pub fn change_count(bytes: &[u8]) -> usize {
+    let mut r = Reader { bytes, pos: 0 };
+    let head = (|| {
+        r.u8()?;
+        r.varint()?;
+        r.str_ref(usize::from(u8::MAX))?;
+        r.u8()?;
+        if r.u8()? != TAG_CHANGES {
+            return Ok(0);
+        }
+        r.count("changes", MAX_ITEMS)
+    })();
+    head.unwrap_or(0)
+}
+
 /// Decodes a payload, checking every length and limit.
 pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if bytes.len() > MAX_MESSAGE_LEN {
@@ -513,6 +531,27 @@ mod tests {
             longer.push(0);
             assert_eq!(decode(&longer), Err(DecodeError::TrailingBytes(1)));
         }
+    }
+
+    #[test]
+    fn the_change_count_is_read_from_the_head_alone() {
+        for msg in sample(Mode::Unique).into_iter().chain(sample(Mode::Global)) {
+            let bytes = encode(&msg);
+            let want = match &msg.body {
+                Body::Changes(c) => c.len(),
+                _ => 0,
+            };
+            assert_eq!(change_count(&bytes), want);
+            // The changes themselves need not be there yet, nor be valid.
+            let head = bytes.len() - bytes.len().min(3);
+            let _ = change_count(&bytes[..head]);
+        }
+        assert_eq!(change_count(&[]), 0);
+        assert_eq!(
+            change_count(&[WIRE_VERSION, 1, 1, b'f', 0, TAG_CHANGES, 3]),
+            3
+        );
+        assert_eq!(change_count(&[WIRE_VERSION, 1, 1, b'f', 0, TAG_CHANGES]), 0);
     }
 
     #[test]

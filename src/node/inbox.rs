@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::link::LinkEvent;
 use crate::config::ClusterConfig;
-use crate::engine::{Body, Message, Registry};
+use crate::engine::{codec, Body, Message, Registry};
 
 /// What the CLI, the dialplan and `module reload` ask of the loop.
 #[derive(Debug)]
@@ -196,6 +196,7 @@ impl Inbox {
                     },
                 ..
             } => c.len(),
+            LinkEvent::Encoded { payload, .. } => codec::change_count(payload),
             _ => 0,
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

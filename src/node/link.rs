@@ -3,6 +3,7 @@
 //! them (the TCP mesh today, Redis or SIP PUBLISH tomorrow) is the link's business.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,16 @@ pub enum LinkEvent {
     PeerDown { eid: Eid },
     /// A message from a peer, already opened and decoded.
     Received { from: Eid, msg: Message },
+    /// A message from peer `node`, opened (authenticated and decrypted) but not decoded:
+    /// the loop decodes it where it merges the changes, so that their strings are made
+    /// and freed by one thread, in its cache. One that does not decode is counted in
+    /// `undecodable` and logged, never applied.
+    Encoded {
+        from: Eid,
+        node: u32,
+        payload: Vec<u8>,
+        undecodable: SharedCount,
+    },
     /// A connection with a peer was refused (said once per peer and cause until it
     /// connects): `peer` names it ("node 3", or an address), `cause` is the short name.
     Refused {
@@ -34,6 +45,27 @@ pub enum LinkEvent {
     /// loop has saved what it made of them, it tells the link with [`Link::saved`]
     /// (a link that resumes from a position it keeps moves that position then).
     Reached(u64),
+}
+
+/// A count a link shows in its status and the loop adds to (two events carrying the
+/// same counter are equal).
+#[derive(Clone, Debug, Default)]
+pub struct SharedCount(Arc<AtomicU64>);
+
+impl SharedCount {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for SharedCount {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// What a link says once (until cleared) and the refusals it counts by cause: for a

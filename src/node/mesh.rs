@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
 
 use super::inbox::Inbox;
-use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView};
+use super::link::{Link, LinkEvent, LinkStatus, PeerState, PeerView, SharedCount};
 use super::{Level, Say};
 use crate::config::ClusterConfig;
 use crate::eid::Eid;
@@ -20,7 +19,7 @@ use crate::engine::{codec, Message};
 use crate::transport::{self, Event, LogLevel, PeerAddr, Transport, TransportConfig};
 
 /// Transport events (most of them received messages, each up to some tens of KB)
-/// waiting for the thread that decodes them.
+/// waiting for the thread that hands them to the loop.
 const EVENT_QUEUE: usize = 128;
 
 /// The settings that need a new transport when they change.
@@ -44,7 +43,7 @@ pub struct Mesh {
     node_of: Arc<RwLock<HashMap<Eid, u32>>>,
     closed_because: String,
     send_errors: u64,
-    undecodable: Arc<AtomicU64>,
+    undecodable: SharedCount,
 }
 
 fn peer_addrs(cfg: &ClusterConfig) -> Vec<PeerAddr> {
@@ -71,17 +70,16 @@ impl Mesh {
             node_of: Arc::default(),
             closed_because: "not started".into(),
             send_errors: 0,
-            undecodable: Arc::default(),
+            undecodable: SharedCount::default(),
         }
     }
 
-    /// Starts the thread that turns the transport's events into the loop's: payloads
-    /// decoded (a bad one counted and logged, never applied), EIDs mapped to nodes.
+    /// Starts the thread that turns the transport's events into the loop's: EIDs mapped
+    /// to nodes, payloads handed on for the loop to decode (see [`LinkEvent::Encoded`]).
     fn forward(&mut self, rx: crossbeam_channel::Receiver<Event>) {
         let inbox = Arc::clone(&self.inbox);
         let node_of = Arc::clone(&self.node_of);
-        let undecodable = Arc::clone(&self.undecodable);
-        let say = Arc::clone(&self.say);
+        let undecodable = self.undecodable.clone();
         // Ends when the transport stops and drops its sender.
         let forwarder = std::thread::Builder::new()
             .name("astdb-cl-events".into())
@@ -107,16 +105,11 @@ impl Mesh {
                             cause,
                             detail,
                         },
-                        Event::Received { node, eid, payload } => match codec::decode(&payload) {
-                            Ok(msg) => LinkEvent::Received { from: eid, msg },
-                            Err(why) => {
-                                undecodable.fetch_add(1, Ordering::Relaxed);
-                                say(
-                                    Level::Warning,
-                                    &format!("node {node} sent a message that does not decode ({why:?}); it was dropped"),
-                                );
-                                continue;
-                            }
+                        Event::Received { node, eid, payload } => LinkEvent::Encoded {
+                            from: eid,
+                            node,
+                            payload,
+                            undecodable: undecodable.clone(),
                         },
                     };
                     inbox.push_event(event);
@@ -221,7 +214,7 @@ impl Link for Mesh {
     }
 
     fn status(&self) -> LinkStatus {
-        let undecodable = self.undecodable.load(Ordering::Relaxed);
+        let undecodable = self.undecodable.get();
         match &self.transport {
             Some(t) => LinkStatus {
                 state: format!("open on {}", t.local_addr()),

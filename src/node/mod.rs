@@ -332,6 +332,21 @@ impl Node {
                     detail,
                 }),
                 LinkEvent::Received { from, msg } => self.engine.receive(from, msg, now),
+                LinkEvent::Encoded {
+                    from,
+                    node,
+                    payload,
+                    undecodable,
+                } => match crate::engine::codec::decode(&payload) {
+                    Ok(msg) => self.engine.receive(from, msg, now),
+                    Err(why) => {
+                        undecodable.add(1);
+                        (self.say)(
+                            Level::Warning,
+                            &format!("node {node} sent a message that does not decode ({why:?}); it was dropped"),
+                        );
+                    }
+                },
                 LinkEvent::Reached(mark) => self.reached = Some(mark),
             }
             if self.engine.queued_outputs() >= self.tuning.flush_outputs {
