@@ -231,7 +231,7 @@ impl Engine {
                 at: change.item.position(),
                 ahead: None,
             };
-            match self.accept(from, family, stale_below, change, pos, now_ms, out) {
+            match self.accept(from, family, stale_below, change, pos, true, now_ms, out) {
                 Accepted::Stored => {
                     deleted += 1;
                     acks.push(ack);

@@ -211,9 +211,6 @@ pub struct Engine {
     pub(super) applies_started: Vec<ItemRef>,
     /// The applies started by the last batch taken and by the one before it: the driver
     /// may still be executing them (see [`Engine::take_batch`]).
-    /// While a message too large for an event per key is merged: its changes are
-    /// counted ([`Output::ChangesCounted`]), not reported one by one.
-    pub(super) counting_changes: bool,
     pub(super) applies_previous: ItemRefs,
     pub(super) applies_older: ItemRefs,
     /// Outputs since the last batch was taken, in order.
@@ -265,7 +262,6 @@ impl Engine {
             reset_families: Vec::new(),
             peers_dirty: BTreeSet::new(),
             applies_started: Vec::new(),
-            counting_changes: false,
             applies_previous: ItemRefs::default(),
             applies_older: ItemRefs::default(),
             outputs: Vec::new(),

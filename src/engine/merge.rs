@@ -133,11 +133,11 @@ impl Engine {
         let stale_below = self.stale_below(from, family);
         // A message too large for an event per key: its changes are counted instead.
         let counting = self.cfg.events && changes.len() > self.cfg.event_batch_limit;
-        self.counting_changes = counting;
         out.reserve(changes.len());
         self.applies_started.reserve(changes.len());
-        // The changes were decoded on another thread, so their strings are in another
-        // core's cache: each is fetched a few changes before it is read.
+        // Over Redis and SIP the changes were decoded on another thread, so their strings
+        // are in another core's cache (the mesh's were decoded just now, on this one):
+        // each is fetched a few changes before it is read.
         let positions: Vec<u64> = (0..changes.len())
             .map(|i| {
                 if let Some(ahead) = changes.get(i + DECODED_AHEAD) {
@@ -168,7 +168,16 @@ impl Engine {
                 at: positions[i],
                 ahead,
             };
-            match self.accept(from, family, stale_below, change, pos, now_ms, out) {
+            match self.accept(
+                from,
+                family,
+                stale_below,
+                change,
+                pos,
+                !counting,
+                now_ms,
+                out,
+            ) {
                 Accepted::Retired(item) => retired.push(Change {
                     item,
                     entry: Entry {
@@ -187,7 +196,6 @@ impl Engine {
                 Accepted::Kept => acks.extend(ack),
             }
         }
-        self.counting_changes = false;
         if counting && received + deleted > 0 {
             if let Some(fs) = self.families.get(family) {
                 out.push(Output::ChangesCounted(ChangeCount {
@@ -205,7 +213,8 @@ impl Engine {
     }
 
     /// Merges one remote change (`stale_below` is [`Engine::stale_below`]; `pos`, where
-    /// its item and the one merged some changes later are).
+    /// its item and the one merged some changes later are; `key_event`: a stored change
+    /// is reported with a `Changed` of its own, with `events` on).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn accept(
         &mut self,
@@ -214,6 +223,7 @@ impl Engine {
         stale_below: Option<Hlc>,
         change: Change,
         pos: Placed,
+        key_event: bool,
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Accepted {
@@ -310,7 +320,7 @@ impl Engine {
                         fs.apply_copy(&item, value)
                     }
                 };
-                let changed = (self.cfg.events && !self.counting_changes).then(|| {
+                let changed = (self.cfg.events && key_event).then(|| {
                     let value = match &op {
                         DbOp::Put { value, .. } => Some(value.clone()),
                         DbOp::Delete { .. } => None,
