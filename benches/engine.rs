@@ -255,22 +255,55 @@ fn anti_entropy_cost() {
 
 /// A new node's catch-up inside the engines: A holds 1,000,000 keys, B holds none and
 /// has looked at its empty family. Every message goes through the codec (encode on the
-/// sender's side, decode on the receiver's), as over the network. Prints the CPU time
-/// each side spends (the wire, the replica log and AstDB are not in it), and how much of
-/// it went into taking the batches (building the state to save).
+/// sender's side, decode on the receiver's), as over the network. B also does the rest of
+/// a node's module thread: it appends each batch's save to a replica log and turns each
+/// apply into the C strings an AstDB writer gets (the writer itself and the wire are not
+/// in it). Prints the CPU time each side spends, and how much of B's went into taking the
+/// batches (building the state to save), saving them and handing the applies over.
 fn catch_up_cost() {
     use res_astdb_cluster::engine::codec::decode;
+    use res_astdb_cluster::engine::DbOp;
     const N: usize = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut log, _, _) = ReplicaLog::open(&dir.path().join(replica::FILE_NAME)).expect("open");
     let mut a = engine(A, 1, Some(restored(N)));
     let mut b = engine(B, 2, None);
     b.local_snapshot(FAMILY, Vec::new(), NOW);
     let (mut cpu_a, mut cpu_b) = (0.0f64, 0.0f64);
-    let (mut take_a, mut take_b) = (0.0f64, 0.0f64);
-    // Takes the engine's batch (its CPU time counted in `cpu` and `take`), encodes its sends.
-    let wire = |e: &mut Engine, cpu: &mut f64, take: &mut f64| -> Vec<Vec<u8>> {
+    let (mut take_a, mut take_b, mut save_b, mut hand_b) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut scratch: Vec<u8> = Vec::new();
+    // Takes the engine's batch (its CPU time counted in `cpu` and `take`), saves it and
+    // hands its applies over when `log` is given (counted in `save` and `hand`), and
+    // encodes its sends.
+    let mut wire = |e: &mut Engine,
+                    cpu: &mut f64,
+                    take: &mut f64,
+                    log: Option<(&mut ReplicaLog, &mut f64, &mut f64)>|
+     -> Vec<Vec<u8>> {
         let t = cpu_secs();
-        let batch = e.take_batch();
-        *take += cpu_secs() - t;
+        let mut batch = e.take_batch();
+        let taken = cpu_secs();
+        *take += taken - t;
+        if let Some((log, save, hand)) = log {
+            log.write(&batch.save).expect("write");
+            drop(std::mem::take(&mut batch.save));
+            let saved = cpu_secs();
+            *save += saved - taken;
+            batch.outputs.retain(|o| match o {
+                Output::Apply(DbOp::Put { family, key, value }) => {
+                    scratch.clear();
+                    for s in [family, key, value] {
+                        scratch.extend_from_slice(s.as_bytes());
+                        scratch.push(0);
+                    }
+                    std::hint::black_box(&scratch);
+                    false
+                }
+                Output::Apply(DbOp::Delete { .. }) => false,
+                _ => true,
+            });
+            *hand += cpu_secs() - saved;
+        }
         std::hint::black_box(&batch.save);
         let frames = sends(batch.outputs).iter().map(encode).collect();
         *cpu += cpu_secs() - t;
@@ -280,11 +313,16 @@ fn catch_up_cost() {
     let t = cpu_secs();
     a.peer_up(B, 2, NOW);
     cpu_a += cpu_secs() - t;
-    let mut to_b = wire(&mut a, &mut cpu_a, &mut take_a);
+    let mut to_b = wire(&mut a, &mut cpu_a, &mut take_a, None);
     let t = cpu_secs();
     b.peer_up(A, 1, NOW);
     cpu_b += cpu_secs() - t;
-    let mut to_a = wire(&mut b, &mut cpu_b, &mut take_b);
+    let mut to_a = wire(
+        &mut b,
+        &mut cpu_b,
+        &mut take_b,
+        Some((&mut log, &mut save_b, &mut hand_b)),
+    );
     let (mut bytes, mut legs) = (0usize, 0usize);
     // A queued push makes the deadline now.
     let pushing = |a: &Engine| a.next_deadline().is_some_and(|at| at <= NOW);
@@ -293,7 +331,7 @@ fn catch_up_cost() {
             let t = cpu_secs();
             a.tick(NOW);
             cpu_a += cpu_secs() - t;
-            to_b.extend(wire(&mut a, &mut cpu_a, &mut take_a));
+            to_b.extend(wire(&mut a, &mut cpu_a, &mut take_a, None));
         }
         legs += 1;
         let (mut next_a, mut next_b) = (Vec::new(), Vec::new());
@@ -302,21 +340,26 @@ fn catch_up_cost() {
             let t = cpu_secs();
             b.receive(A, decode(&frame).expect("decode"), NOW);
             cpu_b += cpu_secs() - t;
-            next_a.extend(wire(&mut b, &mut cpu_b, &mut take_b));
+            next_a.extend(wire(
+                &mut b,
+                &mut cpu_b,
+                &mut take_b,
+                Some((&mut log, &mut save_b, &mut hand_b)),
+            ));
         }
         for frame in to_a.drain(..) {
             bytes += frame.len();
             let t = cpu_secs();
             a.receive(B, decode(&frame).expect("decode"), NOW);
             cpu_a += cpu_secs() - t;
-            next_b.extend(wire(&mut a, &mut cpu_a, &mut take_a));
+            next_b.extend(wire(&mut a, &mut cpu_a, &mut take_a, None));
         }
         to_a = next_a;
         to_b = next_b;
     }
     let held = b.family_stats(FAMILY).map_or(0, |s| s.keys);
     println!(
-        "catch-up: a new node gets {held} of {N} keys: sender {:.2} CPU-s ({:.2} us/key; {take_a:.2} s of it taking batches), receiver engine {:.2} CPU-s ({:.2} us/key; {take_b:.2} s of it taking batches), {bytes} bytes, {legs} one-way legs, {:.2} s wall",
+        "catch-up: a new node gets {held} of {N} keys: sender {:.2} CPU-s ({:.2} us/key; {take_a:.2} s of it taking batches), receiver {:.2} CPU-s ({:.2} us/key; {take_b:.2} s of it taking batches, {save_b:.2} s saving them, {hand_b:.2} s handing the applies over), {bytes} bytes, {legs} one-way legs, {:.2} s wall",
         cpu_a,
         cpu_a * 1e6 / N as f64,
         cpu_b,
