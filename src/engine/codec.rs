@@ -426,11 +426,11 @@ impl<'a> Reader<'a> {
             Mode::Global => None,
             Mode::Unique => Some(Eid(self.array::<6>()?)),
         };
-        let key = self.str(MAX_KEY_LEN)?;
-        check_key(&key).map_err(DecodeError::BadKey)?;
+        let key = self.str_ref(MAX_KEY_LEN)?;
+        check_key(key).map_err(DecodeError::BadKey)?;
         Ok(ItemId {
             owner,
-            key: key.into(),
+            key: Arc::from(key),
         })
     }
 

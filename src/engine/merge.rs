@@ -305,21 +305,16 @@ impl Engine {
                 }
                 fs.last_change_ms = Some(now_ms);
                 self.counters.applied += 1;
-                // The store has just logged the new state: share its strings.
-                let (op, applied) = match fs.store.last_logged() {
-                    Some(logged) => {
-                        let key = logged.key.clone();
-                        let value = logged.state.as_ref().and_then(|s| s.value.clone());
-                        fs.apply(item.owner, key, value)
-                    }
-                    None => {
-                        let value = fs
-                            .store
-                            .get_at(pos, item.owner, &item.key)
-                            .and_then(|e| e.value.map(Into::into));
-                        fs.apply_copy(&item, value)
-                    }
+                // The store has just logged the new state: share its value (the key is
+                // the change's own, which the log shares already).
+                let value = match fs.store.last_logged() {
+                    Some(logged) => logged.state.as_ref().and_then(|s| s.value.clone()),
+                    None => fs
+                        .store
+                        .get_at(pos, item.owner, &item.key)
+                        .and_then(|e| e.value.map(Into::into)),
                 };
+                let (op, applied) = fs.apply(item.owner, item.key, value);
                 let changed = (self.cfg.events && key_event).then(|| {
                     let value = match &op {
                         DbOp::Put { value, .. } => Some(value.clone()),
